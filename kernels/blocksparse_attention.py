@@ -1,0 +1,716 @@
+"""Block-sparse causal attention in Triton: forward, backward and the one-row decode step.
+
+FlashAttention-2 style kernels (compare Triton's tutorial ``06-fused-attention``) that visit only
+the non-zero blocks of a block layout, as ``StridedSparsityConfig.make_layout()`` makes it:
+
+* the layout (``(nb, nb)`` shared by all heads, or ``(heads, nb, nb)``) becomes padded CSR tables
+  on the host, cached per layout: for every query block the key-block columns it sees, and the
+  transposed table (for every key block, the query blocks that see it) for dK/dV. With
+  ``causal=True`` blocks above the diagonal are dropped, so only the diagonal block is masked
+  element-wise;
+* forward: one program per query tile, online softmax (base 2) over the row's key blocks, stores
+  ``O`` and the row logsumexp (fp32);
+* backward: ``delta = rowsum(dO * O)``, then a dK/dV kernel that walks the query blocks seeing
+  each key tile and a dQ kernel that walks the row's key blocks: no atomics, fp32 accumulation;
+* decode: one query row at position ``pos`` against a KV cache (keys ``<= pos`` of the layout row
+  ``pos // block``), ``pos`` a Python int or a one-element integer tensor (read on device, so the
+  step can be captured in a CUDA graph once the layout tables are cached).
+
+Cost is proportional to the number of non-zero blocks. Inputs fp16/bf16/fp32; fp32 inputs use
+IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head dims are padded to
+a power of two with masking (144 runs in 256 lanes: correct but ~1.8x the FLOPs of an exact split
+into 128 + 16 chunks, which is left for later).
+
+Queries that see no key (an empty layout row) give zeros, as ``ops.blocksparse_attention_torch``.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+from typing import Optional, Tuple, Union
+
+import torch
+import triton
+import triton.language as tl
+
+from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
+                               check_layout)
+
+__all__ = ["blocksparse_attention", "blocksparse_decode_attention", "reference", "decode_reference",
+           "layout_tables", "BLOCKS"]
+
+def _fix_interpreter_loop_bounds() -> None:
+    """Work around triton-lang/triton#9171 under ``TRITON_INTERPRET=1``: with numpy >= 2.4 the
+    interpreter's ``tensor.__index__`` calls ``int()`` on a 1-element 1-d array, so loops with a
+    loaded bound (``range(0, n)``) raise ``TypeError: only 0-dimensional arrays ...``. The fix
+    (upstream's own) converts through ``squeeze()``; it only changes the interpreter."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # pragma: no cover - layout of other Triton versions
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_index_squeezed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._index_squeezed = True
+    interpreter._patch_lang_tensor = patched
+
+
+_fix_interpreter_loop_bounds()
+
+BLOCKS = (16, 32, 64, 128)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = 1.4426950408889634
+_MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------------------------
+# layout tables
+# --------------------------------------------------------------------------------------------
+def _csr(lay: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Padded CSR of a bool (H, n, n) matrix: (idx (H, n, W) int32 ascending, counts (H, n) int32)."""
+    cnt = lay.sum(-1, dtype=torch.int32)
+    width = max(int(cnt.max().item()), 1)
+    # stable sort of 0 (True) before 1 (False) keeps the True columns in ascending order
+    idx = torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width]
+    return idx.to(torch.int32).contiguous(), cnt.contiguous()
+
+
+class _Tables:
+    """Padded CSR tables of a layout: row -> key blocks (``cols``, ``cnt``) and key block -> query
+    blocks (``rows``, ``cnt_t``); ``per_head`` is False when one layout serves all heads."""
+
+    def __init__(self, lay: torch.Tensor, causal: bool, device: torch.device):
+        nb = lay.shape[-1]
+        lay = lay.to(device=device, dtype=torch.bool)
+        if causal:
+            lay = lay & torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+        self.per_head = lay.shape[0] > 1
+        self.nb = nb
+        self.cols, self.cnt = _csr(lay)
+        self.rows, self.cnt_t = _csr(lay.transpose(-1, -2))
+
+    def strides(self, transposed: bool) -> Tuple[int, int, int]:
+        """(table head stride, table row stride, count head stride) for the kernels."""
+        idx = self.rows if transposed else self.cols
+        return (idx.stride(0) if self.per_head else 0, idx.stride(1), self.nb if self.per_head else 0)
+
+
+_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+
+
+def layout_tables(layout: torch.Tensor, causal: bool, device: torch.device) -> _Tables:
+    """The (cached) kernel tables of ``layout`` ((nb, nb) or (heads, nb, nb), 0/1) on ``device``.
+
+    Layouts are reused every step, so tables are cached (LRU, 64 entries) by the layout tensor's
+    identity (storage pointer, shape, strides, dtype and in-place version counter; the entry keeps
+    the tensor alive so its pointer is not reused). A miss costs a host sync; warm the cache before
+    capturing a CUDA graph.
+    """
+    lay = layout if layout.dim() == 3 else layout.unsqueeze(0)
+    key = (layout.data_ptr(), str(layout.device), tuple(layout.shape), tuple(layout.stride()), layout.dtype,
+           layout._version, bool(causal), str(device))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit[1]
+    tables = _Tables(lay, causal, torch.device(device))
+    with _CACHE_LOCK:
+        _CACHE[key] = (layout, tables)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return tables
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, K, V, start_n, offs_m, offs_n, offs_d, offs_dv, d_mask, dv_mask,
+              stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+              MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One key tile of the online softmax (scores in base 2)."""
+    cols = start_n + offs_n
+    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if MASK:
+        s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASK:  # a fully masked row keeps m = -inf: shift by 0 instead of producing nan
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL: tl.constexpr):
+    """Table pointer, number of off-diagonal blocks and whether the (last) diagonal block is present
+    for layout row ``lrow`` (causal tables list columns <= row in ascending order)."""
+    cnt = tl.load(CNT + h * stride_ch + lrow)
+    base = COLS + h * stride_th + lrow * stride_tr
+    if CAUSAL:
+        last = tl.load(base + tl.maximum(cnt - 1, 0))
+        has_diag = (cnt > 0) & (last == lrow)
+        n_off = cnt - has_diag.to(tl.int32)
+    else:
+        has_diag = cnt < 0
+        n_off = cnt
+    return base, n_off, has_diag
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, COLS, CNT, qk_scale,
+                stride_qb, stride_qh, stride_qm, stride_qd,
+                stride_kb, stride_kh, stride_kn, stride_kd,
+                stride_vb, stride_vh, stride_vn, stride_vd,
+                stride_ob, stride_oh, stride_om, stride_od,
+                stride_th, stride_tr, stride_ch,
+                H, L, D, DV,
+                BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    lrow = start_m // BLOCK
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    O += b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    base, n_off, has_diag = _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL)
+    for i in range(0, n_off):
+        col = tl.load(base + i)
+        for sub in range(0, BLOCK, BLOCK_N):
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, col * BLOCK + sub, offs_m, offs_n, offs_d, offs_dv,
+                                      d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                      False, PRECISION)
+    if CAUSAL:
+        # diagonal block: key tiles up to the end of this query tile, masked element-wise
+        lo = lrow * BLOCK
+        hi = tl.where(has_diag, start_m + BLOCK_M, lo)
+        for start_n in range(lo, hi, BLOCK_N):
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, start_n, offs_m, offs_n, offs_d, offs_dv,
+                                      d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                      True, PRECISION)
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse)
+    tl.store(O + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, o.to(O.dtype.element_ty),
+             mask=dv_mask[None, :])
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA,
+                    stride_ob, stride_oh, stride_om, stride_od,
+                    stride_dob, stride_doh, stride_dom, stride_dod,
+                    H, L, DV, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, DV_PAD)
+    mask = (offs_d < DV)[None, :]
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1))
+
+
+@triton.jit
+def _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv, d_mask, dv_mask,
+                   stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                   MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """Contribution of one query tile to a key tile's dK, dV (computed transposed: keys x queries)."""
+    offs_m = start_m + offs_m0
+    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
+    lse = tl.load(LSE + offs_m)
+    s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    if MASK:
+        p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, mask=dv_mask[None, :], other=0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+    delta = tl.load(DELTA + offs_m)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_OUT, LSE, DELTA, ROWS, CNT_T, sm_scale, qk_scale,
+                     stride_qb, stride_qh, stride_qm, stride_qd,
+                     stride_kb, stride_kh, stride_kn, stride_kd,
+                     stride_vb, stride_vh, stride_vn, stride_vd,
+                     stride_dob, stride_doh, stride_dom, stride_dod,
+                     stride_th, stride_tr, stride_ch,
+                     H, L, D, DV,
+                     BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_n = pid_n * BLOCK_N
+    lcol = start_n // BLOCK
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    LSE += pid_bh.to(tl.int64) * L
+    DELTA += pid_bh.to(tl.int64) * L
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+
+    cnt = tl.load(CNT_T + h * stride_ch + lcol)
+    base = ROWS + h * stride_th + lcol * stride_tr
+    first = 0
+    if CAUSAL:
+        # causal tables list query blocks >= lcol ascending: the diagonal, if present, comes first
+        has_diag = (cnt > 0) & (tl.load(base) == lcol)
+        lo = lcol * BLOCK + ((start_n - lcol * BLOCK) // BLOCK_M) * BLOCK_M
+        hi = tl.where(has_diag, (lcol + 1) * BLOCK, lo)
+        for start_m in range(lo, hi, BLOCK_M):
+            dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv,
+                                    d_mask, dv_mask, stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                                    True, PRECISION)
+        first = has_diag.to(tl.int32)
+    for i in range(first, cnt):
+        row = tl.load(base + i)
+        for sub in range(0, BLOCK, BLOCK_M):
+            dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, row * BLOCK + sub, offs_n, offs_m0, offs_d,
+                                    offs_dv, d_mask, dv_mask, stride_qm, stride_qd, stride_dom, stride_dod,
+                                    qk_scale, False, PRECISION)
+    # dK, dV are allocated contiguous (B, H, L, d)
+    out_k = DK + pid_bh.to(tl.int64) * L * D + offs_n[:, None] * D + offs_d[None, :]
+    tl.store(out_k, (dk * sm_scale).to(DK.dtype.element_ty), mask=d_mask[None, :])
+    out_v = DV_OUT + pid_bh.to(tl.int64) * L * DV + offs_n[:, None] * DV + offs_dv[None, :]
+    tl.store(out_v, dv.to(DV_OUT.dtype.element_ty), mask=dv_mask[None, :])
+
+
+@triton.jit
+def _bwd_dq_tile(dq, q, do, lse, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv, d_mask, dv_mask,
+                 stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                 MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """Contribution of one key tile to a query tile's dQ."""
+    cols = start_n + offs_n0
+    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
+    v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    p = tl.math.exp2(s - lse[:, None])
+    if MASK:
+        p = tl.where(offs_m[:, None] >= cols[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
+                   stride_qb, stride_qh, stride_qm, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_dob, stride_doh, stride_dom, stride_dod,
+                   stride_th, stride_tr, stride_ch,
+                   H, L, D, DV,
+                   BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    lrow = start_m // BLOCK
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, mask=dv_mask[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m)
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m)
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    base, n_off, has_diag = _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL)
+    for i in range(0, n_off):
+        col = tl.load(base + i)
+        for sub in range(0, BLOCK, BLOCK_N):
+            dq = _bwd_dq_tile(dq, q, do, lse, delta, K, V, col * BLOCK + sub, offs_m, offs_n0, offs_d, offs_dv,
+                              d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                              False, PRECISION)
+    if CAUSAL:
+        lo = lrow * BLOCK
+        hi = tl.where(has_diag, start_m + BLOCK_M, lo)
+        for start_n in range(lo, hi, BLOCK_N):
+            dq = _bwd_dq_tile(dq, q, do, lse, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv,
+                              d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                              True, PRECISION)
+    out = DQ + pid_bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(out, (dq * sm_scale).to(DQ.dtype.element_ty), mask=d_mask[None, :])
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
+                   stride_qb, stride_qh, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_ob, stride_oh, stride_od,
+                   stride_th, stride_tr, stride_ch,
+                   H, D, DV,
+                   BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, POS_FROM_PTR: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """One query row at position ``pos``: keys <= pos among the blocks of layout row pos // BLOCK."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    if POS_FROM_PTR:
+        pos = tl.load(POS).to(tl.int32)
+    else:
+        pos = pos_val
+    lrow = pos // BLOCK
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < D
+    dv_mask = offs_dv < DV
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_d * stride_qd,
+                mask=d_mask, other=0.0).to(tl.float32)
+    m_i = tl.full([1], float("-inf"), tl.float32)
+    l_i = tl.zeros([1], tl.float32)
+    acc = tl.zeros([DV_PAD], tl.float32)
+    cnt = tl.load(CNT + h * stride_ch + lrow)
+    base = COLS + h * stride_th + lrow * stride_tr
+    for i in range(0, cnt):
+        col = tl.load(base + i)
+        for sub in range(0, BLOCK, BLOCK_N):
+            cols = col * BLOCK + sub + offs_n0
+            seen = cols <= pos
+            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=seen[:, None] & d_mask[None, :], other=0.0)
+            s = tl.sum(k.to(tl.float32) * q[None, :], 1) * qk_scale
+            s = tl.where(seen, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 0))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_new)
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 0)
+            v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                        mask=seen[:, None] & dv_mask[None, :], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+            m_i = m_new
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)
+    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_dv * stride_od,
+             o.to(O.dtype.element_ty), mask=dv_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# configs: autotuned on GPU, fixed under the interpreter (or VIDEOGPT_FAST_AUTOTUNE=0)
+# --------------------------------------------------------------------------------------------
+# Tests may set this to {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..} to
+# exercise sub-tiling paths; it overrides both the heuristic and autotuning.
+_FORCED_CONFIG: Optional[dict] = None
+
+_TILE_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(16, 16, 4, 2), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3),
+                         (64, 64, 8, 3), (32, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 2), (64, 128, 8, 2),
+                         (128, 128, 8, 2)]
+]
+
+
+def _prune(configs, nargs, **kwargs):
+    """Keep tiles that divide the layout block and fit in registers next to the head dim."""
+    block = kwargs["BLOCK"]
+    dpad = max(kwargs["D_PAD"], kwargs["DV_PAD"])
+    keep = [c for c in configs
+            if c.kwargs["BLOCK_M"] <= block and c.kwargs["BLOCK_N"] <= block
+            and max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * dpad <= 128 * 128]
+    return keep or [c for c in configs if c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_N"] == 16]
+
+
+def _autotuned(fn):
+    return triton.autotune(configs=_TILE_CONFIGS, key=["L", "BLOCK", "D_PAD", "DV_PAD", "CAUSAL", "PRECISION"],
+                           prune_configs_by={"early_config_prune": _prune})(fn)
+
+
+_fwd_tuned = _autotuned(_fwd_kernel)
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel)
+_dq_tuned = _autotuned(_bwd_dq_kernel)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _fixed_config(block: int, dpad: int) -> dict:
+    if _FORCED_CONFIG is not None:
+        cfg = dict(_FORCED_CONFIG)
+        if block % cfg["BLOCK_M"] or block % cfg["BLOCK_N"]:
+            raise ValueError(f"forced config {cfg} does not divide block {block}")
+        return cfg
+    tile = min(block, 64 if dpad <= 128 else 32)
+    return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+
+
+def _launch(kernel, tuned, grid_rows: int, bh: int, args: tuple, meta: dict, block: int, dpad: int):
+    """Launch ``kernel`` with a fixed config, or its autotuned twin on GPU."""
+    if _FORCED_CONFIG is None and not _interpret() and os.environ.get("VIDEOGPT_FAST_AUTOTUNE", "1") != "0":
+        tuned[lambda m: (grid_rows // m["BLOCK_M" if kernel is not _bwd_dkdv_kernel else "BLOCK_N"], bh)](
+            *args, **meta)
+        return
+    cfg = _fixed_config(block, dpad)
+    tile = cfg["BLOCK_N"] if kernel is _bwd_dkdv_kernel else cfg["BLOCK_M"]
+    kernel[(grid_rows // tile, bh)](*args, **meta, **cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+def _pad(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _check_device(t: torch.Tensor, what: str) -> None:
+    if t.device.type != "cuda" and not _interpret():
+        raise ValueError(f"{what}: Triton kernels need CUDA tensors (got device {t.device}); "
+                         f"set TRITON_INTERPRET=1 to run them on CPU")
+
+
+def _validate(q, k, v, layout, block, causal, name="blocksparse_attention") -> None:
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name}: {n} must be a 4-d tensor (B, heads, L, d), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"{name}: shape mismatch: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{name}: dtype must be one of float16/bfloat16/float32 and equal for q, k, v; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"{name}: device mismatch: q on {q.device}, k on {k.device}, v on {v.device}")
+    _check_device(q, name)
+    if block not in BLOCKS:
+        raise ValueError(f"{name}: block must be one of {BLOCKS}, got {block}")
+    if q.shape[2] % block != 0:
+        raise ValueError(f"{name}: sequence length {q.shape[2]} is not divisible by block {block}")
+    if q.shape[-1] > _MAX_HEAD_DIM or v.shape[-1] > _MAX_HEAD_DIM:
+        raise ValueError(f"{name}: head dims up to {_MAX_HEAD_DIM} are supported, got {q.shape[-1]}, {v.shape[-1]}")
+    if not isinstance(layout, torch.Tensor):
+        raise ValueError(f"{name}: layout must be a tensor, got {type(layout)}")
+    check_layout(layout, q.shape[2], block, q.shape[1])
+
+
+def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tensor):
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    sm_scale = 1.0 / math.sqrt(D)
+    th, tr, ch = tables.strides(False)
+    args = (q, k, v, out, lse, tables.cols, tables.cnt, sm_scale * _LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), th, tr, ch, H, L, D, DV)
+    meta = dict(BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), CAUSAL=causal, PRECISION=_precision(q.dtype))
+    _launch(_fwd_kernel, _fwd_tuned, L, B * H, args, meta, block, max(_pad(D), _pad(DV)))
+    return lse
+
+
+def _empty(shape, like: torch.Tensor) -> torch.Tensor:
+    """Allocation of kernel outputs (tests replace it with a NaN-filling one)."""
+    return torch.empty(shape, device=like.device, dtype=like.dtype)
+
+
+def _backward(q, k, v, o, lse, do, tables: _Tables, block: int, causal: bool):
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    sm_scale = 1.0 / math.sqrt(D)
+    delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    pre_m = min(block, 64)
+    _bwd_preprocess[(L // pre_m, B * H)](o, do, delta, *o.stride(), *do.stride(), H, L, DV,
+                                         DV_PAD=_pad(DV), BLOCK_M=pre_m)
+    dq = _empty((B, H, L, D), q)
+    dk = _empty((B, H, L, D), k)
+    dv = _empty((B, H, L, DV), v)
+    meta = dict(BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), CAUSAL=causal, PRECISION=_precision(q.dtype))
+    dpad = max(_pad(D), _pad(DV))
+    th, tr, ch = tables.strides(True)
+    _launch(_bwd_dkdv_kernel, _dkdv_tuned, L, B * H,
+            (q, k, v, do, dk, dv, lse, delta, tables.rows, tables.cnt_t, sm_scale, sm_scale * _LOG2E,
+             *q.stride(), *k.stride(), *v.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta, block, dpad)
+    th, tr, ch = tables.strides(False)
+    _launch(_bwd_dq_kernel, _dq_tuned, L, B * H,
+            (q, k, v, do, dq, lse, delta, tables.cols, tables.cnt, sm_scale, sm_scale * _LOG2E,
+             *q.stride(), *k.stride(), *v.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta, block, dpad)
+    return dq, dk, dv
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, out, tables, block, causal):
+        lse = _forward(q, k, v, tables, block, causal, out)
+        if out.requires_grad or any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(q, k, v, out, lse)
+        ctx.tables, ctx.block, ctx.causal = tables, block, causal
+        ctx.mark_dirty(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.tables, ctx.block, ctx.causal)
+        return dq, dk, dv, None, None, None, None
+
+
+def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
+                          causal: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Block-sparse attention with scale ``d ** -0.5``, differentiable in q, k, v.
+
+    Args:
+        q, k: (B, heads, L, d); v: (B, heads, L, dv); float16, bfloat16 or float32, same device
+            (CUDA, or CPU under ``TRITON_INTERPRET=1``); any strides.
+        layout: 0/1 (L/block, L/block) or (heads or 1, L/block, L/block): query block i sees key
+            block j iff ``layout[..., i, j]``.
+        block: one of 16, 32, 64, 128; L must be divisible by it.
+        causal: additionally hide keys after the query.
+        out: optional (B, heads, L, dv) tensor of q's dtype and device to write the result into
+            (it is returned, and carries the autograd history).
+    Returns:
+        (B, heads, L, dv) in q's dtype; rows that see no key are zero.
+    """
+    _validate(q, k, v, layout, block, causal)
+    B, H, L, _ = q.shape
+    if out is None:
+        out = _empty((B, H, L, v.shape[-1]), v)
+    elif out.shape != (B, H, L, v.shape[-1]) or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"blocksparse_attention: out must be {(B, H, L, v.shape[-1])} {q.dtype} on {q.device}, "
+                         f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+    tables = layout_tables(layout, causal, q.device)
+    return _BlockSparseAttention.apply(q, k, v, out, tables, block, bool(causal))
+
+
+def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                 layout: torch.Tensor, block: int, pos: Union[int, torch.Tensor],
+                                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention of the query at flattened position ``pos`` to the cached keys ``<= pos`` in the
+    blocks of layout row ``pos // block`` (the original's ``get_non_block_layout_row`` mask).
+    Forward only (sampling).
+
+    Args:
+        q: (B, heads, 1, d); k_cache: (B, heads, L, d); v_cache: (B, heads, L, dv).
+        layout, block: as :func:`blocksparse_attention`.
+        pos: int in [0, L), or a one-element integer tensor on q's device (read by the kernel, not
+            validated on the host, so the call has no host sync).
+        out: optional (B, heads, 1, dv) output tensor.
+    Returns:
+        (B, heads, 1, dv) in q's dtype.
+    """
+    name = "blocksparse_decode_attention"
+    if q.dim() != 4 or q.shape[2] != 1:
+        raise ValueError(f"{name}: q must be (B, heads, 1, d), got {tuple(q.shape)}")
+    _validate(q.expand(-1, -1, k_cache.shape[2] if k_cache.dim() == 4 else 1, -1), k_cache, v_cache,
+              layout, block, True, name)
+    B, H, L, D = k_cache.shape
+    DV = v_cache.shape[-1]
+    if isinstance(pos, torch.Tensor):
+        if pos.numel() != 1 or pos.dtype.is_floating_point or pos.dtype == torch.bool or pos.device != q.device:
+            raise ValueError(f"{name}: a tensor pos must be a one-element integer tensor on {q.device}, "
+                             f"got {tuple(pos.shape)} {pos.dtype} on {pos.device}")
+        pos_ptr, pos_val, from_ptr = pos, 0, True
+    else:
+        pos = int(pos)
+        if not 0 <= pos < L:
+            raise ValueError(f"{name}: pos must be in [0, {L}), got {pos}")
+        pos_ptr, pos_val, from_ptr = q, pos, False
+    if out is None:
+        out = _empty((B, H, 1, DV), q)
+    elif out.shape != (B, H, 1, DV) or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"{name}: out must be {(B, H, 1, DV)} {q.dtype} on {q.device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    tables = layout_tables(layout, True, q.device)
+    th, tr, ch = tables.strides(False)
+    _decode_kernel[(B * H,)](
+        q, k_cache, v_cache, out, tables.cols, tables.cnt, pos_ptr, pos_val, _LOG2E / math.sqrt(D),
+        q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
+        out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, D, DV,
+        BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
+        num_warps=4)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# references
+# --------------------------------------------------------------------------------------------
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
+              causal: bool = True, gather: bool = False) -> torch.Tensor:
+    """Float64 block-sparse attention: the dense mask of the layout through
+    ``ops.attention_reference`` (rows seeing no key give 0), or with ``gather=True`` the
+    cost-proportional ``ops.blocksparse_attention_torch``. Differentiable."""
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    if gather:
+        return blocksparse_attention_torch(q64, k64, v64, layout, block, causal)
+    lay = check_layout(layout.to(q.device), q.shape[2], block, q.shape[1])
+    mask = blocksparse_dense_mask(lay, block, causal)
+    return attention_reference(q64, k64, v64, mask=mask).nan_to_num(0.0)
+
+
+def decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: torch.Tensor,
+                     block: int, pos: int) -> torch.Tensor:
+    """Float64 decode step: the layout row of ``pos`` expanded to keys, keys after ``pos`` hidden
+    (as the original's ``get_non_block_layout_row``), through ``ops.attention_reference``."""
+    H, L = k_cache.shape[1], k_cache.shape[2]
+    lay = check_layout(layout.to(q.device), L, block, H)
+    row = lay[:, pos // block].repeat_interleave(block, dim=-1).clone()   # (H, L)
+    row[:, pos + 1:] = False
+    return attention_reference(q.double(), k_cache.double(), v_cache.double(), mask=row[:, None, :])

@@ -1,0 +1,42 @@
+"""Shared test fixtures: the reference fixture folder and small helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> Path:
+    """``$VIDEOGPT_FAST_FIXTURES``, default ``../shared/fixtures/reference`` from the repo root."""
+    return Path(os.environ.get("VIDEOGPT_FAST_FIXTURES", REPO.parent / "shared" / "fixtures" / "reference"))
+
+
+def load_fixture(name: str):
+    """Load a reference fixture file. Missing fixtures fail under CI=true and skip elsewhere."""
+    path = fixtures_dir() / name
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"reference fixture {path} is missing (CI=true: fixtures are required)")
+        pytest.skip(f"reference fixture {path} not found (set VIDEOGPT_FAST_FIXTURES)")
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=True, map_location="cpu")
+    return path
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5, msg: str = ""):
+    """torch.testing.assert_close with the fixtures' fp32 tolerance by default."""
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=msg or None)
+
+
+def requires_cuda():
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,66 @@
+"""The backend switch: selection, context manager, no silent fallback, logging."""
+import logging
+
+import pytest
+import torch
+
+from videogpt_fast import backends, ops
+from videogpt_fast.backends import BackendUnavailableError, get_backend, use_backend
+
+
+def test_default_and_env(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert get_backend() == "auto"
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    assert get_backend() == "torch"
+    monkeypatch.setenv(backends.ENV_VAR, "TRITON ")
+    assert get_backend() == "triton"
+    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="must be one of"):
+        get_backend()
+
+
+def test_context_manager_nests_and_restores(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "auto")
+    with use_backend("torch"):
+        assert get_backend() == "torch"
+        with use_backend("cuda"):
+            assert get_backend() == "cuda"
+        assert get_backend() == "torch"
+    assert get_backend() == "auto"
+    with pytest.raises(ValueError):
+        with use_backend("nope"):
+            pass
+
+
+def test_auto_on_cpu_is_torch():
+    with use_backend("auto"):
+        assert backends.resolve("codebook_nearest", torch.device("cpu"), ("triton", "cuda")) == "torch"
+
+
+def test_cuda_backend_without_extension_raises():
+    x, e = torch.randn(5, 4), torch.randn(3, 4)
+    with use_backend("cuda"):
+        with pytest.raises(BackendUnavailableError, match="cuda"):
+            ops.codebook_nearest(x, e)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 1, 3, 4, 8)
+    with use_backend("triton"):
+        with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET|triton"):
+            ops.axial_attention(q, q, q, 2)
+
+
+def test_backend_without_implementation_raises():
+    with pytest.raises(BackendUnavailableError, match="no implementation"):
+        with use_backend("cuda"):
+            backends.resolve("axial_attention", torch.device("cpu"), ("triton",))
+
+
+def test_which_backend_ran_is_logged(caplog):
+    x, e = torch.randn(5, 4), torch.randn(3, 4)
+    with caplog.at_level(logging.DEBUG, logger="videogpt_fast.backends"), use_backend("torch"):
+        ops.codebook_nearest(x, e)
+    assert any("codebook_nearest: backend torch" in r.getMessage() for r in caplog.records)

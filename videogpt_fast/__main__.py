@@ -1,0 +1,5 @@
+"""``python -m videogpt_fast ...`` runs the CLI."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,476 @@
+"""Attention modules with the original VideoGPT's public classes, names and state-dict keys.
+
+The math runs through :mod:`videogpt_fast.ops` (dense attention through PyTorch's
+``scaled_dot_product_attention``; axial and block-sparse attention through the dispatch point), so
+no DeepSpeed is needed and no dense ``seq x seq`` mask is kept in memory. The original's causal
+``...attn.attn.mask`` buffer is still written to and accepted from state dicts, so checkpoints move
+both ways with ``strict=True``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from . import ops
+from .utils import shift_dim, tensor_slice, view_range
+
+__all__ = [
+    "AttentionStack", "AttentionBlock", "MultiHeadAttention", "FullAttention", "AxialAttention",
+    "SparseAttention", "StridedSparsityConfig", "AddBroadcastPosEmbed", "RightShift", "GeLU2",
+    "LayerNorm", "scaled_dot_product_attention",
+]
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 mask: Optional[torch.Tensor] = None, attn_dropout: float = 0.0,
+                                 training: bool = True) -> torch.Tensor:
+    """The original helper: attention over the second-to-last dim with a 0/1 ``mask``."""
+    return ops.attention_reference(q, k, v, mask=mask, attn_dropout=attn_dropout, training=training)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer stack
+# ----------------------------------------------------------------------------------------------
+class AttentionStack(nn.Module):
+    """Right shift, broadcast position embeddings and ``n_layer`` attention blocks."""
+
+    def __init__(self, shape, embd_dim, n_head, n_layer, dropout, attn_type, attn_dropout,
+                 class_cond_dim, frame_cond_shape):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.embd_dim = embd_dim
+        self.use_frame_cond = frame_cond_shape is not None
+        self.right_shift = RightShift(embd_dim)
+        self.pos_embd = AddBroadcastPosEmbed(shape=self.shape, embd_dim=embd_dim)
+        self.attn_nets = nn.ModuleList([
+            AttentionBlock(shape=self.shape, embd_dim=embd_dim, n_head=n_head, n_layer=n_layer,
+                           dropout=dropout, attn_type=attn_type, attn_dropout=attn_dropout,
+                           class_cond_dim=class_cond_dim, frame_cond_shape=frame_cond_shape)
+            for _ in range(n_layer)
+        ])
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        return all(net.activation_checkpointing for net in self.attn_nets)
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, value: bool) -> None:
+        for net in self.attn_nets:
+            net.activation_checkpointing = bool(value)
+
+    def forward(self, x, cond, decode_step, decode_idx):
+        """x: (b, d1, ..., dn, embd_dim); ``cond`` a dict of conditioning tensors; ``decode_step``
+        (int) and ``decode_idx`` (tuple) select one position for KV-cache decoding."""
+        x = self.right_shift(x, decode_step)
+        x = self.pos_embd(x, decode_step, decode_idx)
+        for net in self.attn_nets:
+            x = net(x, cond, decode_step, decode_idx)
+        return x
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm block: self-attention, optional cross-attention to frame features, MLP."""
+
+    def __init__(self, shape, embd_dim, n_head, n_layer, dropout, attn_type, attn_dropout,
+                 class_cond_dim, frame_cond_shape):
+        super().__init__()
+        self.use_frame_cond = frame_cond_shape is not None
+        # The original always checkpoints activations in training; it changes memory, not numbers.
+        self.activation_checkpointing = False
+        self.pre_attn_norm = LayerNorm(embd_dim, class_cond_dim)
+        self.post_attn_dp = nn.Dropout(dropout)
+        self.attn = MultiHeadAttention(shape, embd_dim, embd_dim, n_head, n_layer, causal=True,
+                                       attn_type=attn_type, attn_kwargs=dict(attn_dropout=attn_dropout))
+        if frame_cond_shape is not None:
+            self.pre_enc_norm = LayerNorm(embd_dim, class_cond_dim)
+            self.post_enc_dp = nn.Dropout(dropout)
+            self.enc_attn = MultiHeadAttention(shape, embd_dim, frame_cond_shape[-1], n_head, n_layer,
+                                               attn_type="full", attn_kwargs=dict(attn_dropout=0.0),
+                                               causal=False)
+        self.pre_fc_norm = LayerNorm(embd_dim, class_cond_dim)
+        self.post_fc_dp = nn.Dropout(dropout)
+        self.fc_block = nn.Sequential(
+            nn.Linear(in_features=embd_dim, out_features=embd_dim * 4),
+            GeLU2(),
+            nn.Linear(in_features=embd_dim * 4, out_features=embd_dim),
+        )
+
+    def _run(self, fn, *args):
+        if self.training and self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def forward(self, x, cond, decode_step, decode_idx):
+        h = self.pre_attn_norm(x, cond)
+        h = self._run(self.attn, h, h, h, decode_step, decode_idx)
+        x = x + self.post_attn_dp(h)
+        if self.use_frame_cond:
+            h = self.pre_enc_norm(x, cond)
+            fc = cond["frame_cond"]
+            h = self._run(self.enc_attn, h, fc, fc, decode_step, decode_idx)
+            x = x + self.post_enc_dp(h)
+        h = self.pre_fc_norm(x, cond)
+        h = self._run(self.fc_block, h)
+        return x + self.post_fc_dp(h)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over a (b, d1, ..., dn, c) grid with the original's projections
+    (``w_qs``, ``w_ks``, ``w_vs``, ``fc``), initialisation and KV-cache decoding."""
+
+    def __init__(self, shape, dim_q, dim_kv, n_head, n_layer, causal, attn_type, attn_kwargs):
+        super().__init__()
+        if dim_q % n_head != 0 or dim_kv % n_head != 0:
+            raise ValueError(f"MultiHeadAttention: dims ({dim_q}, {dim_kv}) must be divisible by n_head={n_head}")
+        self.causal = causal
+        self.shape = tuple(shape)
+        self.d_k = dim_q // n_head
+        self.d_v = dim_kv // n_head
+        self.n_head = n_head
+
+        self.w_qs = nn.Linear(dim_q, n_head * self.d_k, bias=False)
+        self.w_qs.weight.data.normal_(std=1.0 / np.sqrt(dim_q))
+        self.w_ks = nn.Linear(dim_kv, n_head * self.d_k, bias=False)
+        self.w_ks.weight.data.normal_(std=1.0 / np.sqrt(dim_kv))
+        self.w_vs = nn.Linear(dim_kv, n_head * self.d_v, bias=False)
+        self.w_vs.weight.data.normal_(std=1.0 / np.sqrt(dim_kv))
+        self.fc = nn.Linear(n_head * self.d_v, dim_q, bias=True)
+        self.fc.weight.data.normal_(std=1.0 / np.sqrt(dim_q * n_layer))
+
+        if attn_type == "full":
+            self.attn = FullAttention(self.shape, causal, **attn_kwargs)
+        elif attn_type == "axial":
+            if causal:
+                raise ValueError("causal axial attention is not supported")
+            self.attn = AxialAttention(len(self.shape), **attn_kwargs)
+        elif attn_type == "sparse":
+            self.attn = SparseAttention(self.shape, n_head, causal, **attn_kwargs)
+        else:
+            raise ValueError(f"attn_type must be 'full', 'axial' or 'sparse', got {attn_type!r}")
+        self.cache: Optional[Dict[str, torch.Tensor]] = None
+
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """q, k, v: (b, d1, ..., dn, c), or (b, 1, ..., 1, c) when ``decode_step`` is given."""
+        n_head, d_k, d_v = self.n_head, self.d_k, self.d_v
+        # (b, *d, n_head * d) -> (b, n_head, *d, d)
+        q = shift_dim(view_range(self.w_qs(q), -1, None, (n_head, d_k)), -2, 1)
+        k = shift_dim(view_range(self.w_ks(k), -1, None, (n_head, d_k)), -2, 1)
+        v = shift_dim(view_range(self.w_vs(v), -1, None, (n_head, d_v)), -2, 1)
+
+        if decode_step is not None:
+            if decode_step == 0:
+                if self.causal:
+                    b = q.shape[0]
+                    self.cache = dict(
+                        k=torch.zeros((b, n_head, *self.shape, d_k), dtype=k.dtype, device=q.device),
+                        v=torch.zeros((b, n_head, *self.shape, d_v), dtype=v.dtype, device=q.device))
+                else:  # the keys are the conditioning: cache them once
+                    self.cache = dict(k=k.clone(), v=v.clone())
+            if self.cache is None:
+                raise RuntimeError("KV-cache decoding must start at decode_step=0")
+            if self.causal:
+                idx = (slice(None), slice(None), *[slice(i, i + 1) for i in decode_idx])
+                self.cache["k"][idx] = k
+                self.cache["v"][idx] = v
+            k, v = self.cache["k"], self.cache["v"]
+
+        a = self.attn(q, k, v, decode_step, decode_idx)
+        a = shift_dim(a, 1, -2).flatten(start_dim=-2)  # (b, *d, n_head * d)
+        return self.fc(a)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention kernels (modules without parameters)
+# ----------------------------------------------------------------------------------------------
+class FullAttention(nn.Module):
+    """Dense attention over all positions, causal or not, through PyTorch SDPA.
+
+    The original keeps a ``mask`` buffer (seq x seq lower triangle); it is produced on the fly in
+    :meth:`state_dict` and dropped on load instead of being held in memory.
+    """
+
+    def __init__(self, shape, causal, attn_dropout):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.causal = causal
+        self.attn_dropout = attn_dropout
+        self.seq_len = _prod(self.shape)
+        if causal:
+            self._register_state_dict_hook(FullAttention._add_mask)
+            self._register_load_state_dict_pre_hook(FullAttention._drop_mask, with_module=True)
+
+    @staticmethod
+    def _add_mask(module, state_dict, prefix, local_metadata):
+        n = module.seq_len
+        state_dict[prefix + "mask"] = torch.ones(n, n).tril()
+        return state_dict
+
+    @staticmethod
+    def _drop_mask(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        mask = state_dict.pop(prefix + "mask", None)
+        if mask is not None and tuple(mask.shape) != (module.seq_len, module.seq_len):
+            error_msgs.append(f"{prefix}mask has shape {tuple(mask.shape)}, expected "
+                              f"({module.seq_len}, {module.seq_len}) for latent shape {module.shape}")
+
+    def forward(self, q, k, v, decode_step, decode_idx):
+        old_shape = q.shape[2:-1]
+        q = q.flatten(start_dim=2, end_dim=-2)
+        k = k.flatten(start_dim=2, end_dim=-2)
+        v = v.flatten(start_dim=2, end_dim=-2)
+        dropout = self.attn_dropout if self.training else 0.0
+        if decode_step is not None and self.causal:
+            # one query at flattened position decode_step against the whole (zero-padded) cache
+            visible = (torch.arange(k.shape[2], device=q.device) <= decode_step).view(1, -1)  # (1, L): SDPA needs >= 2-d masks
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout)
+        else:
+            is_causal = self.causal and decode_step is None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)
+        return view_range(out, 2, 3, old_shape)
+
+
+class AxialAttention(nn.Module):
+    """Attention along one axis of a (b, n_head, d1, ..., dn, d) tensor (``axial_dim`` counts
+    from the spatial dims as in the original: -2 is the last spatial axis)."""
+
+    def __init__(self, n_dim, axial_dim):
+        super().__init__()
+        self.axial_dim = 2 + n_dim + 1 + axial_dim if axial_dim < 0 else axial_dim + 2
+
+    def forward(self, q, k, v, decode_step, decode_idx):
+        return ops.axial_attention(q, k, v, self.axial_dim)
+
+
+class SparseAttention(nn.Module):
+    """Strided block-sparse self-attention (Child et al. 2019) without DeepSpeed.
+
+    Training/teacher-forced forward runs :func:`videogpt_fast.ops.blocksparse_attention`;
+    decoding attends from one position to its layout row, as the original does.
+    """
+
+    def __init__(self, shape, n_head, causal, num_local_blocks=4, block=32, attn_dropout=0.0):
+        super().__init__()
+        self.causal = causal
+        self.shape = tuple(shape)
+        self.sparsity_config = StridedSparsityConfig(shape=self.shape, n_head=n_head, causal=causal,
+                                                     block=block, num_local_blocks=num_local_blocks)
+        # (n_head, blocks, blocks); not part of the original state dict
+        self.register_buffer("block_layout", self.sparsity_config.make_layout().to(torch.uint8),
+                             persistent=False)
+
+    def forward(self, q, k, v, decode_step, decode_idx):
+        old_shape = q.shape[2:-1]
+        q = q.flatten(start_dim=2, end_dim=-2)
+        k = k.flatten(start_dim=2, end_dim=-2)
+        v = v.flatten(start_dim=2, end_dim=-2)
+        if decode_step is not None:
+            row = self.sparsity_config.get_non_block_layout_row(self.block_layout, decode_step)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=row.bool())
+        else:
+            if q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
+                raise ValueError("SparseAttention only supports self-attention (q, k, v of one length)")
+            out = ops.blocksparse_attention(q, k, v, self.block_layout, self.sparsity_config.block,
+                                            causal=self.causal)
+        return view_range(out, 2, 3, old_shape)
+
+
+class StridedSparsityConfig:
+    """Strided sparsity layout of https://arxiv.org/abs/1904.10509 generalised to n dims, identical
+    to the original's: ``num_local_blocks`` previous blocks plus, for every axis but the last,
+    the blocks that share all other block coordinates."""
+
+    def __init__(self, shape, n_head, causal, block, num_local_blocks):
+        self.n_head = n_head
+        self.shape = tuple(shape)
+        self.causal = causal
+        self.block = block
+        self.num_local_blocks = num_local_blocks
+        if num_local_blocks < 1:
+            raise ValueError(f"num_local_blocks must be >= 1, got {num_local_blocks}")
+        if self.seq_len % block != 0:
+            raise ValueError(f"sparse attention: sequence length {self.seq_len} (latent shape "
+                             f"{self.shape}) is not divisible by the block size {block}")
+        self._block_shape = self._compute_block_shape()
+        self._block_shape_cum = self._block_shape_cum_sizes()
+
+    @property
+    def seq_len(self) -> int:
+        return _prod(self.shape)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.seq_len // self.block
+
+    def set_local_layout(self, layout: torch.Tensor) -> torch.Tensor:
+        nb = self.num_blocks
+        for row in range(nb):
+            end = min(row + self.num_local_blocks, nb)
+            stop = row + 1 if self.causal else end
+            layout[:, row, max(0, row - self.num_local_blocks):max(stop, 0)] = 1
+        return layout
+
+    def set_global_layout(self, layout: torch.Tensor) -> torch.Tensor:
+        n_dim = len(self._block_shape)
+        for row in range(self.num_blocks):
+            cur = self._to_unflattened_idx(row)
+            for d in range(n_dim - 1):  # no strided attention over the last dim
+                stop = cur[d] + 1 if self.causal else self._block_shape[d]
+                for i in range(stop):
+                    idx = list(cur)
+                    idx[d] = i
+                    layout[:, row, self._to_flattened_idx(idx)] = 1
+        return layout
+
+    def make_layout(self) -> torch.Tensor:
+        """(n_head, blocks, blocks) int64 0/1 layout."""
+        layout = torch.zeros((self.n_head, self.num_blocks, self.num_blocks), dtype=torch.int64)
+        return self.set_global_layout(self.set_local_layout(layout))
+
+    def make_sparse_attn_mask(self) -> torch.Tensor:
+        """The original's per-nonzero-block mask (1, nnz, block, block): lower triangular on the
+        diagonal blocks (causal layouts only)."""
+        layout = self.make_layout()
+        if self.causal and bool(torch.triu(layout, diagonal=1).any()):
+            raise ValueError("causal layout has blocks above the diagonal")
+        diag = torch.eye(self.num_blocks, dtype=torch.bool).expand_as(layout)[layout.bool()]
+        mask = torch.ones(len(diag), self.block, self.block)
+        mask[diag] = torch.ones(self.block, self.block).tril()
+        return mask.unsqueeze(0)
+
+    def get_non_block_layout_row(self, block_layout: torch.Tensor, row: int) -> torch.Tensor:
+        """(n_head, 1, seq_len) 0/1 mask of the keys that flattened position ``row`` sees."""
+        block_row = block_layout[:, [row // self.block]]
+        block_row = block_row.repeat_interleave(self.block, dim=-1)
+        block_row[:, :, row + 1:] = 0
+        return block_row
+
+    # helpers ------------------------------------------------------------------------------
+    def _compute_block_shape(self) -> Tuple[int, ...]:
+        cum = 1
+        i = len(self.shape) - 1
+        for i in range(len(self.shape) - 1, -1, -1):
+            cum *= self.shape[i]
+            if cum > self.block:
+                break
+        if cum % self.block != 0:
+            raise ValueError(f"sparse attention: trailing latent dims {self.shape[i:]} (product {cum}) "
+                             f"must be divisible by the block size {self.block}")
+        return (*self.shape[:i], cum // self.block)
+
+    def _block_shape_cum_sizes(self) -> Tuple[int, ...]:
+        bs = np.flip(np.array(self._block_shape))
+        return tuple(int(c) for c in np.flip(np.cumprod(bs)[:-1])) + (1,)
+
+    def _to_flattened_idx(self, idx) -> int:
+        return int(sum(i * c for i, c in zip(idx, self._block_shape_cum)))
+
+    def _to_unflattened_idx(self, flat_idx: int) -> Tuple[int, ...]:
+        idx = []
+        for c in self._block_shape_cum:
+            idx.append(flat_idx // c)
+            flat_idx %= c
+        return tuple(idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings and small layers
+# ----------------------------------------------------------------------------------------------
+class AddBroadcastPosEmbed(nn.Module):
+    """Sum of one learned embedding per axis, each ``embd_dim // n_dim`` wide, concatenated."""
+
+    def __init__(self, shape, embd_dim, dim=-1):
+        super().__init__()
+        if dim not in (-1, 1):
+            raise ValueError(f"AddBroadcastPosEmbed: dim must be -1 or 1, got {dim}")
+        self.shape = tuple(shape)
+        self.n_dim = n_dim = len(self.shape)
+        self.embd_dim = embd_dim
+        self.dim = dim
+        if embd_dim % n_dim != 0:
+            raise ValueError(f"embedding dim {embd_dim} must be divisible by the number of latent dims {n_dim}")
+        self.emb = nn.ParameterDict({
+            f"d_{i}": nn.Parameter(torch.randn(self.shape[i], embd_dim // n_dim) * 0.01 if dim == -1
+                                   else torch.randn(embd_dim // n_dim, self.shape[i]) * 0.01)
+            for i in range(n_dim)
+        })
+
+    def embeddings(self) -> torch.Tensor:
+        """The full (1, *shape, embd_dim) (or channels-first) embedding grid."""
+        embs = []
+        for i in range(self.n_dim):
+            e = self.emb[f"d_{i}"]
+            ones_before, ones_after = (1,) * i, (1,) * (self.n_dim - i - 1)
+            if self.dim == -1:
+                e = e.view(1, *ones_before, self.shape[i], *ones_after, -1).expand(1, *self.shape, -1)
+            else:
+                e = e.view(1, -1, *ones_before, self.shape[i], *ones_after).expand(1, -1, *self.shape)
+            embs.append(e)
+        return torch.cat(embs, dim=self.dim)
+
+    def forward(self, x, decode_step=None, decode_idx=None):
+        embs = self.embeddings()
+        if decode_step is not None:
+            embs = tensor_slice(embs, [0, *decode_idx, 0], [x.shape[0], *(1,) * self.n_dim, x.shape[-1]])
+        return x + embs
+
+
+class RightShift(nn.Module):
+    """Shift the flattened sequence right by one, inserting a learned start token."""
+
+    def __init__(self, embd_dim):
+        super().__init__()
+        self.embd_dim = embd_dim
+        self.sos = nn.Parameter(torch.FloatTensor(embd_dim).normal_(std=0.02), requires_grad=True)
+
+    def forward(self, x, decode_step):
+        if decode_step is not None and decode_step > 0:
+            return x
+        x_shape = list(x.shape)
+        x = x.flatten(start_dim=1, end_dim=-2)
+        sos = self.sos.to(x.dtype).view(1, 1, -1).expand(x_shape[0], 1, -1)
+        return torch.cat([sos, x[:, :-1, :]], dim=1).view(*x_shape)
+
+
+class GeLU2(nn.Module):
+    """x * sigmoid(1.702 x)."""
+
+    def forward(self, x):
+        return (1.702 * x).sigmoid() * x
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 (eps inside the rsqrt as the original: ``1e-5 + rsqrt(var)``),
+    class-conditional gain and bias when ``class_cond_dim`` is set."""
+
+    def __init__(self, embd_dim, class_cond_dim):
+        super().__init__()
+        self.conditional = class_cond_dim is not None
+        if self.conditional:
+            self.w = nn.Linear(class_cond_dim, embd_dim, bias=False)
+            nn.init.constant_(self.w.weight.data, 1.0 / np.sqrt(class_cond_dim))
+            self.wb = nn.Linear(class_cond_dim, embd_dim, bias=False)
+        else:
+            self.g = nn.Parameter(torch.ones(embd_dim, dtype=torch.float32), requires_grad=True)
+            self.b = nn.Parameter(torch.zeros(embd_dim, dtype=torch.float32), requires_grad=True)
+
+    def forward(self, x, cond):
+        if self.conditional:
+            bshape = (x.shape[0], *(1,) * (x.dim() - 2), x.shape[-1])
+            g = 1 + self.w(cond["class_cond"]).view(bshape)
+            b = self.wb(cond["class_cond"]).view(bshape)
+        else:
+            g, b = self.g, self.b
+        x_float = x.float()
+        mu = x_float.mean(dim=-1, keepdim=True)
+        s = (x_float - mu).square().mean(dim=-1, keepdim=True)
+        x_float = (x_float - mu) * (1e-5 + s.rsqrt())
+        return (x_float * g + b).type_as(x)

@@ -1,0 +1,287 @@
+"""Safe loading and atomic saving of checkpoints in the original (PyTorch-Lightning 1.x) layout.
+
+Loading never unpickles arbitrary objects: ``torch.load(weights_only=True)`` with an explicit
+allow-list of what Lightning 1.x checkpoints of VideoGPT really hold (``argparse.Namespace`` and
+Lightning's callback classes, which only appear as dictionary keys and are mapped to inert
+stand-ins). Anything else is refused with :class:`UnsafeCheckpointError`.
+
+Pretrained names resolve in a local cache and are never downloaded: ``$VIDEOGPT_FAST_HOME``
+(default ``~/.cache/videogpt_fast``), then the original's ``~/.cache/videogpt``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+LIGHTNING_VERSION = "1.3.3"
+
+#: The original's pretrained VQ-VAEs: name -> (Google Drive id, what it was trained on).
+PRETRAINED_VQVAE: Dict[str, tuple] = {
+    "bair_stride4x2x2": ("1iIAYJ2Qqrx5Q94s5eIXQYJgAydzvT_8L", "BAIR, 16 frames of 64x64"),
+    "ucf101_stride4x4x4": ("1uuB_8WzHP_bbBmfuaIV7PK_Itl3DyHY5", "UCF-101, 16 frames of 128x128"),
+    "kinetics_stride4x4x4": ("1DOvOZnFAIQmux6hG7pN_HkyJZy3lXbCB", "Kinetics-600, 16 frames of 128x128"),
+    "kinetics_stride2x4x4": ("1jvtjjtrtE4cy6pl7DK_zWFEPY3RZt2pB", "Kinetics-600, 16 frames of 128x128"),
+}
+#: The original's pretrained priors.
+PRETRAINED_VIDEOGPT: Dict[str, tuple] = {
+    "bair_gpt": ("1fNTtJAgO6grEtPNrufkpbee1CfGztW-1", "BAIR, 1-frame conditional, 16 frames of 64x64"),
+    "ucf101_uncond_gpt": ("1QkF_Sb2XVRgSbFT_SxQ6aZUeDFoliPQq", "UCF-101, unconditional, 16 frames of 128x128"),
+}
+#: The I3D network used for FVD.
+PRETRAINED_I3D: Dict[str, tuple] = {
+    "i3d_pretrained_400.pt": ("1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT", "I3D (Kinetics-400) for FVD"),
+}
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The checkpoint holds objects outside the allow-list; it was not loaded."""
+
+
+# --------------------------------------------------------------------------------------------
+# allow-list
+# --------------------------------------------------------------------------------------------
+class _LightningStandIn:
+    """Inert stand-in for a Lightning class referenced by a checkpoint (as a dictionary key of
+    ``callbacks``); it has no behaviour and is never called with data."""
+
+
+class _AttributeDict(dict):
+    """Stand-in for ``pytorch_lightning.utilities.parsing.AttributeDict`` (a plain dict)."""
+
+
+_LIGHTNING_CLASSES = [
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor",
+    "pytorch_lightning.callbacks.progress.ProgressBar",
+]
+
+
+def _allowed_globals() -> List[Any]:
+    allowed: List[Any] = [argparse.Namespace]
+    allowed += [(type(name.rsplit(".", 1)[1], (_LightningStandIn,), {}), name) for name in _LIGHTNING_CLASSES]
+    allowed.append((_AttributeDict, "pytorch_lightning.utilities.parsing.AttributeDict"))
+    return allowed
+
+
+def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` restricted to tensors, containers and the allow-list above."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # not a zip checkpoint (legacy format): name nothing
+            unsafe = []
+        allowed = {"argparse.Namespace", *_LIGHTNING_CLASSES, "pytorch_lightning.utilities.parsing.AttributeDict"}
+        refused = [g for g in unsafe if g not in allowed]
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it references objects outside videogpt_fast's allow-list "
+            f"({', '.join(refused) or 'see below'}); unpickling them could execute code. "
+            f"Original error: {str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def lightning_checkpoint(model: torch.nn.Module, *, global_step: int = 0, epoch: int = 0,
+                         extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A dict in the original's Lightning 1.3 layout (``state_dict`` with the original keys,
+    ``hyper_parameters['args']``, ``global_step``, ``epoch``); ``extra`` (optimiser, scheduler,
+    RNG state for exact resume) goes under the key ``videogpt_fast``."""
+    ckpt = {
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "pytorch-lightning_version": LIGHTNING_VERSION,
+        "state_dict": model.state_dict(),
+        "callbacks": {},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "hparams_name": "args",
+        "hyper_parameters": {"args": as_namespace(model.args)},
+    }
+    if extra:
+        ckpt["videogpt_fast"] = extra
+    return ckpt
+
+
+def save_checkpoint(path: PathLike, model: torch.nn.Module, *, global_step: int = 0, epoch: int = 0,
+                    extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Atomically write ``model`` as an original-format checkpoint (see :func:`lightning_checkpoint`)."""
+    return atomic_save(lightning_checkpoint(model, global_step=global_step, epoch=epoch, extra=extra), path)
+
+
+# --------------------------------------------------------------------------------------------
+# pretrained names
+# --------------------------------------------------------------------------------------------
+def cache_dirs() -> List[Path]:
+    """Folders searched for pretrained files, in order."""
+    home = os.environ.get("VIDEOGPT_FAST_HOME")
+    dirs = [Path(home).expanduser() if home else Path("~/.cache/videogpt_fast").expanduser(),
+            Path("~/.cache/videogpt").expanduser()]
+    return list(dict.fromkeys(dirs))
+
+
+def resolve_pretrained(name: str, table: Dict[str, tuple]) -> Path:
+    """Path of the cached file for pretrained ``name`` (saved as ``name`` or ``name.ckpt``)."""
+    for folder in cache_dirs():
+        for candidate in (folder / name, folder / f"{name}.ckpt"):
+            if candidate.is_file():
+                return candidate
+    drive_id, what = table[name]
+    target = cache_dirs()[0] / name
+    raise FileNotFoundError(
+        f"pretrained file {name!r} ({what}) is not in the local cache; videogpt_fast never downloads. "
+        f"Put the original's file at {target} (searched: {', '.join(str(d) for d in cache_dirs())}); "
+        f"it is the original release's Google Drive file id {drive_id}, e.g. "
+        f"`gdown --id {drive_id} -O {target}`.")
+
+
+def _resolve(name_or_path: PathLike, table: Dict[str, tuple]) -> Path:
+    if isinstance(name_or_path, str) and name_or_path in table and not os.path.exists(name_or_path):
+        return resolve_pretrained(name_or_path, table)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(table))
+        raise FileNotFoundError(f"{name_or_path!s} is neither an existing checkpoint file nor a "
+                                f"pretrained name ({names})")
+    return path
+
+
+def as_namespace(args: Any) -> argparse.Namespace:
+    """Hyper-parameters as an ``argparse.Namespace`` (the original's constructor argument)."""
+    if isinstance(args, argparse.Namespace):
+        return args
+    if isinstance(args, dict):
+        return argparse.Namespace(**args)
+    raise TypeError(f"model args must be an argparse.Namespace or a dict, got {type(args).__name__}")
+
+
+def _split(ckpt: Any, path: Path):
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a model checkpoint: expected a dict with 'state_dict' "
+                         f"(and 'hyper_parameters' with 'args'), got {type(ckpt).__name__}")
+    hp = ckpt.get("hyper_parameters") or {}
+    args = hp.get("args", ckpt.get("args"))
+    if args is None:
+        raise ValueError(f"{path} has no hyper_parameters['args']: cannot rebuild the model")
+    return as_namespace(args), ckpt["state_dict"]
+
+
+def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
+    """'videogpt' (a prior), 'vqvae', or 'unknown', from the state-dict keys."""
+    if any(k.startswith("attn_stack.") for k in state_dict):
+        return "videogpt"
+    if "codebook.embeddings" in state_dict and any(k.startswith("encoder.") for k in state_dict):
+        return "vqvae"
+    return "unknown"
+
+
+def _place(model: torch.nn.Module, device) -> torch.nn.Module:
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_vqvae(name_or_path: PathLike, device: Optional[Union[str, torch.device]] = None):
+    """Load a VQ-VAE from an original checkpoint path or a pretrained name (in eval mode)."""
+    from .vqvae import VQVAE
+
+    path = _resolve(name_or_path, PRETRAINED_VQVAE)
+    args, state_dict = _split(safe_load(path), path)
+    kind = checkpoint_kind(state_dict)
+    if kind != "vqvae":
+        raise ValueError(f"{path} is a {kind} checkpoint, not a VQ-VAE"
+                         + ("; load it with load_videogpt" if kind == "videogpt" else ""))
+    model = VQVAE(args)
+    model.load_state_dict(state_dict, strict=True)
+    return _place(model, device)
+
+
+def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor]) -> argparse.Namespace:
+    """Rebuild the VQ-VAE hyper-parameters from the ``vqvae.*`` weights a prior checkpoint holds
+    and the prior's data arguments (``resolution``, ``sequence_length``)."""
+    sd = {k[len("vqvae."):]: v for k, v in state_dict.items() if k.startswith("vqvae.")}
+    if "codebook.embeddings" not in sd:
+        raise ValueError("the prior checkpoint holds no VQ-VAE weights (vqvae.*) to rebuild it from")
+    n_codes, embedding_dim = sd["codebook.embeddings"].shape
+    n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.res_stack\.(\d+)\.block\.", k))})
+    latent = [int(state_dict[f"attn_stack.pos_embd.emb.d_{i}"].shape[0]) for i in range(3)]
+    sizes = (gpt_args.sequence_length, gpt_args.resolution, gpt_args.resolution)
+    downsample = [s // l for s, l in zip(sizes, latent)]
+    return argparse.Namespace(embedding_dim=int(embedding_dim), n_codes=int(n_codes),
+                              n_hiddens=int(sd["encoder.convs.0.conv.weight"].shape[0]), n_res_layers=n_res,
+                              downsample=downsample, sequence_length=gpt_args.sequence_length,
+                              resolution=gpt_args.resolution)
+
+
+def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
+                  device: Optional[Union[str, torch.device]] = None):
+    """Load a VideoGPT prior from an original checkpoint path or a pretrained name (eval mode).
+
+    ``vqvae`` (a VQVAE module, a path or a pretrained name) overrides the VQ-VAE path stored in the
+    checkpoint, which is usually stale. Without it, the stored path is used when it exists;
+    otherwise the VQ-VAE is rebuilt from the weights the prior checkpoint itself holds (logged).
+    """
+    from .gpt import VideoGPT
+    from .vqvae import VQVAE
+
+    path = _resolve(name_or_path, PRETRAINED_VIDEOGPT)
+    args, state_dict = _split(safe_load(path), path)
+    kind = checkpoint_kind(state_dict)
+    if kind != "videogpt":
+        raise ValueError(f"{path} is a {kind} checkpoint, not a VideoGPT prior"
+                         + ("; load it with load_vqvae" if kind == "vqvae" else ""))
+    if vqvae is None:
+        stored = getattr(args, "vqvae", None)
+        if stored and (os.path.isfile(str(stored)) or _cached(str(stored))):
+            vqvae = load_vqvae(stored)
+        else:
+            log.info("VQ-VAE %r of %s not found: rebuilding it from the weights in the checkpoint", stored, path)
+            vqvae = VQVAE(infer_vqvae_args(args, state_dict))
+    elif not isinstance(vqvae, torch.nn.Module):
+        vqvae = load_vqvae(vqvae)
+    model = VideoGPT(args, vqvae=vqvae)
+    model.load_state_dict(state_dict, strict=True)
+    return _place(model, device)
+
+
+def _cached(name: str) -> bool:
+    if name not in PRETRAINED_VQVAE:
+        return False
+    try:
+        resolve_pretrained(name, PRETRAINED_VQVAE)
+        return True
+    except FileNotFoundError:
+        return False

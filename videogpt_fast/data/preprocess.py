@@ -1,0 +1,65 @@
+"""``preprocess``: uint8 (T, H, W, C) frames -> float (C, T, H, W) in [-0.5, 0.5].
+
+Numerically identical to the original ``videogpt/data.py::preprocess``: the same op order
+(scale to [0, 1] first, bilinear resize without antialias and ``align_corners=False`` of the
+shorter side to ``resolution`` with the longer side rounded *up*, floor-centred crop, shift by 0.5).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["preprocess", "resize_crop_geometry"]
+
+
+def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return ``((resized_h, resized_w), (crop_top, crop_left))`` that ``preprocess`` uses.
+
+    The shorter side is scaled to ``resolution`` and the longer one to ``ceil(side * scale)``;
+    the crop starts at ``(resized - resolution) // 2`` on each axis.
+    """
+    scale = resolution / min(height, width)
+    if height < width:
+        size = (resolution, math.ceil(width * scale))
+    else:
+        size = (math.ceil(height * scale), resolution)
+    return size, ((size[0] - resolution) // 2, (size[1] - resolution) // 2)
+
+
+def preprocess(video: torch.Tensor, resolution: int, sequence_length: int | None = None) -> torch.Tensor:
+    """Resize, centre-crop and normalise a clip the way the original VideoGPT does.
+
+    Args:
+        video: (T, H, W, C) tensor of values in {0, ..., 255} (uint8 or any real dtype), any device.
+        resolution: output height and width.
+        sequence_length: if given, keep only the first ``sequence_length`` frames.
+
+    Returns:
+        float32 (C, T', H', W') tensor with values in [-0.5, 0.5], ``H' = W' = resolution``.
+    """
+    if not isinstance(video, torch.Tensor):
+        raise ValueError(f"video must be a torch.Tensor, got {type(video).__name__}")
+    if video.dim() != 4:
+        raise ValueError(f"video must have rank 4 (T, H, W, C), got shape {tuple(video.shape)}")
+    if video.shape[-1] not in (1, 3):
+        raise ValueError(f"video must be channels-last (T, H, W, C) with C in (1, 3), got shape {tuple(video.shape)}")
+    if video.is_complex() or video.dtype == torch.bool:
+        raise ValueError(f"video must have a real numeric dtype, got {video.dtype}")
+    if not isinstance(resolution, int) or resolution <= 0:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    video = video.permute(0, 3, 1, 2).float() / 255.0  # TCHW
+    t, _, h, w = video.shape
+    if min(t, h, w) == 0:
+        raise ValueError(f"video must be non-empty in T, H and W, got shape (T, H, W, C)={(t, h, w, video.shape[1])}")
+    if sequence_length is not None:
+        if not 0 < sequence_length <= t:
+            raise ValueError(f"sequence_length must be in [1, T={t}], got {sequence_length}")
+        video = video[:sequence_length]
+    size, (top, left) = resize_crop_geometry(h, w, resolution)
+    video = F.interpolate(video, size=size, mode="bilinear", align_corners=False)
+    video = video[:, :, top:top + resolution, left:left + resolution]
+    video = video.permute(1, 0, 2, 3).contiguous()  # CTHW
+    video -= 0.5
+    return video

@@ -1,0 +1,270 @@
+"""VideoGPT: an autoregressive transformer prior over the codes of a frozen VQ-VAE.
+
+A port of the original ``videogpt/gpt.py`` without PyTorch-Lightning: same constructor arguments,
+module names and state-dict keys (``vqvae.*`` and the causal ``...attn.attn.mask`` buffers
+included), same numbers. Conditioning as in the original: a class label (one-hot, through
+class-conditional LayerNorms) and/or the first ``n_cond_frames`` frames (a 3D ResNet-34 whose
+features every block cross-attends to).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .attention import AddBroadcastPosEmbed, AttentionStack, LayerNorm
+from .resnet import resnet34
+from .utils import shift_dim
+
+__all__ = ["VideoGPT"]
+
+# Attributes every VideoGPT ``args`` must have (``class_cond_dim`` may be absent when
+# ``class_cond`` is False: the original training script then sets it to None).
+_REQUIRED_ARGS = ("vqvae", "n_cond_frames", "class_cond", "hidden_dim", "heads", "layers",
+                  "dropout", "attn_type", "attn_dropout")
+RESNET_DIM = 240          # frame-conditioning feature width (the original's constant)
+RESNET_STRIDE = (1, 4, 4)  # the frame encoder's downsampling; hence ``resolution // 4``
+SPARSE_BLOCK = 32          # SparseAttention's default block size
+
+
+def _as_namespace(args: Union[argparse.Namespace, Mapping[str, Any]]) -> argparse.Namespace:
+    if isinstance(args, argparse.Namespace):
+        return argparse.Namespace(**vars(args))
+    if isinstance(args, Mapping):
+        return argparse.Namespace(**dict(args))
+    raise TypeError(f"VideoGPT args must be an argparse.Namespace or a dict, got {type(args).__name__}")
+
+
+class VideoGPT(nn.Module):
+    """Transformer prior over VQ-VAE latents.
+
+    Args:
+        args: the original's hyper-parameters (Namespace or dict): ``vqvae`` (checkpoint path or
+            pretrained name), ``n_cond_frames``, ``class_cond``, ``class_cond_dim``, ``hidden_dim``,
+            ``heads``, ``layers``, ``dropout``, ``attn_type`` ('full' | 'sparse'), ``attn_dropout``,
+            and ``resolution`` when ``n_cond_frames > 0``.
+        vqvae: a VQ-VAE module to use as is; when None, ``videogpt_fast.checkpoint.load_vqvae(
+            args.vqvae)`` loads it. Either way it is frozen (no grad, eval mode, codebook
+            initialised) and stays in eval mode when the GPT trains.
+    """
+
+    def __init__(self, args: Union[argparse.Namespace, Mapping[str, Any]], vqvae: Optional[nn.Module] = None):
+        super().__init__()
+        args = _as_namespace(args)
+        missing = [name for name in _REQUIRED_ARGS if not hasattr(args, name)]
+        if missing:
+            raise ValueError(f"VideoGPT args lack {missing}")
+        if not hasattr(args, "class_cond_dim"):
+            if args.class_cond:
+                raise ValueError("VideoGPT: class_cond=True needs args.class_cond_dim (the number of classes)")
+            args.class_cond_dim = None
+        if args.class_cond and not args.class_cond_dim:
+            raise ValueError(f"VideoGPT: class_cond=True needs a positive class_cond_dim, got {args.class_cond_dim}")
+        if not args.class_cond and args.class_cond_dim is not None:
+            raise ValueError(f"VideoGPT: class_cond_dim={args.class_cond_dim} is set but class_cond is False "
+                             "(class-conditional norms would have no label to condition on)")
+        if args.attn_type not in ("full", "sparse"):
+            raise ValueError(f"VideoGPT: attn_type must be 'full' or 'sparse', got {args.attn_type!r}")
+        if args.hidden_dim % args.heads != 0:
+            raise ValueError(f"VideoGPT: hidden_dim={args.hidden_dim} must be divisible by heads={args.heads}")
+        if args.n_cond_frames < 0:
+            raise ValueError(f"VideoGPT: n_cond_frames must be >= 0, got {args.n_cond_frames}")
+        self.args = args
+
+        # Frozen VQ-VAE
+        if vqvae is None:
+            from .checkpoint import load_vqvae
+            vqvae = load_vqvae(args.vqvae)
+        self.vqvae = vqvae
+        for p in self.vqvae.parameters():
+            p.requires_grad = False
+        self.vqvae.codebook._need_init = False
+        self.vqvae.eval()
+
+        self.shape = tuple(int(s) for s in self.vqvae.latent_shape)
+        if args.hidden_dim % len(self.shape) != 0:
+            raise ValueError(f"VideoGPT: hidden_dim={args.hidden_dim} must be divisible by the number of "
+                             f"latent dims {len(self.shape)} (latent shape {self.shape})")
+        if args.attn_type == "sparse" and int(np.prod(self.shape)) % SPARSE_BLOCK != 0:
+            raise ValueError(f"VideoGPT: sparse attention needs prod(latent_shape) = {int(np.prod(self.shape))} "
+                             f"(latent shape {self.shape}) divisible by the block size {SPARSE_BLOCK}")
+
+        # ResNet34 for frame conditioning
+        self.use_frame_cond = args.n_cond_frames > 0
+        if self.use_frame_cond:
+            if not hasattr(args, "resolution"):
+                raise ValueError("VideoGPT: n_cond_frames > 0 needs args.resolution")
+            if args.resolution % 4 != 0:
+                raise ValueError(f"VideoGPT: frame conditioning needs resolution divisible by 4 (the ResNet "
+                                 f"downsamples H, W by 4), got {args.resolution}")
+            if RESNET_DIM % args.heads != 0:
+                raise ValueError(f"VideoGPT: the frame features' width {RESNET_DIM} must be divisible by "
+                                 f"heads={args.heads}")
+            frame_cond_shape = (args.n_cond_frames, args.resolution // 4, args.resolution // 4, RESNET_DIM)
+            self.resnet = resnet34(1, RESNET_STRIDE, resnet_dim=RESNET_DIM)
+            self.cond_pos_embd = AddBroadcastPosEmbed(shape=frame_cond_shape[:-1], embd_dim=frame_cond_shape[-1])
+        else:
+            frame_cond_shape = None
+        self.frame_cond_shape = frame_cond_shape
+
+        # Transformer
+        self.fc_in = nn.Linear(self.vqvae.embedding_dim, args.hidden_dim, bias=False)
+        self.fc_in.weight.data.normal_(std=0.02)
+        self.attn_stack = AttentionStack(self.shape, args.hidden_dim, args.heads, args.layers, args.dropout,
+                                         args.attn_type, args.attn_dropout, args.class_cond_dim,
+                                         frame_cond_shape)
+        self.norm = LayerNorm(args.hidden_dim, args.class_cond_dim)
+        self.fc_out = nn.Linear(args.hidden_dim, self.vqvae.n_codes, bias=False)
+        self.fc_out.weight.data.zero_()
+
+        # frame features computed at decode_step 0 and reused for the other positions
+        self.frame_cond_cache: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def hparams(self) -> Dict[str, argparse.Namespace]:
+        """Lightning-style ``{'args': Namespace}`` as the original's ``save_hyperparameters``."""
+        return {"args": self.args}
+
+    def train(self, mode: bool = True) -> "VideoGPT":
+        """Set train/eval mode on the prior; the frozen VQ-VAE always stays in eval mode."""
+        super().train(mode)
+        self.vqvae.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    def make_cond(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The conditioning dict the original builds from a batch: ``class_cond`` (one-hot of
+        ``batch['label']``) and ``frame_cond`` (``batch['video'][:, :, :n_cond_frames]``)."""
+        cond: Dict[str, torch.Tensor] = {}
+        if not (self.args.class_cond or self.use_frame_cond):
+            return cond
+        if "video" not in batch:
+            raise ValueError("VideoGPT: a conditional model needs batch['video'] (B, C, T, H, W)")
+        video = batch["video"]
+        if self.args.class_cond:
+            if "label" not in batch:
+                raise ValueError("VideoGPT: class_cond=True needs batch['label'] (B,) int64")
+            label = batch["label"]
+            if label.shape != (video.shape[0],):
+                raise ValueError(f"VideoGPT: batch['label'] must have shape ({video.shape[0]},), "
+                                 f"got {tuple(label.shape)}")
+            cond["class_cond"] = F.one_hot(label, self.args.class_cond_dim).type_as(video)
+        if self.use_frame_cond:
+            if video.dim() != 5 or video.shape[2] < self.args.n_cond_frames:
+                raise ValueError(f"VideoGPT: batch['video'] must be (B, C, T, H, W) with T >= n_cond_frames="
+                                 f"{self.args.n_cond_frames}, got {tuple(video.shape)}")
+            cond["frame_cond"] = video[:, :, :self.args.n_cond_frames]
+        return cond
+
+    def get_reconstruction(self, videos: torch.Tensor) -> torch.Tensor:
+        """VQ-VAE round trip of (B, C, T, H, W) videos."""
+        return self.vqvae.decode(self.vqvae.encode(videos))
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor, cond: Mapping[str, torch.Tensor],
+                decode_step: Optional[int] = None,
+                decode_idx: Optional[Tuple[int, ...]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced (or one-position KV-cache) prediction of the next code.
+
+        Args:
+            x: (B, *latent_shape, embedding_dim) code embeddings, or (B, 1, ..., 1, embedding_dim)
+                -- the previous position's -- when decoding.
+            targets: int64 codes of x's shape without the last dim.
+            cond: ``class_cond`` (B, class_cond_dim) and/or ``frame_cond`` (B, C, n_cond_frames,
+                H, W) raw frames. Not modified (the original replaced ``frame_cond`` in place).
+            decode_step: flattened index of the position to predict; 0 (re)starts the caches.
+            decode_idx: its latent coordinates.
+        Returns:
+            (cross-entropy loss, logits (*x.shape[:-1], n_codes)).
+        """
+        cond = dict(cond)
+        if self.use_frame_cond:
+            if decode_step is None:
+                cond["frame_cond"] = self.cond_pos_embd(self.resnet(cond["frame_cond"]))
+            else:
+                if decode_step == 0:
+                    self.frame_cond_cache = self.cond_pos_embd(self.resnet(cond["frame_cond"]))
+                elif self.frame_cond_cache is None:
+                    raise RuntimeError("VideoGPT: KV-cache decoding must start at decode_step=0")
+                cond["frame_cond"] = self.frame_cond_cache
+
+        h = self.fc_in(x)
+        h = self.attn_stack(h, cond, decode_step, decode_idx)
+        h = self.norm(h, cond)
+        logits = self.fc_out(h)
+        loss = F.cross_entropy(shift_dim(logits, -1, 1), targets)
+        return loss, logits
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The original ``training_step``: encode ``batch['video']`` with the frozen VQ-VAE, build
+        the conditioning from the batch and return the teacher-forced cross-entropy."""
+        self.vqvae.eval()
+        x = batch["video"]
+        cond = self.make_cond(batch)
+        with torch.no_grad():
+            targets, emb = self.vqvae.encode(x, include_embeddings=True)
+            emb = shift_dim(emb, 1, -1)
+        loss, _ = self(emb, targets, cond)
+        return loss
+
+    @torch.no_grad()
+    def sample(self, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Sample ``n`` videos position by position with the KV-cache decode path (multinomial
+        over the softmax), as the original does. ``batch`` supplies ``video`` (and ``label``)
+        for conditional models. Returns (n, C, T, H, W) in [0, 1]."""
+        device = self.fc_in.weight.device
+        cond: Dict[str, torch.Tensor] = {}
+        if self.use_frame_cond or self.args.class_cond:
+            if batch is None:
+                raise ValueError("VideoGPT.sample: a conditional model needs a batch (video, label)")
+            cond = self.make_cond(batch)
+            if batch["video"].shape[0] != n:
+                raise ValueError(f"VideoGPT.sample: batch holds {batch['video'].shape[0]} videos, n={n}")
+
+        samples = torch.zeros((n, *self.shape), dtype=torch.long, device=device)
+        idxs = list(itertools.product(*[range(s) for s in self.shape]))
+        prev_slice = None
+        for i, idx in enumerate(tqdm(idxs)):
+            cur_slice = (slice(None), *[slice(j, j + 1) for j in idx])
+            # the first input is arbitrary: the right shift replaces it by the start token
+            src = cur_slice if prev_slice is None else prev_slice
+            samples_slice = samples[src]
+            embeddings_slice = self.vqvae.codebook.dictionary_lookup(samples_slice)
+            logits = self(embeddings_slice, samples_slice, cond, decode_step=i, decode_idx=idx)[1]
+            probs = F.softmax(logits.reshape(n, -1), dim=-1)
+            samples[(slice(None), *idx)] = torch.multinomial(probs, 1).squeeze(-1)
+            prev_slice = cur_slice
+        self.frame_cond_cache = None
+        videos = self.vqvae.decode(samples)
+        return torch.clamp(videos, -0.5, 0.5) + 0.5
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, path: str, map_location=None, vqvae: Optional[nn.Module] = None) -> "VideoGPT":
+        """Load an original-format (Lightning) checkpoint or pretrained name in eval mode, placed on
+        ``map_location`` (a device) when given; see :func:`videogpt_fast.checkpoint.load_videogpt`."""
+        from .checkpoint import load_videogpt
+        return load_videogpt(path, vqvae=vqvae, device=map_location)
+
+    @staticmethod
+    def add_model_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """The original's command-line flags and defaults."""
+        parser = argparse.ArgumentParser(parents=[parent_parser], add_help=False)
+        parser.add_argument("--vqvae", type=str, default="kinetics_stride4x4x4",
+                            help="path to vqvae ckpt, or model name to download pretrained")
+        parser.add_argument("--n_cond_frames", type=int, default=0)
+        parser.add_argument("--class_cond", action="store_true")
+        # VideoGPT hyperparameters
+        parser.add_argument("--hidden_dim", type=int, default=576)
+        parser.add_argument("--heads", type=int, default=4)
+        parser.add_argument("--layers", type=int, default=8)
+        parser.add_argument("--dropout", type=float, default=0.2)
+        parser.add_argument("--attn_type", type=str, default="full", choices=["full", "sparse"])
+        parser.add_argument("--attn_dropout", type=float, default=0.3)
+        return parser

@@ -1,0 +1,196 @@
+"""The one dispatch point for VideoGPT's hot operations.
+
+Models call these functions and never import a kernel. Each op has a plain-PyTorch implementation
+here (``*_torch``: the reference every kernel is tested against) and, where one exists, a Triton
+kernel in ``videogpt_fast.kernels`` and a CUDA op in ``videogpt_fast._C``. The backend is chosen by
+:mod:`videogpt_fast.backends`.
+
+Shapes follow the package conventions: attention tensors are (B, heads, *positions, head_dim).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .backends import resolve
+
+# ops -> backends (besides torch) that implement them; filled in as kernels land.
+_IMPLEMENTED = {
+    "codebook_nearest": ("triton", "cuda"),
+    "axial_attention": ("triton",),
+    "blocksparse_attention": ("triton",),
+}
+
+
+def _kernel(module: str):
+    return importlib.import_module(f"videogpt_fast.kernels.{module}")
+
+
+# --------------------------------------------------------------------------------------------
+# codebook nearest neighbour
+# --------------------------------------------------------------------------------------------
+def codebook_nearest_torch(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 26) -> torch.Tensor:
+    """argmin_k ||x_n - e_k||^2 computed as the original does (|x|^2 - 2 x.e + |e|^2), in row
+    chunks so that at most ``chunk`` distances exist at once. Ties go to the lowest index."""
+    e_sq = (codebook.t() ** 2).sum(dim=0, keepdim=True)
+    rows = max(1, chunk // max(1, codebook.shape[0]))
+    out = []
+    for start in range(0, x.shape[0], rows):
+        xs = x[start:start + rows]
+        distances = (xs ** 2).sum(dim=1, keepdim=True) - 2 * xs @ codebook.t() + e_sq
+        out.append(torch.argmin(distances, dim=1))
+    return torch.cat(out) if len(out) != 1 else out[0]
+
+
+def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row for each row of ``x``.
+
+    Args:
+        x: (N, D) floating tensor.
+        codebook: (K, D) tensor on the same device.
+    Returns:
+        int64 tensor (N,).
+    """
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"codebook_nearest: expected x (N, D) and codebook (K, D) with equal D, "
+                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    if x.device != codebook.device:
+        raise ValueError(f"codebook_nearest: x on {x.device} but codebook on {codebook.device}")
+    backend = resolve("codebook_nearest", x.device, _IMPLEMENTED["codebook_nearest"])
+    if backend == "triton":
+        return _kernel("codebook").codebook_nearest(x, codebook)
+    if backend == "cuda":
+        return torch.ops.videogpt_fast.codebook_nearest(x, codebook)
+    return codebook_nearest_torch(x, codebook)
+
+
+# --------------------------------------------------------------------------------------------
+# attention
+# --------------------------------------------------------------------------------------------
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: Optional[torch.Tensor] = None, attn_dropout: float = 0.0,
+                        training: bool = False) -> torch.Tensor:
+    """The original's ``scaled_dot_product_attention`` over the second-to-last dimension: explicit
+    scores, a 0/1 ``mask`` (0 = hidden), softmax in the input dtype, optional dropout."""
+    attn = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        attn = attn.masked_fill(mask == 0, float("-inf"))
+    attn = F.softmax(attn, dim=-1).type_as(attn)
+    attn = F.dropout(attn, p=attn_dropout, training=training)
+    return torch.matmul(attn, v)
+
+
+def _spatial_dim(x: torch.Tensor, dim: int) -> int:
+    n = x.dim()
+    d = dim + n if dim < 0 else dim
+    if not 2 <= d <= n - 2:
+        raise ValueError(f"axial_attention: dim {dim} is not a spatial axis of a tensor of shape "
+                         f"{tuple(x.shape)} laid out (B, heads, *spatial, head_dim)")
+    return d
+
+
+def axial_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Attention along one spatial axis with PyTorch's fused SDPA (scale d^-0.5, no mask)."""
+    d = _spatial_dim(q, dim)
+    qm, km, vm = (torch.movedim(t, d, -2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qm, km, vm)
+    return torch.movedim(out, -2, d)
+
+
+def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Attention along spatial axis ``dim`` of (B, heads, *spatial, d) tensors, as the original
+    AxialAttention computes it. ``dim`` indexes the full tensor (negative counts from the end; the
+    original's ``axial_dim=-2`` is W of (B, heads, T, H, W, d))."""
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"axial_attention: q, k must match and v share their leading dims, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _spatial_dim(q, dim)
+    backend = resolve("axial_attention", q.device, _IMPLEMENTED["axial_attention"])
+    if backend == "triton":
+        return _kernel("axial_attention").axial_attention(q, k, v, dim)
+    return axial_attention_torch(q, k, v, dim)
+
+
+def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int) -> torch.Tensor:
+    """Validate a block layout and return it as a bool tensor (heads, blocks, blocks)."""
+    if block <= 0 or seq_len % block != 0:
+        raise ValueError(f"blocksparse_attention: sequence length {seq_len} is not divisible by block {block}")
+    nb = seq_len // block
+    if layout.dim() == 2:
+        layout = layout.unsqueeze(0).expand(n_head, -1, -1)
+    if layout.dim() != 3 or layout.shape[1:] != (nb, nb) or layout.shape[0] not in (1, n_head):
+        raise ValueError(f"blocksparse_attention: layout must be ({nb}, {nb}) or ({n_head}, {nb}, {nb}) "
+                         f"for L={seq_len}, block={block}, got {tuple(layout.shape)}")
+    if layout.shape[0] == 1:
+        layout = layout.expand(n_head, -1, -1)
+    return layout.to(device=layout.device, dtype=torch.bool)
+
+
+def blocksparse_dense_mask(layout: torch.Tensor, block: int, causal: bool) -> torch.Tensor:
+    """The (heads, L, L) 0/1 mask that a block layout stands for (True = query may see key)."""
+    mask = layout.bool().repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
+    if causal:
+        L = mask.shape[-1]
+        mask = mask & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+    return mask
+
+
+def blocksparse_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                layout: torch.Tensor, block: int, causal: bool = True) -> torch.Tensor:
+    """Block-sparse attention in plain PyTorch, with cost proportional to the non-zero blocks.
+
+    For every query block the key/value blocks of its layout row are gathered (rows padded to the
+    longest), attended to, and the padding masked out; autograd gives the backward. Queries that
+    see no key produce zeros.
+    """
+    B, H, L, D = q.shape
+    lay = check_layout(layout.to(q.device), L, block, H)
+    nb = L // block
+    nnz = lay.sum(-1)                                     # (H, nb)
+    width = max(int(nnz.max().item()), 1)
+    # column indices of each row's blocks, padded with block 0 and masked below
+    order = torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width]  # (H, nb, W)
+    valid = torch.arange(width, device=q.device).view(1, 1, width) < nnz.unsqueeze(-1)
+    qb = q.reshape(B, H, nb, block, D)
+    kb = k.reshape(B, H, nb, block, D)
+    vb = v.reshape(B, H, nb, block, v.shape[-1])
+    idx = order.reshape(1, H, nb * width).expand(B, -1, -1)
+    kg = torch.gather(kb, 2, idx[..., None, None].expand(-1, -1, -1, block, D)).view(B, H, nb, width * block, D)
+    vg = torch.gather(vb, 2, idx[..., None, None].expand(-1, -1, -1, block, vb.shape[-1]))
+    vg = vg.view(B, H, nb, width * block, vb.shape[-1])
+    scores = torch.matmul(qb, kg.transpose(-1, -2)) / math.sqrt(D)   # (B, H, nb, block, W*block)
+    keep = valid.repeat_interleave(block, dim=-1).unsqueeze(-2)      # (H, nb, 1, W*block)
+    if causal:
+        q_pos = torch.arange(L, device=q.device).view(nb, block, 1)
+        k_pos = (order.unsqueeze(-1) * block + torch.arange(block, device=q.device)).view(H, nb, 1, width * block)
+        keep = keep & (k_pos <= q_pos.unsqueeze(0))
+    scores = scores.masked_fill(~keep, float("-inf"))
+    acc = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    probs = torch.softmax(scores.to(acc), dim=-1).nan_to_num(0.0).to(v.dtype)
+    out = torch.matmul(probs, vg)                                    # (B, H, nb, block, Dv)
+    return out.reshape(B, H, L, v.shape[-1])
+
+
+def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor,
+                          block: int, causal: bool = True) -> torch.Tensor:
+    """Block-sparse attention over flattened positions.
+
+    Args:
+        q, k, v: (B, heads, L, d).
+        layout: 0/1 (L/block, L/block) or (heads, L/block, L/block): query block i sees key block j
+            iff ``layout[..., i, j]``; as ``StridedSparsityConfig.make_layout()`` makes it.
+        block: block size; L must be divisible by it.
+        causal: additionally hide keys after the query (j > i).
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"blocksparse_attention: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_layout(layout, q.shape[2], block, q.shape[1])
+    backend = resolve("blocksparse_attention", q.device, _IMPLEMENTED["blocksparse_attention"])
+    if backend == "triton":
+        return _kernel("blocksparse_attention").blocksparse_attention(q, k, v, layout, block, causal)
+    return blocksparse_attention_torch(q, k, v, layout, block, causal)

@@ -1,0 +1,485 @@
+"""VQ-VAE with an EMA codebook: the original VideoGPT ``videogpt/vqvae.py`` without Lightning.
+
+Module, parameter and buffer names are the original's, so its state dicts load with
+``strict=True`` and produce the same numbers. Differences, none of which change results:
+
+* the nearest code comes from :func:`videogpt_fast.ops.codebook_nearest` (chunked, or a kernel);
+* EMA statistics use ``bincount``/``index_add_`` instead of a dense (rows x codes) one-hot;
+* random restarts pick ``n_codes`` rows of the tiled inputs without materialising the tiling;
+* the three axial attentions of a block share one fused q/k/v projection and one output
+  projection (same weights, same sum);
+* "same" padding is folded into the convolution where it is symmetric;
+* a codebook loaded from a state dict is not re-initialised on its first training batch (the
+  original re-initialised it, throwing a trained codebook away when fine-tuning or resuming);
+* inputs and hyper-parameters are validated with a ``ValueError`` naming the violated constraint.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .attention import MultiHeadAttention
+
+__all__ = [
+    "VQVAE", "Codebook", "Encoder", "Decoder", "AxialBlock", "AttentionResidualBlock",
+    "SamePadConv3d", "SamePadConvTranspose3d",
+]
+
+
+def _dist_active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _log2_factors(downsample: Sequence[int], what: str = "downsample") -> List[int]:
+    """log2 of each of the three factors; ValueError unless they are powers of two, not all 1."""
+    factors = list(downsample)
+    if len(factors) != 3:
+        raise ValueError(f"{what} must have 3 entries (T, H, W), got {factors}")
+    logs = []
+    for d in factors:
+        if isinstance(d, bool) or int(d) != d or d < 1 or (int(d) & (int(d) - 1)) != 0:
+            raise ValueError(f"{what} entries must be powers of two (1, 2, 4, ...), got {factors}")
+        logs.append(int(d).bit_length() - 1)
+    if max(logs) == 0:
+        raise ValueError(f"{what} needs at least one factor > 1 (the original has no conv stack "
+                         f"for {factors}), got {factors}")
+    return logs
+
+
+def _check_n_hiddens(n_hiddens: int) -> None:
+    if n_hiddens < 2 or n_hiddens % 2 != 0:
+        raise ValueError(f"n_hiddens must be even and >= 2 (the residual block halves it and its "
+                         f"axial attention has 2 heads), got {n_hiddens}")
+
+
+def _same_pad(kernel_size: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The original's F.pad tuple (last dim first): total k - s, the extra one on the left."""
+    pad: List[int] = []
+    for k, s in zip(kernel_size[::-1], stride[::-1]):
+        p = k - s
+        pad.extend((p // 2 + p % 2, p // 2))
+    return tuple(pad)
+
+
+def _triple(v: Union[int, Sequence[int]]) -> Tuple[int, int, int]:
+    return (v,) * 3 if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# VQ-VAE
+# ----------------------------------------------------------------------------------------------
+class VQVAE(nn.Module):
+    """Video VQ-VAE: conv encoder with axial-attention residual blocks, EMA codebook, decoder.
+
+    Args:
+        args: ``argparse.Namespace`` (or a dict) with ``embedding_dim``, ``n_codes``,
+            ``n_hiddens``, ``n_res_layers``, ``downsample`` (3 powers of two) and, for
+            :attr:`latent_shape`, ``sequence_length`` and ``resolution``.
+    """
+
+    def __init__(self, args: Union[argparse.Namespace, Mapping[str, Any]]):
+        super().__init__()
+        if isinstance(args, Mapping):
+            args = argparse.Namespace(**args)
+        for name in ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample"):
+            if not hasattr(args, name):
+                raise ValueError(f"VQVAE args is missing {name!r}")
+        if args.embedding_dim < 1 or args.n_codes < 1 or args.n_res_layers < 0:
+            raise ValueError(f"VQVAE needs embedding_dim >= 1, n_codes >= 1, n_res_layers >= 0, got "
+                             f"{args.embedding_dim}, {args.n_codes}, {args.n_res_layers}")
+        _check_n_hiddens(args.n_hiddens)
+        _log2_factors(args.downsample)
+        self.args = args
+        if getattr(args, "sequence_length", None) is not None and getattr(args, "resolution", None) is not None:
+            self.latent_shape  # validates divisibility early
+
+        self.embedding_dim = args.embedding_dim
+        self.n_codes = args.n_codes
+
+        self.encoder = Encoder(args.n_hiddens, args.n_res_layers, args.downsample)
+        self.decoder = Decoder(args.n_hiddens, args.n_res_layers, args.downsample)
+        self.pre_vq_conv = SamePadConv3d(args.n_hiddens, args.embedding_dim, 1)
+        self.post_vq_conv = SamePadConv3d(args.embedding_dim, args.n_hiddens, 1)
+        self.codebook = Codebook(args.n_codes, args.embedding_dim)
+
+    @classmethod
+    def load_from_checkpoint(cls, path: str, map_location=None) -> "VQVAE":
+        """Load an original (Lightning) or videogpt_fast checkpoint; see
+        :func:`videogpt_fast.checkpoint.load_vqvae`."""
+        from .checkpoint import load_vqvae
+        return load_vqvae(path, device=map_location)
+
+    @property
+    def downsample(self) -> Tuple[int, int, int]:
+        return tuple(int(d) for d in self.args.downsample)  # type: ignore[return-value]
+
+    @property
+    def latent_shape(self) -> Tuple[int, int, int]:
+        """(T, H, W) of the code grid for ``args.sequence_length`` x ``args.resolution``^2 input."""
+        seq = getattr(self.args, "sequence_length", None)
+        res = getattr(self.args, "resolution", None)
+        if seq is None or res is None:
+            raise ValueError("latent_shape needs args.sequence_length and args.resolution")
+        input_shape = (seq, res, res)
+        if any(s % d != 0 for s, d in zip(input_shape, self.downsample)):
+            raise ValueError(f"sequence_length and resolution {input_shape} must be divisible by "
+                             f"downsample {self.downsample}")
+        return tuple(s // d for s, d in zip(input_shape, self.downsample))  # type: ignore[return-value]
+
+    def _check_video(self, x: torch.Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"VQVAE expects videos (B, 3, T, H, W), got shape {tuple(x.shape)}")
+        if any(s % d != 0 for s, d in zip(x.shape[2:], self.downsample)):
+            raise ValueError(f"video (T, H, W) = {tuple(x.shape[2:])} must be divisible by "
+                             f"downsample {self.downsample}")
+
+    def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_video(x)
+        return self.pre_vq_conv(self.encoder(x))
+
+    def encode(self, x: torch.Tensor, include_embeddings: bool = False):
+        """Codes (B, t, h, w) of videos ``x`` (B, 3, T, H, W); with ``include_embeddings`` also
+        their (straight-through) embeddings (B, embedding_dim, t, h, w)."""
+        vq_output = self.codebook(self._latents(x))
+        if include_embeddings:
+            return vq_output["encodings"], vq_output["embeddings"]
+        return vq_output["encodings"]
+
+    def decode(self, encodings: torch.Tensor) -> torch.Tensor:
+        """Videos (B, 3, T, H, W) from integer codes (B, t, h, w)."""
+        if encodings.dim() != 4 or encodings.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"decode expects int64/int32 codes (B, t, h, w), got "
+                             f"{encodings.dtype} of shape {tuple(encodings.shape)}")
+        h = F.embedding(encodings, self.codebook.embeddings)
+        h = self.post_vq_conv(h.movedim(-1, 1))
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor):
+        """(recon_loss, x_recon, vq_output) with ``recon_loss = mse(x_recon, x) / 0.06``."""
+        z = self._latents(x)
+        vq_output = self.codebook(z)
+        x_recon = self.decoder(self.post_vq_conv(vq_output["embeddings"]))
+        recon_loss = F.mse_loss(x_recon, x) / 0.06
+        return recon_loss, x_recon, vq_output
+
+    @staticmethod
+    def add_model_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """The original's flags and defaults."""
+        parser = argparse.ArgumentParser(parents=[parent_parser], add_help=False)
+        parser.add_argument("--embedding_dim", type=int, default=256)
+        parser.add_argument("--n_codes", type=int, default=2048)
+        parser.add_argument("--n_hiddens", type=int, default=240)
+        parser.add_argument("--n_res_layers", type=int, default=4)
+        parser.add_argument("--downsample", nargs="+", type=int, default=(4, 4, 4))
+        return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------
+class AxialBlock(nn.Module):
+    """Sum of three axial self-attentions (along W, H and T) over a (B, C, T, H, W) tensor.
+
+    Keeps the original's ``attn_w``/``attn_h``/``attn_t`` MultiHeadAttention modules (and keys);
+    the forward concatenates their nine q/k/v projections into one matmul and their three output
+    projections into another, which computes the same sum.
+    """
+
+    def __init__(self, n_hiddens: int, n_head: int):
+        super().__init__()
+        if n_hiddens % n_head != 0:
+            raise ValueError(f"AxialBlock: n_hiddens {n_hiddens} must be divisible by n_head {n_head}")
+        kwargs = dict(shape=(0,) * 3, dim_q=n_hiddens, dim_kv=n_hiddens, n_head=n_head,
+                      n_layer=1, causal=False, attn_type="axial")
+        self.attn_w = MultiHeadAttention(attn_kwargs=dict(axial_dim=-2), **kwargs)
+        self.attn_h = MultiHeadAttention(attn_kwargs=dict(axial_dim=-3), **kwargs)
+        self.attn_t = MultiHeadAttention(attn_kwargs=dict(axial_dim=-4), **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attns = (self.attn_w, self.attn_h, self.attn_t)
+        n_head, d = self.attn_w.n_head, self.attn_w.d_k
+        h = x.movedim(1, -1)                                             # (B, T, H, W, C) view
+        w_in = torch.cat([w for m in attns for w in (m.w_qs.weight, m.w_ks.weight, m.w_vs.weight)])
+        qkv = F.linear(h, w_in).unflatten(-1, (3, 3, n_head, d))        # (B, T, H, W, 3, 3, nh, d)
+        outs = []
+        for i, m in enumerate(attns):
+            q, k, v = (qkv[..., i, j, :, :].movedim(-2, 1) for j in range(3))  # (B, nh, T, H, W, d)
+            outs.append(ops.axial_attention(q, k, v, m.attn.axial_dim).movedim(1, -2))
+        a = torch.cat(outs, dim=-2).flatten(start_dim=-3)               # (B, T, H, W, 3 * nh * d)
+        w_out = torch.cat([m.fc.weight for m in attns], dim=1)
+        b_out = self.attn_w.fc.bias + self.attn_h.fc.bias + self.attn_t.fc.bias
+        return F.linear(a, w_out, b_out).movedim(-1, 1)
+
+
+class AttentionResidualBlock(nn.Module):
+    """x + [BN, ReLU, 3^3 conv to C/2, BN, ReLU, 1^3 conv to C, BN, ReLU, AxialBlock](x)."""
+
+    def __init__(self, n_hiddens: int):
+        super().__init__()
+        _check_n_hiddens(n_hiddens)
+        self.block = nn.Sequential(
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False),
+            nn.BatchNorm3d(n_hiddens // 2),
+            nn.ReLU(),
+            SamePadConv3d(n_hiddens // 2, n_hiddens, 1, bias=False),
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+            AxialBlock(n_hiddens, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Codebook
+# ----------------------------------------------------------------------------------------------
+class Codebook(nn.Module):
+    """EMA vector-quantisation codebook (decay 0.99) with data-dependent init and dead-code restart.
+
+    Buffers: ``embeddings`` (K, D), ``N`` (K,) EMA counts, ``z_avg`` (K, D) EMA sums. The first
+    training-mode batch initialises the codebook from (tiled, noised) inputs unless a state dict
+    was loaded into it (see :meth:`_on_load_state_dict`).
+    """
+
+    def __init__(self, n_codes: int, embedding_dim: int):
+        super().__init__()
+        if n_codes < 1 or embedding_dim < 1:
+            raise ValueError(f"Codebook needs n_codes >= 1 and embedding_dim >= 1, got {n_codes}, {embedding_dim}")
+        self.register_buffer("embeddings", torch.randn(n_codes, embedding_dim))
+        self.register_buffer("N", torch.zeros(n_codes))
+        self.register_buffer("z_avg", self.embeddings.data.clone())
+        self.n_codes = n_codes
+        self.embedding_dim = embedding_dim
+        self._need_init = True
+        self._register_load_state_dict_pre_hook(self._on_load_state_dict, with_module=True)
+
+    @staticmethod
+    def _on_load_state_dict(module: "Codebook", state_dict, prefix, local_metadata, strict,
+                            missing_keys, unexpected_keys, error_msgs) -> None:
+        """A loaded codebook is initialised unless its EMA counts are all zero (the state of a
+        codebook that never saw a training batch). The original always re-initialised."""
+        n = state_dict.get(prefix + "N")
+        if isinstance(n, torch.Tensor):
+            module._need_init = not bool(n.detach().ne(0).any())
+        elif prefix + "embeddings" in state_dict:
+            module._need_init = False
+
+    def _tile(self, x: torch.Tensor) -> torch.Tensor:
+        """The original's tiling: repeat rows up to ``n_codes`` and add N(0, (0.01/sqrt(D))^2)
+        noise (only when there are fewer rows than codes). Kept for reference; the module samples
+        rows of the tiling through :meth:`_random_rows` without building it."""
+        d, ew = x.shape
+        if d < self.n_codes:
+            n_repeats = (self.n_codes + d - 1) // d
+            x = x.repeat(n_repeats, 1)
+            x = x + torch.randn_like(x) * (0.01 / math.sqrt(ew))
+        return x
+
+    def _random_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """``n_codes`` rows drawn without replacement from ``_tile(flat)``, identical on all ranks:
+        same distribution as the original's ``_tile(flat)[randperm][:n_codes]``."""
+        d, ew = flat.shape
+        total = d if d >= self.n_codes else d * ((self.n_codes + d - 1) // d)
+        idx = torch.randperm(total, device=flat.device)[:self.n_codes]
+        rows = flat[idx % d]
+        if d < self.n_codes:
+            rows = rows + torch.randn_like(rows) * (0.01 / math.sqrt(ew))
+        if _dist_active():
+            dist.broadcast(rows, 0)
+        return rows
+
+    @torch.no_grad()
+    def _init_embeddings(self, z: torch.Tensor) -> None:
+        self._need_init = False
+        flat = z.movedim(1, -1).reshape(-1, self.embedding_dim).to(self.embeddings.dtype)
+        rows = self._random_rows(flat)
+        self.embeddings.copy_(rows)
+        self.z_avg.copy_(rows)
+        self.N.fill_(1.0)
+
+    def code_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-code counts (K,) and sums (K, D) of ``flat`` (N, D) rows assigned to ``indices``:
+        ``one_hot.sum(0)`` and ``(flat.t() @ one_hot).t()`` without the (N, K) one-hot."""
+        counts = torch.bincount(indices, minlength=self.n_codes).to(flat.dtype)
+        sums = flat.new_zeros(self.n_codes, flat.shape[1]).index_add_(0, indices, flat)
+        return counts, sums
+
+    @staticmethod
+    def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
+        """exp(entropy) of the code histogram, as the original computes it from the one-hot."""
+        avg_probs = counts / counts.sum()
+        return torch.exp(-torch.sum(avg_probs * torch.log(avg_probs + 1e-10)))
+
+    def forward(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Quantise ``z`` (B, D, T, H, W). Returns ``embeddings`` (straight-through, shaped like
+        ``z``), ``encodings`` (B, T, H, W) int64, ``commitment_loss`` and ``perplexity``.
+        In training mode also updates the EMA buffers."""
+        if z.dim() != 5 or z.shape[1] != self.embedding_dim:
+            raise ValueError(f"Codebook expects (B, {self.embedding_dim}, T, H, W), got shape {tuple(z.shape)}")
+        # the codebook runs in its own dtype (fp32), also under autocast
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z)
+
+    def _forward(self, z_in: torch.Tensor) -> Dict[str, torch.Tensor]:
+        z = z_in.to(self.embeddings.dtype)
+        if self._need_init and self.training:
+            self._init_embeddings(z)
+        flat = z.detach().movedim(1, -1).reshape(-1, self.embedding_dim)
+        indices = ops.codebook_nearest(flat, self.embeddings)
+        encoding_indices = indices.view(z.shape[0], *z.shape[2:])
+
+        embeddings = F.embedding(encoding_indices, self.embeddings).movedim(-1, 1)
+        commitment_loss = 0.25 * F.mse_loss(z, embeddings.detach())
+
+        with torch.no_grad():
+            counts, sums = self.code_stats(flat, indices)
+            perplexity = self.perplexity_from_counts(counts)
+            if self.training:
+                self._ema_update(flat, counts, sums)
+
+        embeddings_st = (embeddings - z).detach() + z
+        return dict(embeddings=embeddings_st, encodings=encoding_indices,
+                    commitment_loss=commitment_loss, perplexity=perplexity)
+
+    def _ema_update(self, flat: torch.Tensor, n_total: torch.Tensor, encode_sum: torch.Tensor) -> None:
+        if _dist_active():
+            n_total, encode_sum = n_total.clone(), encode_sum.clone()
+            dist.all_reduce(n_total)
+            dist.all_reduce(encode_sum)
+        self.N.mul_(0.99).add_(n_total, alpha=0.01)
+        self.z_avg.mul_(0.99).add_(encode_sum, alpha=0.01)
+
+        n = self.N.sum()
+        weights = (self.N + 1e-7) / (n + self.n_codes * 1e-7) * n
+        normalized = self.z_avg / weights.unsqueeze(1)
+
+        # restart codes whose EMA count fell below 1 from random (tiled, noised) inputs
+        rows = self._random_rows(flat)
+        usage = (self.N.view(self.n_codes, 1) >= 1).to(normalized.dtype)
+        self.embeddings.copy_(normalized * usage + rows * (1 - usage))
+
+    def dictionary_lookup(self, encodings: torch.Tensor) -> torch.Tensor:
+        """Embeddings (..., D) of integer codes (...)."""
+        return F.embedding(encodings, self.embeddings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder / decoder
+# ----------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    """Strided 4^3 convs (one per halving, stride 2 on the axes still to be downsampled), a 3^3
+    conv and ``n_res_layers`` attention residual blocks, then BN and ReLU."""
+
+    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: Sequence[int]):
+        super().__init__()
+        _check_n_hiddens(n_hiddens)
+        n_times = _log2_factors(downsample)
+        self.convs = nn.ModuleList()
+        in_channels = 3
+        for i in range(max(n_times)):
+            in_channels = 3 if i == 0 else n_hiddens
+            stride = tuple(2 if t > 0 else 1 for t in n_times)
+            self.convs.append(SamePadConv3d(in_channels, n_hiddens, 4, stride=stride))
+            n_times = [t - 1 for t in n_times]
+        # the original builds conv_last with the last strided conv's in_channels
+        self.conv_last = SamePadConv3d(in_channels, n_hiddens, kernel_size=3)
+        self.res_stack = nn.Sequential(
+            *[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        h = self.conv_last(h)
+        return self.res_stack(h)
+
+
+class Decoder(nn.Module):
+    """Attention residual blocks, BN, ReLU, then strided 4^3 transposed convs back to 3 channels."""
+
+    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: Sequence[int]):
+        super().__init__()
+        _check_n_hiddens(n_hiddens)
+        self.res_stack = nn.Sequential(
+            *[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+        )
+        n_times = _log2_factors(upsample, "upsample")
+        max_us = max(n_times)
+        self.convts = nn.ModuleList()
+        for i in range(max_us):
+            out_channels = 3 if i == max_us - 1 else n_hiddens
+            us = tuple(2 if t > 0 else 1 for t in n_times)
+            self.convts.append(SamePadConvTranspose3d(n_hiddens, out_channels, 4, stride=us))
+            n_times = [t - 1 for t in n_times]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.res_stack(x)
+        last = len(self.convts) - 1
+        for i, convt in enumerate(self.convts):
+            h = convt(h)
+            if i < last:
+                h = F.relu(h)
+        return h
+
+
+class SamePadConv3d(nn.Module):
+    """Conv3d with the original's "same" padding (total k - s per axis, extra on the left; input
+    sizes divisible by the stride). Symmetric padding is done by the convolution itself."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
+        super().__init__()
+        kernel_size, stride = _triple(kernel_size), _triple(stride)
+        if any(k < s for k, s in zip(kernel_size, stride)):
+            raise ValueError(f"SamePadConv3d needs kernel_size >= stride, got {kernel_size}, {stride}")
+        self.pad_input = _same_pad(kernel_size, stride)
+        symmetric = all(self.pad_input[i] == self.pad_input[i + 1] for i in range(0, 6, 2))
+        self._conv_padding = tuple(self.pad_input[4 - 2 * i] for i in range(3)) if symmetric else None
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._conv_padding is not None:
+            return F.conv3d(x, self.conv.weight, self.conv.bias, self.conv.stride, self._conv_padding)
+        return self.conv(F.pad(x, self.pad_input))
+
+
+class SamePadConvTranspose3d(nn.Module):
+    """ConvTranspose3d mirroring :class:`SamePadConv3d` (output = input x stride), as the original:
+    pad the input like the conv, transposed conv with padding k - 1. With symmetric padding p per
+    axis this equals a transposed conv with padding k - 1 - p * s and no input padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
+        super().__init__()
+        kernel_size, stride = _triple(kernel_size), _triple(stride)
+        if any(k < s for k, s in zip(kernel_size, stride)):
+            raise ValueError(f"SamePadConvTranspose3d needs kernel_size >= stride, got {kernel_size}, {stride}")
+        self.pad_input = _same_pad(kernel_size, stride)
+        symmetric = all(self.pad_input[i] == self.pad_input[i + 1] for i in range(0, 6, 2))
+        self._convt_padding = None
+        if symmetric:
+            pads = tuple(k - 1 - self.pad_input[4 - 2 * i] * s
+                         for i, (k, s) in enumerate(zip(kernel_size, stride)))
+            if all(p >= 0 for p in pads):
+                self._convt_padding = pads
+        self.convt = nn.ConvTranspose3d(in_channels, out_channels, kernel_size, stride=stride, bias=bias,
+                                        padding=tuple(k - 1 for k in kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._convt_padding is not None:
+            return F.conv_transpose3d(x, self.convt.weight, self.convt.bias, self.convt.stride,
+                                      self._convt_padding)
+        return self.convt(F.pad(x, self.pad_input))
