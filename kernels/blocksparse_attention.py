@@ -695,14 +695,16 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
               causal: bool = True, gather: bool = False) -> torch.Tensor:
     """Float64 block-sparse attention: the dense mask of the layout through
-    ``ops.attention_reference`` (rows seeing no key give 0), or with ``gather=True`` the
+    ``ops.attention_reference`` (rows seeing no key give 0 and zero gradients), or with ``gather=True`` the
     cost-proportional ``ops.blocksparse_attention_torch``. Differentiable."""
     q64, k64, v64 = q.double(), k.double(), v.double()
     if gather:
         return blocksparse_attention_torch(q64, k64, v64, layout, block, causal)
     lay = check_layout(layout.to(q.device), q.shape[2], block, q.shape[1])
     mask = blocksparse_dense_mask(lay, block, causal)
-    return attention_reference(q64, k64, v64, mask=mask).nan_to_num(0.0)
+    seen = mask.any(-1, keepdim=True)                     # rows that see no key give 0, and
+    mask = mask | ~seen                                   # no nan in the forward or gradients
+    return attention_reference(q64, k64, v64, mask=mask) * seen
 
 
 def decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: torch.Tensor,

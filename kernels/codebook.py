@@ -53,30 +53,46 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def fix_interpreter_numpy_scalars() -> None:
-    """Make Triton's CPU interpreter work with numpy >= 2.4 (triton-lang/triton#9171).
+def fix_triton_interpreter() -> None:
+    """Work around two bugs of Triton's (<= 3.6) CPU interpreter; a no-op for compiled kernels.
 
-    Triton <= 3.6 turns a runtime scalar (a 1-element array) into a Python int with ``int(array)``,
-    which numpy 2.4 rejects, so ``for i in range(0, n, BLOCK)`` over a kernel argument fails under
-    ``TRITON_INTERPRET=1``. This re-patches ``tensor.__index__`` to take the element explicitly.
-    Idempotent; a no-op for compiled kernels.
+    * numpy >= 2.4 refuses ``int()`` of a 1-element array, which the interpreter uses to turn a
+      runtime scalar into a loop bound, so ``range(0, n, BLOCK)`` over a kernel argument fails
+      (triton-lang/triton#9171): ``tensor.__index__`` is re-patched to take the element explicitly.
+    * ``tl.dot`` on bfloat16 multiplies the raw uint16 storage: bf16 operands are widened
+      (exactly) to fp32 first, which is what a bf16 MMA with fp32 accumulation computes.
+
+    Idempotent. Called on import by the kernel modules when ``TRITON_INTERPRET=1``.
     """
+    import numpy as np
     from triton.runtime import interpreter
 
-    original = getattr(interpreter, "_patch_lang_tensor", None)
-    if original is None or getattr(original, "_scalar_index_fixed", False):
-        return
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is not None and not getattr(patch_tensor, "_videogpt_fast_fixed", False):
+        def patched_tensor(tensor, scope):
+            patch_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+        patched_tensor._videogpt_fast_fixed = True
+        interpreter._patch_lang_tensor = patched_tensor
 
-    patched._scalar_index_fixed = True
-    interpreter._patch_lang_tensor = patched
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    create_dot = getattr(builder, "create_dot", None)
+    if create_dot is not None and not getattr(create_dot, "_videogpt_fast_fixed", False):
+        def widen(h):
+            if h.dtype == tl.bfloat16:
+                return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+            return h
+
+        def patched_dot(self, a, b, d, *args, **kwargs):
+            return create_dot(self, widen(a), widen(b), d, *args, **kwargs)
+
+        patched_dot._videogpt_fast_fixed = True
+        builder.create_dot = patched_dot
 
 
 if _interpret():
-    fix_interpreter_numpy_scalars()
+    fix_triton_interpreter()
 
 
 def _search_configs():

@@ -380,7 +380,7 @@ def test_load_i3d_pretrained_from_caches(weights_file, i3d, tmp_path, monkeypatc
     # $VIDEOGPT_FAST_HOME comes first; the original's positional call load_i3d_pretrained(device) works
     (tmp_path / "fast_home").mkdir()
     (tmp_path / "fast_home" / I3D_FILENAME).write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         load_i3d_pretrained(torch.device("cpu"))
     (tmp_path / "fast_home" / I3D_FILENAME).unlink()
     (tmp_path / "fast_home" / I3D_FILENAME).symlink_to(weights_file)

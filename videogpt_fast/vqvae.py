@@ -212,7 +212,7 @@ class AxialBlock(nn.Module):
         for i, m in enumerate(attns):
             q, k, v = (qkv[..., i, j, :, :].movedim(-2, 1) for j in range(3))  # (B, nh, T, H, W, d)
             outs.append(ops.axial_attention(q, k, v, m.attn.axial_dim).movedim(1, -2))
-        a = torch.cat(outs, dim=-2).flatten(start_dim=-3)               # (B, T, H, W, 3 * nh * d)
+        a = torch.cat(outs, dim=-2).flatten(start_dim=-2)               # (B, T, H, W, 3 * nh * d)
         w_out = torch.cat([m.fc.weight for m in attns], dim=1)
         b_out = self.attn_w.fc.bias + self.attn_h.fc.bias + self.attn_t.fc.bias
         return F.linear(a, w_out, b_out).movedim(-1, 1)

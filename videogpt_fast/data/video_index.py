@@ -157,8 +157,9 @@ class VideoIndex:
             for entry in self._probe_all(todo, num_workers):
                 entries[entry.path] = entry
         self.entries: list[VideoEntry] = [entries[k] for k in sorted(entries)]
+        probed = {t[1] for t in todo}
         for e in self.entries:
-            if e.error is not None and (e.path in {t[1] for t in todo}):
+            if e.error is not None and e.path in probed:
                 warnings.warn(f"skipping unreadable video {os.path.join(self.folder, e.path)}: {e.error}",
                               RuntimeWarning, stacklevel=3)
         if self.cache_path and (todo or set(cached) != set(entries)):
