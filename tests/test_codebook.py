@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.conftest import assert_close, load_fixture
+from conftest import assert_close, load_fixture
 from videogpt_fast.vqvae import Codebook
 
 
