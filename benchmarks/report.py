@@ -1,0 +1,147 @@
+"""Render benchmark results: report.md tables, PNG plots, and the README performance table.
+
+    python -m benchmarks.report RESULTS_JSON [--readme README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List
+
+README_BEGIN = "<!-- performance-table:begin -->"
+README_END = "<!-- performance-table:end -->"
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def _params(p: Dict[str, Any]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in p.items())
+
+
+def write_report(result: Dict[str, Any], path: Path) -> Path:
+    env, ceil = result["env"], result["ceilings"]
+    lines = [f"# videogpt_fast benchmarks — {env['device_name']}", "",
+             f"- date: {env['date']}", f"- command: `{env.get('command', '')}`",
+             f"- torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, CUDA extension built: {env['cuda_extension']}",
+             f"- CPU cores: {env['cpu_count']}; platform: {env['platform']}",
+             "- measured ceilings: " + ", ".join(f"{k} = {v:.2f}" for k, v in ceil.items()), ""]
+    if env["device"] == "cpu":
+        lines += ["> CPU run: these figures say nothing about GPU speed; GPU results are **not measured** here.", ""]
+    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for row in result["rows"]:
+        groups[row["group"]].append(row)
+    for group, rows in groups.items():
+        lines += [f"## {group}", "",
+                  "| case | params | dtype | impl | median ms | min ms | speedup vs ref | TFLOP/s | % matmul peak | GB/s | % copy bw | throughput | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or r.get('reason')}"
+            thr = f"{_fmt(r.get('throughput'))} {r.get('throughput_unit', '')}" if r.get("throughput") else ""
+            lines.append("| " + " | ".join([r["name"], _params(r["params"]), r["dtype"], r["impl"], _fmt(r.get("median_ms"), 3),
+                                             _fmt(r.get("min_ms"), 3), _fmt(r.get("speedup_vs_reference")), _fmt(r.get("tflops")),
+                                             _fmt(r.get("pct_matmul_peak"), 1), _fmt(r.get("gbps")), _fmt(r.get("pct_copy_bandwidth"), 1),
+                                             thr, status]) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_plots(result: Dict[str, Any], out: Path) -> List[Path]:
+    """speedup.png (bars per case and implementation) and scaling_<case>.png where a case varies."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r.get("speedup_vs_reference")]
+    paths: List[Path] = []
+    if rows:
+        labels = [f"{r['name']} [{r['impl']}] {r['dtype']}\n{_params(r['params'])}" for r in rows]
+        fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+        ax.barh(range(len(rows)), [r["speedup_vs_reference"] for r in rows], color="tab:blue")
+        ax.set_yticks(range(len(rows)), labels, fontsize=6)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("speedup over the reference (same process)")
+        ax.set_title(f"videogpt_fast on {result['env']['device_name']}")
+        fig.tight_layout()
+        paths.append(out / "speedup.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    series: Dict[tuple, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in result["rows"]:
+        for key in ("L", "B", "batch"):
+            if key in r["params"] and r.get("median_ms"):
+                series[(r["name"], r["dtype"], key)][r["impl"]].append((r["params"][key], r["median_ms"]))
+    for (name, dtype, key), impls in series.items():
+        if max(len(v) for v in impls.values()) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for impl, pts in impls.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xlabel(key)
+        ax.set_ylabel("median ms")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} ({dtype})")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out / f"scaling_{name}_{dtype}_{key}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def readme_table(result: Dict[str, Any], source: str) -> str:
+    """The README's performance table: best fast implementation per case vs the reference."""
+    env = result["env"]
+    best: Dict[tuple, Dict[str, Any]] = {}
+    for r in result["rows"]:
+        if r.get("speedup_vs_reference") and r["impl"] not in ("reference",):
+            key = (r["name"], _params(r["params"]), r["dtype"])
+            if key not in best or r["speedup_vs_reference"] > best[key]["speedup_vs_reference"]:
+                best[key] = r
+    lines = [README_BEGIN,
+             f"Measured on **{env['device_name']}** ({env['date']}, torch {env['torch']}, triton {env['triton']}) "
+             f"with `{env.get('command', '')}`; generated from `{source}`.", "",
+             "| case | params | dtype | fastest impl | ms | speedup vs reference |", "|---|---|---|---|---|---|"]
+    for (name, params, dtype), r in sorted(best.items()):
+        lines.append(f"| {name} | {params} | {dtype} | {r['impl']} | {_fmt(r['median_ms'], 3)} | {_fmt(r['speedup_vs_reference'])}x |")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} section to replace")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + table + tail)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path)
+    p.add_argument("--readme", type=Path, default=None, help="replace the README's performance table")
+    args = p.parse_args(argv)
+    result = json.loads(args.results.read_text())
+    out = args.results.parent
+    write_report(result, out / "report.md")
+    write_plots(result, out)
+    if args.readme:
+        if result["env"]["device"] == "cpu":
+            p.error("refusing to put CPU figures in the README's performance table")
+        update_readme(args.readme, readme_table(result, str(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
