@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .attention import AddBroadcastPosEmbed, AttentionStack, LayerNorm
+from .attention import AddBroadcastPosEmbed, AttentionStack, LayerNorm, MultiHeadAttention
 from .resnet import resnet34
 from .utils import shift_dim
 
@@ -86,6 +86,8 @@ class VideoGPT(nn.Module):
             p.requires_grad = False
         self.vqvae.codebook._need_init = False
         self.vqvae.eval()
+        # loading a state dict must not re-arm the codebook's data-dependent initialisation
+        self.register_load_state_dict_post_hook(VideoGPT._keep_codebook_initialised)
 
         self.shape = tuple(int(s) for s in self.vqvae.latent_shape)
         if args.hidden_dim % len(self.shape) != 0:
@@ -126,6 +128,10 @@ class VideoGPT(nn.Module):
         # frame features computed at decode_step 0 and reused for the other positions
         self.frame_cond_cache: Optional[torch.Tensor] = None
 
+    @staticmethod
+    def _keep_codebook_initialised(module: "VideoGPT", incompatible_keys) -> None:
+        module.vqvae.codebook._need_init = False
+
     # ------------------------------------------------------------------------------------------
     @property
     def hparams(self) -> Dict[str, argparse.Namespace]:
@@ -163,11 +169,18 @@ class VideoGPT(nn.Module):
             cond["frame_cond"] = video[:, :, :self.args.n_cond_frames]
         return cond
 
+    def clear_decode_cache(self) -> None:
+        """Free the KV caches and frame features kept by the step-by-step decode path."""
+        self.frame_cond_cache = None
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.cache = None
+
     def get_reconstruction(self, videos: torch.Tensor) -> torch.Tensor:
         """VQ-VAE round trip of (B, C, T, H, W) videos."""
         return self.vqvae.decode(self.vqvae.encode(videos))
 
-    def forward(self, x: torch.Tensor, targets: torch.Tensor, cond: Mapping[str, torch.Tensor],
+    def forward(self, x: torch.Tensor, targets: torch.Tensor, cond: Optional[Mapping[str, torch.Tensor]],
                 decode_step: Optional[int] = None,
                 decode_idx: Optional[Tuple[int, ...]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced (or one-position KV-cache) prediction of the next code.
@@ -183,7 +196,7 @@ class VideoGPT(nn.Module):
         Returns:
             (cross-entropy loss, logits (*x.shape[:-1], n_codes)).
         """
-        cond = dict(cond)
+        cond = dict(cond) if cond is not None else {}
         if self.use_frame_cond:
             if decode_step is None:
                 cond["frame_cond"] = self.cond_pos_embd(self.resnet(cond["frame_cond"]))
@@ -240,7 +253,7 @@ class VideoGPT(nn.Module):
             probs = F.softmax(logits.reshape(n, -1), dim=-1)
             samples[(slice(None), *idx)] = torch.multinomial(probs, 1).squeeze(-1)
             prev_slice = cur_slice
-        self.frame_cond_cache = None
+        self.clear_decode_cache()
         videos = self.vqvae.decode(samples)
         return torch.clamp(videos, -0.5, 0.5) + 0.5
 

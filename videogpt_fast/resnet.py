@@ -40,7 +40,12 @@ class NormReLU(nn.Module):
         self.norm = ChannelLayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x.float()).to(x.dtype)
+        ln = self.norm.norm
+        # fp32 statistics and affine even when the module itself was cast to half precision
+        weight = ln.weight.float() if ln.weight is not None else None
+        bias = ln.bias.float() if ln.bias is not None else None
+        y = F.layer_norm(x.float().movedim(1, -1), ln.normalized_shape, weight, bias, ln.eps)
+        y = y.movedim(-1, 1).to(x.dtype)
         return F.relu(y, inplace=True) if self.relu else y
 
 

@@ -9,6 +9,8 @@ Module, parameter and buffer names are the original's, so its state dicts load w
 * the three axial attentions of a block share one fused q/k/v projection and one output
   projection (same weights, same sum);
 * "same" padding is folded into the convolution where it is symmetric;
+* the encoder's last conv takes ``n_hiddens`` channels also when the largest downsample factor is
+  2 (the original built it for 3 channels there and crashed; other configurations are unchanged);
 * a codebook loaded from a state dict is not re-initialised on its first training batch (the
   original re-initialised it, throwing a trained codebook away when fine-tuning or resuming);
 * inputs and hyper-parameters are validated with a ``ValueError`` naming the violated constraint.
@@ -385,14 +387,14 @@ class Encoder(nn.Module):
         _check_n_hiddens(n_hiddens)
         n_times = _log2_factors(downsample)
         self.convs = nn.ModuleList()
-        in_channels = 3
         for i in range(max(n_times)):
             in_channels = 3 if i == 0 else n_hiddens
             stride = tuple(2 if t > 0 else 1 for t in n_times)
             self.convs.append(SamePadConv3d(in_channels, n_hiddens, 4, stride=stride))
             n_times = [t - 1 for t in n_times]
-        # the original builds conv_last with the last strided conv's in_channels
-        self.conv_last = SamePadConv3d(in_channels, n_hiddens, kernel_size=3)
+        # The original gives conv_last the last strided conv's in_channels: 3 when the largest
+        # factor is 2, so that model could not run. Its input always has n_hiddens channels.
+        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, kernel_size=3)
         self.res_stack = nn.Sequential(
             *[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
             nn.BatchNorm3d(n_hiddens),
@@ -458,8 +460,9 @@ class SamePadConv3d(nn.Module):
 
 
 class SamePadConvTranspose3d(nn.Module):
-    """ConvTranspose3d mirroring :class:`SamePadConv3d` (output = input x stride), as the original:
-    pad the input like the conv, transposed conv with padding k - 1. With symmetric padding p per
+    """ConvTranspose3d mirroring :class:`SamePadConv3d` as the original: pad the input like the
+    conv, transposed conv with padding k - 1 (output = input x stride for stride 1, and for stride 2
+    with kernel 4 as the models use it). With symmetric padding p per
     axis this equals a transposed conv with padding k - 1 - p * s and no input padding."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):

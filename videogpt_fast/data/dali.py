@@ -64,6 +64,11 @@ def require_dali(device: str = "gpu") -> None:
         raise RuntimeError(f"DALI video loader unavailable: {reason}")
 
 
+def _dali_version() -> tuple[int, int]:
+    import nvidia.dali
+    return tuple(int(x) for x in nvidia.dali.__version__.split(".")[:2])
+
+
 def _dist_shard() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -90,7 +95,7 @@ class DALIVideoLoader:
     def __init__(self, data_folder: str, sequence_length: int, resolution: int = 64, batch_size: int = 16,
                  train: bool = True, step: int = 1, shuffle: bool | None = None, shard_id: int | None = None,
                  num_shards: int | None = None, device: str = "gpu", device_id: int | None = None,
-                 num_threads: int = 4, seed: int = -1, initial_fill: int = 256, prefetch_queue_depth: int = 2,
+                 num_threads: int = 4, seed: int | None = None, initial_fill: int = 256, prefetch_queue_depth: int = 2,
                  drop_last: bool | None = None, cache_dir: str | None | bool = None):
         require_dali(device)
         fn, dmath, types, pipeline_def, DALIGenericIterator, LastBatchPolicy = _import_dali()
@@ -123,7 +128,8 @@ class DALIVideoLoader:
         R = float(resolution)
 
         @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
-                      seed=seed, prefetch_queue_depth=prefetch_queue_depth)
+                      seed=-1 if seed is None and _dali_version() < (1, 52) else seed,
+                      prefetch_queue_depth=prefetch_queue_depth)
         def pipe():
             kw = dict(device=device, filenames=files, labels=ds.labels, sequence_length=sequence_length, step=step,
                       stride=1, shard_id=shard_id, num_shards=num_shards, random_shuffle=shuffle,

@@ -35,7 +35,7 @@ class VideoDataset(data.Dataset):
         train: use ``train/`` (else ``test/``).
         resolution: output height and width (see ``preprocess``).
         cache_dir: where the clip index is cached (see ``VideoIndex``); ``False`` disables it.
-        num_index_workers: processes that probe new files when building the index.
+        num_index_workers: threads that probe new files when building the index.
     """
 
     exts = list(VIDEO_EXTS)

@@ -17,9 +17,8 @@ import logging
 import os
 import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-import multiprocessing as mp
 
 import av
 import numpy as np
@@ -136,7 +135,7 @@ class VideoIndex:
         folder: the split folder (``<data_folder>/train`` or ``/test``).
         cache_dir: where to keep the index. ``None``: ``<folder>/.videogpt_fast_index.json`` when the
             folder is writable, else ``default_cache_dir()/index-<sha1(folder)>.json``. ``False``: no cache.
-        num_workers: processes that probe new files (1: in this process).
+        num_workers: threads that probe new files (default: one per usable core; 1: no pool).
     """
 
     def __init__(self, folder: str, cache_dir: str | None | bool = None, num_workers: int | None = None):
@@ -207,9 +206,11 @@ class VideoIndex:
                               else (os.cpu_count() or 1))
         if num_workers <= 1 or len(todo) < 4:
             return [_probe_entry(t) for t in todo]
-        logger.info("probing %d videos with %d processes", len(todo), num_workers)
-        with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as ex:
-            return list(ex.map(_probe_entry, todo, chunksize=max(1, len(todo) // (8 * num_workers))))
+        # Threads, not processes: PyAV releases the GIL while demuxing/decoding, and threads need no
+        # ``if __name__ == "__main__"`` guard in the calling script.
+        logger.info("probing %d videos with %d threads", len(todo), num_workers)
+        with ThreadPoolExecutor(num_workers) as ex:
+            return list(ex.map(_probe_entry, todo))
 
     # -- queries -----------------------------------------------------------------------------
     @property

@@ -1,0 +1,364 @@
+"""Axial attention (attention along one spatial axis) in Triton, forward and backward.
+
+``axial_attention(q, k, v, dim)`` takes q, k (B, heads, *spatial, d) and v (B, heads, *spatial, dv)
+and attends along axis ``dim`` as the original ``AxialAttention`` does (scale d^-0.5, no mask), for
+every other position independently. A *group* is one such position (one index of every dim but
+``dim`` and the head dim); the kernels read a group's rows in place through an int64 offset table
+of the groups (built once per shape/strides on the device and cached) and the axis and head-dim
+strides, so q, k, v, the output gradient and the outputs may have any strides: nothing is permuted
+or copied.
+
+Tiling: the axis is short in VideoGPT (T = 4..16, H = W = 32), so a block of ``SEG`` positions
+(the axis length rounded up to a power of two, at most ``block``) usually holds the whole axis.
+When it is shorter than ``min_rows`` several groups are packed into one program (``R`` of them)
+and kept apart by a block-diagonal mask, so that tensor-core tiles are at least 16 rows tall.
+Longer axes loop over key blocks with an online softmax (forward) and over blocks in the backward.
+Head dims that are not powers of two (120, 144) are padded to the next one by masking.
+
+Numerics: fp32 accumulation and softmax (base-2 exponentials) for every input dtype. fp32 inputs
+follow ``torch.get_float32_matmul_precision()``: ``"highest"`` (PyTorch's default) uses exact
+fp32 products, ``"high"``/``"medium"`` allow TF32. The forward stores the row log-sum-exp for the
+backward, which recomputes the probabilities (FlashAttention-2 style); when the axis fits in one
+block, dq, dk and dv come from a single kernel.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
+
+from .codebook import fix_triton_interpreter
+
+__all__ = ["axial_attention", "reference", "reference_explicit"]
+
+#: The plain-PyTorch implementation (SDPA along the moved axis) this kernel replaces.
+reference = axial_attention_torch
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+_LOG2E = 1.4426950408889634
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    fix_triton_interpreter()
+
+
+def reference_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """The original's formulation: move the axis next to the head dim, flatten, explicit softmax
+    attention (:func:`videogpt_fast.ops.attention_reference`), move it back."""
+    d = _spatial_dim(q, dim)
+    qm, km, vm = (torch.movedim(t, d, -2) for t in (q, k, v))
+    out = attention_reference(qm.flatten(end_dim=-3), km.flatten(end_dim=-3), vm.flatten(end_dim=-3))
+    return torch.movedim(out.view(*vm.shape), -2, d)
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _load_rows(ptr, base, pos, s_a, s_d, row_ok, BLOCK: tl.constexpr, D):
+    """Rows ``base + pos * s_a`` (int64) of a tile (M, BLOCK), columns masked beyond D."""
+    cols = tl.arange(0, BLOCK)
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    return tl.load(ptr + base[:, None] + pos[:, None] * s_a + cols[None, :] * s_d, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, val, base, pos, s_a, s_d, row_ok, BLOCK: tl.constexpr, D):
+    cols = tl.arange(0, BLOCK)
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    tl.store(ptr + base[:, None] + pos[:, None] * s_a + cols[None, :] * s_d,
+             val.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
+                G, S, D, DV,
+                s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od,
+                qk_scale,
+                SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                PRECISION: tl.constexpr):
+    pid_g = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    r = tl.arange(0, R * SEG)
+    grp = pid_g * R + r // SEG
+    g_ok = grp < G
+    grp = tl.where(g_ok, grp, 0).to(tl.int64)
+    qpos = (pid_b * SEG + r % SEG).to(tl.int64)
+    q_ok = g_ok & (qpos < S)
+    q_base = tl.load(QOFF + grp)
+    k_base = tl.load(KOFF + grp)
+    v_base = tl.load(VOFF + grp)
+    same = (r // SEG)[:, None] == (r // SEG)[None, :]
+
+    q = _load_rows(Q, q_base, qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
+    m_i = tl.full([R * SEG], float("-inf"), tl.float32)
+    l_i = tl.zeros([R * SEG], tl.float32)
+    acc = tl.zeros([R * SEG, BLOCK_DV], tl.float32)
+    for kb in range(0, tl.cdiv(S, SEG)):
+        kpos = (kb * SEG + r % SEG).to(tl.int64)
+        k_ok = g_ok & (kpos < S)
+        k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
+        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DV)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(same & q_ok[:, None] & k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(V.dtype.element_ty), v, input_precision=PRECISION)
+        m_i = m_new
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    o_base = tl.load(OOFF + grp)
+    _store_rows(O, acc / l_i[:, None], o_base, qpos, s_oa, s_od, q_ok, BLOCK_DV, DV)
+    tl.store(LSE + grp * S + qpos, m_i + tl.log2(l_i), mask=q_ok)
+
+
+@triton.jit
+def _bwd_kernel(Q, K, V, O, DO, DQ, DK, DV, LSE,
+                QOFF, KOFF, VOFF, OOFF, DOOFF, DQOFF, DKOFF, DVOFF,
+                G, S, D, DVD,
+                s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od,
+                s_doa, s_dod, s_dqa, s_dqd, s_dka, s_dkd, s_dva, s_dvd,
+                sm_scale, qk_scale,
+                SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr):
+    """dk, dv of one key block (and dq when the axis is a single block) of R groups."""
+    pid_g = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    r = tl.arange(0, R * SEG)
+    grp = pid_g * R + r // SEG
+    g_ok = grp < G
+    grp = tl.where(g_ok, grp, 0).to(tl.int64)
+    same = (r // SEG)[:, None] == (r // SEG)[None, :]
+    kpos = (pid_b * SEG + r % SEG).to(tl.int64)
+    k_ok = g_ok & (kpos < S)
+    q_base = tl.load(QOFF + grp)
+    o_base = tl.load(OOFF + grp)
+    do_base = tl.load(DOOFF + grp)
+    k = _load_rows(K, tl.load(KOFF + grp), kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
+    v = _load_rows(V, tl.load(VOFF + grp), kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
+    dk = tl.zeros([R * SEG, BLOCK_D], tl.float32)
+    dv = tl.zeros([R * SEG, BLOCK_DV], tl.float32)
+    for ib in range(0, tl.cdiv(S, SEG)):
+        qpos = (ib * SEG + r % SEG).to(tl.int64)
+        q_ok = g_ok & (qpos < S)
+        q = _load_rows(Q, q_base, qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
+        o = _load_rows(O, o_base, qpos, s_oa, s_od, q_ok, BLOCK_DV, DVD)
+        do = _load_rows(DO, do_base, qpos, s_doa, s_dod, q_ok, BLOCK_DV, DVD)
+        lse = tl.load(LSE + grp * S + qpos, mask=q_ok, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.where(same & q_ok[:, None] & k_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(DO.dtype.element_ty)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(Q.dtype.element_ty)), q, input_precision=PRECISION)
+        if FUSED_DQ:
+            dq = tl.dot(ds.to(K.dtype.element_ty), k, input_precision=PRECISION) * sm_scale
+            _store_rows(DQ, dq, tl.load(DQOFF + grp), qpos, s_dqa, s_dqd, q_ok, BLOCK_D, D)
+    _store_rows(DK, dk * sm_scale, tl.load(DKOFF + grp), kpos, s_dka, s_dkd, k_ok, BLOCK_D, D)
+    _store_rows(DV, dv, tl.load(DVOFF + grp), kpos, s_dva, s_dvd, k_ok, BLOCK_DV, DVD)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
+                   QOFF, KOFF, VOFF, OOFF, DOOFF, DQOFF,
+                   G, S, D, DVD,
+                   s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od, s_doa, s_dod, s_dqa, s_dqd,
+                   sm_scale, qk_scale,
+                   SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """dq of one query block of R groups, looping over the key blocks (axes longer than SEG)."""
+    pid_g = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    r = tl.arange(0, R * SEG)
+    grp = pid_g * R + r // SEG
+    g_ok = grp < G
+    grp = tl.where(g_ok, grp, 0).to(tl.int64)
+    same = (r // SEG)[:, None] == (r // SEG)[None, :]
+    qpos = (pid_b * SEG + r % SEG).to(tl.int64)
+    q_ok = g_ok & (qpos < S)
+    k_base = tl.load(KOFF + grp)
+    v_base = tl.load(VOFF + grp)
+    q = _load_rows(Q, tl.load(QOFF + grp), qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
+    o = _load_rows(O, tl.load(OOFF + grp), qpos, s_oa, s_od, q_ok, BLOCK_DV, DVD)
+    do = _load_rows(DO, tl.load(DOOFF + grp), qpos, s_doa, s_dod, q_ok, BLOCK_DV, DVD)
+    lse = tl.load(LSE + grp * S + qpos, mask=q_ok, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    dq = tl.zeros([R * SEG, BLOCK_D], tl.float32)
+    for kb in range(0, tl.cdiv(S, SEG)):
+        kpos = (kb * SEG + r % SEG).to(tl.int64)
+        k_ok = g_ok & (kpos < S)
+        k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
+        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        p = tl.where(same & q_ok[:, None] & k_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(K.dtype.element_ty), k, input_precision=PRECISION)
+    _store_rows(DQ, dq * sm_scale, tl.load(DQOFF + grp), qpos, s_dqa, s_dqd, q_ok, BLOCK_D, D)
+
+
+# --------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------
+#: allocator of every output (tests replace it to poison the allocations)
+_empty_fn = torch.empty
+
+
+def _empty_in_order(like: torch.Tensor, last: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A dense tensor of ``like``'s shape with the last dim ``last``, whose dims are laid out in
+    the order of ``like``'s strides (head dim innermost), so that e.g. an output of a q that is a
+    view of (B, T, H, W, heads, d) keeps that memory order."""
+    n = like.dim()
+    order = sorted(range(n - 1), key=lambda i: -like.stride(i)) + [n - 1]  # stable: ties keep dim order
+    shape = list(like.shape[:-1]) + [last]
+    buf = _empty_fn([shape[i] for i in order], dtype=dtype or like.dtype, device=like.device)
+    inverse = [order.index(i) for i in range(n)]
+    return buf.permute(inverse)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets_cached(sizes: Tuple[int, ...], strides: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    off = torch.zeros((), dtype=torch.int64, device=device)
+    for n, st in zip(sizes, strides):
+        off = off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64, device=device) * st
+    return off.reshape(-1)
+
+
+def _group_offsets(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Element offset of the first row of every group of ``t`` (row-major over the outer dims)."""
+    outer = [i for i in range(t.dim() - 1) if i != axis]
+    return _offsets_cached(tuple(t.shape[i] for i in outer), tuple(t.stride(i) for i in outer), t.device)
+
+
+def _tiling(seq: int, block: int, min_rows: int) -> Tuple[int, int]:
+    seg = min(triton.next_power_of_2(seq), block)
+    return seg, max(1, min_rows // seg)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _num_warps(rows: int, width: int) -> int:
+    return 4 if rows * width <= 64 * 64 else 8
+
+
+class _Config:
+    """Launch parameters shared by the forward and the backward of one call."""
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, axis: int, block: int, min_rows: int):
+        self.axis = axis
+        self.seq = q.shape[axis]
+        self.groups = q.numel() // (q.shape[-1] * self.seq)
+        self.d, self.dv = q.shape[-1], v.shape[-1]
+        self.seg, self.r = _tiling(self.seq, block, min_rows)
+        self.block_d = max(16, triton.next_power_of_2(self.d))
+        self.block_dv = max(16, triton.next_power_of_2(self.dv))
+        self.n_blocks = triton.cdiv(self.seq, self.seg)
+        self.grid = (triton.cdiv(self.groups, self.r), self.n_blocks)
+        self.sm_scale = 1.0 / math.sqrt(self.d)
+        self.precision = _precision(q.dtype)
+        self.num_warps = _num_warps(self.seg * self.r, max(self.block_d, self.block_dv))
+
+    def meta(self):
+        return dict(SEG=self.seg, R=self.r, BLOCK_D=self.block_d, BLOCK_DV=self.block_dv,
+                    PRECISION=self.precision, num_warps=self.num_warps)
+
+    def strides(self, *ts: torch.Tensor) -> Sequence[int]:
+        return [s for t in ts for s in (t.stride(self.axis), t.stride(-1))]
+
+
+def _forward(q, k, v, cfg: _Config):
+    o = _empty_in_order(q, cfg.dv)
+    lse = _empty_fn((cfg.groups * cfg.seq,), dtype=torch.float32, device=q.device)
+    offs = [_group_offsets(t, cfg.axis) for t in (q, k, v, o)]
+    _fwd_kernel[cfg.grid](q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv,
+                          *cfg.strides(q, k, v, o), cfg.sm_scale * _LOG2E, **cfg.meta())
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, cfg: _Config):
+    dq, dk, dv = _empty_in_order(q, cfg.d), _empty_in_order(k, cfg.d), _empty_in_order(v, cfg.dv)
+    offs = {name: _group_offsets(t, cfg.axis) for name, t in
+            dict(q=q, k=k, v=v, o=o, do=do, dq=dq, dk=dk, dv=dv).items()}
+    scales = (cfg.sm_scale, cfg.sm_scale * _LOG2E)
+    fused = cfg.n_blocks == 1
+    _bwd_kernel[cfg.grid](q, k, v, o, do, dq, dk, dv, lse, *offs.values(),
+                          cfg.groups, cfg.seq, cfg.d, cfg.dv,
+                          *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales,
+                          FUSED_DQ=fused, **cfg.meta())
+    if not fused:
+        _bwd_dq_kernel[cfg.grid](q, k, v, o, do, dq, lse,
+                                 *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
+                                 cfg.groups, cfg.seq, cfg.d, cfg.dv,
+                                 *cfg.strides(q, k, v, o, do, dq), *scales, **cfg.meta())
+    return dq, dk, dv
+
+
+class _AxialAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cfg):
+        o, lse = _forward(q, k, v, cfg)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.cfg = cfg
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.cfg)
+        return dq, dk, dv, None
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, block: int, min_rows: int) -> int:
+    if q.dim() < 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"axial_attention: expected q, k (B, heads, *spatial, d) and v (B, heads, *spatial, dv), "
+                         f"got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    axis = _spatial_dim(q, dim)
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"axial_attention: q, k, v must share one dtype of {_DTYPES}, "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"axial_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not (1 <= q.shape[-1] <= _MAX_HEAD_DIM and 1 <= v.shape[-1] <= _MAX_HEAD_DIM):
+        raise ValueError(f"axial_attention: head dims must be in [1, {_MAX_HEAD_DIM}], "
+                         f"got d={q.shape[-1]}, dv={v.shape[-1]}")
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"axial_attention: block must be a power of two, got {block}")
+    if min_rows < 16 or min_rows & (min_rows - 1):
+        raise ValueError(f"axial_attention: min_rows must be a power of two >= 16 (tensor-core tiles), "
+                         f"got {min_rows}")
+    return axis
+
+
+def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, *,
+                    block: int = 64, min_rows: int = 16) -> torch.Tensor:
+    """softmax(q k^T d^-1/2) v along spatial axis ``dim``; differentiable in q, k and v.
+
+    Args:
+        q, k: (B, heads, *spatial, d); v: (B, heads, *spatial, dv); float16/bfloat16/float32 on
+            one device, any strides. ``dim`` indexes the full tensor (negative from the end).
+        block: most axis positions per tile (power of two); longer axes are processed in blocks.
+        min_rows: pack groups until a tile has at least this many rows (power of two).
+    Returns:
+        (B, heads, *spatial, dv) in q's dtype, laid out in q's memory order.
+    """
+    axis = _validate(q, k, v, dim, block, min_rows)
+    if q.numel() == 0 or v.numel() == 0:
+        return _empty_in_order(q, v.shape[-1]).zero_()
+    cfg = _Config(q, v, axis, block, min_rows)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _AxialAttentionFn.apply(q, k, v, cfg)
+    return _forward(q, k, v, cfg)[0]

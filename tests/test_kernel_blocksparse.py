@@ -1,0 +1,286 @@
+"""Triton block-sparse attention (kernels/blocksparse_attention.py) against float64 references.
+
+Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before
+Triton is imported), on small shapes; with CUDA the same cases run compiled on the GPU, plus the
+``gpu``-marked paper-size cases. Every kernel output is NaN-poisoned before each run.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+from videogpt_fast import ops  # noqa: E402
+from videogpt_fast.backends import use_backend  # noqa: E402
+from videogpt_fast.kernels import blocksparse_attention as bsa  # noqa: E402
+
+from conftest import assert_close, load_fixture  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Every tensor the kernels write (outputs and gradients) starts as NaN."""
+    monkeypatch.setattr(bsa, "_empty", lambda shape, like: torch.full(shape, float("nan"), device=like.device,
+                                                                      dtype=like.dtype))
+
+
+def _inputs(B, H, L, D, DV, dtype=torch.float32, seed=None):
+    g = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(1 << 30, ())))
+    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float32).to(DEVICE, dtype).requires_grad_()
+            for d in (D, D, DV)]
+
+
+def _random_layout(heads, nb, seed, p=0.5):
+    """Random 0/1 layout with the diagonal set: (heads, nb, nb), or (nb, nb) for heads=0."""
+    g = torch.Generator().manual_seed(seed)
+    lay = (torch.rand(max(heads, 1), nb, nb, generator=g) < p).to(torch.uint8)
+    lay |= torch.eye(nb, dtype=torch.uint8)
+    return lay[0] if heads == 0 else lay
+
+
+def _check(q, k, v, layout, block, causal, tol=1e-5, gtol=None):
+    """Forward and (dq, dk, dv) against the float64 dense-mask reference."""
+    out = bsa.blocksparse_attention(q, k, v, layout, block, causal)
+    assert out.shape == (*q.shape[:-1], v.shape[-1]) and out.dtype == q.dtype
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref = bsa.reference(q, k, v, layout, block, causal)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do.double())
+    assert_close(out, ref, rtol=tol, atol=tol, msg="forward")
+    gtol = gtol or 2 * tol
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert not g.isnan().any(), f"d{name} has NaN (unwritten poisoned entries?)"
+        assert_close(g, r, rtol=gtol, atol=gtol, msg=f"d{name}")
+    return out
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("L,block,D,DV,per_head", [
+    (64, 16, 16, 16, False),
+    (64, 16, 24, 40, True),      # non-pow2 head dims, dv != d
+    (128, 32, 24, 24, True),
+    (128, 32, 16, 16, False),
+])
+def test_forward_backward_random_layouts(causal, L, block, D, DV, per_head):
+    heads = 2
+    layout = _random_layout(heads if per_head else 0, L // block, seed=L + D + DV + int(causal))
+    q, k, v = _inputs(2, heads, L, D, DV)
+    _check(q, k, v, layout, block, causal)
+
+
+@pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16), (16, 16)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_sub_tiles(monkeypatch, bm, bn, causal):
+    """Query/key tiles smaller than the layout block (the path block 128 takes on GPU)."""
+    monkeypatch.setattr(bsa, "_FORCED_CONFIG", {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2})
+    layout = _random_layout(2, 4, seed=bm * 7 + bn)
+    q, k, v = _inputs(1, 2, 128, 16, 24)
+    _check(q, k, v, layout, 32, causal)
+
+
+@pytest.mark.parametrize("name", ["4x8x8_causal", "4x8x8_bidir"])
+def test_strided_layout_fixture(name):
+    """The original's StridedSparsityConfig layout (8x8 blocks of 32), also against the gather path."""
+    layout = load_fixture("sparse_layouts.pt")[name]
+    causal = name.endswith("causal")
+    q, k, v = _inputs(1, 2, 256, 16, 16)
+    out = _check(q, k, v, layout, 32, causal)
+    gathered = bsa.reference(q, k, v, layout, 32, causal, gather=True)
+    assert_close(out, gathered, msg="vs ops.blocksparse_attention_torch")
+
+
+def test_strided_layout_class_matches_fixture():
+    """Layouts built by the package's StridedSparsityConfig run through the kernel like the fixture's."""
+    attention = pytest.importorskip("videogpt_fast.attention")
+    cfg = attention.StridedSparsityConfig((2, 16, 32), n_head=2, causal=True, block=32, num_local_blocks=4)
+    layout = cfg.make_layout()
+    assert torch.equal(layout[0].to(torch.uint8), load_fixture("sparse_layouts.pt")["2x16x32_causal"])
+    q, k, v = _inputs(1, 2, 1024, 16, 16)
+    with torch.no_grad():
+        out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
+    assert_close(out, bsa.reference(q, k, v, layout, 32, True))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_empty_rows_give_zero(causal):
+    """A layout row without blocks (or, causal, with only blocks above the diagonal) yields zeros
+    and zero gradients, as ops.blocksparse_attention_torch does."""
+    layout = _random_layout(2, 4, seed=3)
+    layout[0, 1] = 0
+    layout[1, 2] = 0
+    layout[1, 2, 3] = 1          # above the diagonal: hidden when causal
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    out = _check(q, k, v, layout, 16, causal)
+    assert torch.all(out[:, 0, 16:32] == 0)
+    if causal:
+        assert torch.all(out[:, 1, 32:48] == 0)
+
+
+def test_non_contiguous_inputs():
+    """Strided views ((B, L, H, d) transposed to (B, H, L, d)) are read through their strides."""
+    g = torch.Generator().manual_seed(11)
+    base = [torch.randn(2, 64, 2, 16, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
+    q, k, v = (t.transpose(1, 2) for t in base)
+    assert not q.is_contiguous()
+    _check(q, k, v, _random_layout(2, 4, seed=5), 16, True)
+
+
+def test_float16():
+    q, k, v = _inputs(1, 2, 64, 16, 16, dtype=torch.float16)
+    _check(q, k, v, _random_layout(0, 4, seed=9), 16, True, tol=2e-3, gtol=1e-2)
+
+
+def test_out_argument_is_filled_and_returned():
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    layout = _random_layout(2, 4, seed=1)
+    out = torch.full((1, 2, 64, 16), float("nan"), device=DEVICE)
+    with torch.no_grad():
+        res = bsa.blocksparse_attention(q, k, v, layout, 16, True, out=out)
+    assert res is out
+    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+    with pytest.raises(ValueError, match="out must be"):
+        bsa.blocksparse_attention(q, k, v, layout, 16, True, out=torch.empty(1, 2, 64, 8, device=DEVICE))
+
+
+def test_through_ops_backend():
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    layout = _random_layout(0, 4, seed=2)
+    with use_backend("triton"):
+        out = ops.blocksparse_attention(q, k, v, layout, 16, True)
+    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+    (dq,) = torch.autograd.grad(out.sum(), (q,))
+    (dq_ref,) = torch.autograd.grad(bsa.reference(q, k, v, layout, 16, True).sum(), (q,))
+    assert_close(dq, dq_ref, rtol=2e-5, atol=2e-5)
+
+
+def test_layout_tables_cached_and_invalidated():
+    layout = _random_layout(2, 4, seed=4)
+    t1 = bsa.layout_tables(layout, True, DEVICE)
+    assert bsa.layout_tables(layout, True, DEVICE) is t1
+    assert bsa.layout_tables(layout, False, DEVICE) is not t1
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    layout[0, 3, 0] = 1 - layout[0, 3, 0]      # in place: the version counter changes
+    assert bsa.layout_tables(layout, True, DEVICE) is not t1
+    with torch.no_grad():
+        out = bsa.blocksparse_attention(q, k, v, layout, 16, True)
+    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+
+
+def test_validation_errors():
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    layout = _random_layout(0, 4, seed=0)
+    with pytest.raises(ValueError, match="dtype"):
+        bsa.blocksparse_attention(q.double(), k.double(), v.double(), layout, 16)
+    with pytest.raises(ValueError, match="block must be one of"):
+        bsa.blocksparse_attention(q, k, v, _random_layout(0, 8, seed=0), 8)
+    with pytest.raises(ValueError, match="not divisible"):
+        bsa.blocksparse_attention(q[:, :, :48], k[:, :, :48], v[:, :, :48], layout, 32)
+    with pytest.raises(ValueError, match="layout must be"):
+        bsa.blocksparse_attention(q, k, v, _random_layout(3, 4, seed=0), 16)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        bsa.blocksparse_attention(q, k[:, :1], v, layout, 16)
+    with pytest.raises(ValueError, match="4-d"):
+        bsa.blocksparse_attention(q[0], k[0], v[0], layout, 16)
+    big = torch.zeros(1, 1, 16, 272, device=DEVICE)
+    with pytest.raises(ValueError, match="head dims"):
+        bsa.blocksparse_attention(big, big, big, torch.ones(1, 1), 16)
+
+
+# ------------------------------------------------------------------------------------------
+# decode step
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_head", [False, True], ids=["shared", "per_head"])
+def test_decode_matches_reference_and_full_forward(per_head):
+    B, H, L, D, DV, block = 2, 2, 128, 24, 16, 32
+    layout = _random_layout(H if per_head else 0, L // block, seed=21)
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, DV))
+    with torch.no_grad():
+        full = bsa.blocksparse_attention(q_all, k, v, layout, block, True)
+    for pos in (0, 5, 31, 32, 77, 127):
+        q = q_all[:, :, pos:pos + 1]
+        out = bsa.blocksparse_decode_attention(q, k, v, layout, block, pos)
+        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), msg=f"pos {pos}")
+        assert_close(out, full[:, :, pos:pos + 1], msg=f"pos {pos} vs full causal forward")
+        out_t = bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE))
+        assert torch.equal(out_t, out)
+
+
+def test_decode_hides_cache_beyond_pos():
+    """Garbage (NaN) in the cache after pos must not leak into the result."""
+    B, H, L, D, block = 1, 2, 64, 16, 16
+    layout = torch.ones(L // block, L // block, dtype=torch.uint8)
+    q, k, v = (t.detach() for t in _inputs(B, H, L, D, D))
+    pos = 37
+    k[:, :, pos + 1:] = float("nan")
+    v[:, :, pos + 1:] = float("nan")
+    out = bsa.blocksparse_decode_attention(q[:, :, pos:pos + 1], k, v, layout, block, pos)
+    assert not out.isnan().any()
+    assert_close(out, bsa.decode_reference(q[:, :, pos:pos + 1], k.nan_to_num(), v.nan_to_num(), layout, block, pos))
+
+
+def test_decode_validation():
+    q, k, v = (t.detach() for t in _inputs(1, 2, 64, 16, 16))
+    layout = torch.ones(4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="pos must be in"):
+        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, 16, 64)
+    with pytest.raises(ValueError, match=r"\(B, heads, 1, d\)"):
+        bsa.blocksparse_decode_attention(q[:, :, :2], k, v, layout, 16, 3)
+    with pytest.raises(ValueError, match="one-element integer tensor"):
+        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, 16, torch.tensor([1.0], device=DEVICE))
+
+
+# ------------------------------------------------------------------------------------------
+# GPU: paper sizes with the strided layout
+# ------------------------------------------------------------------------------------------
+_GPU_SHAPES = {4096: (4, 32, 32), 8192: (8, 32, 32), 16384: (16, 32, 32)}
+_GPU_TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("heads,dim", [(4, 144), (8, 128)])
+@pytest.mark.parametrize("L", sorted(_GPU_SHAPES))
+def test_gpu_paper_sizes(L, heads, dim, dtype):
+    """Strided layout (block 32, 4 local blocks), causal: forward against the float64 gather
+    reference at every size, gradients up to L = 8192."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    layout = StridedSparsityConfig(_GPU_SHAPES[L], heads, True, 32, 4).make_layout()
+    q, k, v = _inputs(1, heads, L, dim, dim, dtype=dtype, seed=L + heads)
+    tol = _GPU_TOL[dtype]
+    out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
+    if L > 8192:
+        with torch.no_grad():
+            ref = bsa.reference(q, k, v, layout, 32, True, gather=True)
+        assert_close(out, ref, rtol=tol, atol=tol)
+        return
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref = bsa.reference(q, k, v, layout, 32, True, gather=True)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do.double())
+    assert_close(out, ref, rtol=tol, atol=tol)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert_close(g, r, rtol=4 * tol, atol=4 * tol, msg=f"d{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("block", [16, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_other_blocks(block, dtype):
+    L, heads = 2048, 4
+    layout = _random_layout(heads, L // block, seed=block, p=0.3)
+    q, k, v = _inputs(2, heads, L, 144, 144, dtype=dtype, seed=block)
+    tol = _GPU_TOL[dtype]
+    _check(q, k, v, layout, block, True, tol=tol, gtol=4 * tol)

@@ -1,0 +1,210 @@
+"""VQVAE: the original's state dict and numbers, other configurations, training, validation."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close, load_fixture
+from videogpt_fast.utils import shift_dim
+from videogpt_fast.vqvae import (VQVAE, AxialBlock, Decoder, Encoder, SamePadConv3d,
+                                 SamePadConvTranspose3d)
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
+                sequence_length=4, resolution=16)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.fixture(scope="module")
+def fixture_model():
+    fx = load_fixture("vqvae.pt")
+    model = VQVAE(fx["args"])
+    model.load_state_dict(fx["state_dict"], strict=True)
+    return model.eval(), fx
+
+
+# ----------------------------------------------------------------------------------------------
+def test_state_dict_keys_equal_original(fixture_model):
+    model, fx = fixture_model
+    ours = model.state_dict()
+    assert list(ours) == list(fx["state_dict"])
+    for k, v in fx["state_dict"].items():
+        assert ours[k].shape == v.shape and ours[k].dtype == v.dtype, k
+    assert not model.codebook._need_init
+    assert tuple(model.latent_shape) == tuple(fx["latent_shape"])
+    assert model.embedding_dim == fx["args"]["embedding_dim"] and model.n_codes == fx["args"]["n_codes"]
+    assert isinstance(model.args, argparse.Namespace)
+
+
+def test_fixture_outputs(fixture_model):
+    model, fx = fixture_model
+    with torch.no_grad():
+        codes, emb = model.encode(fx["x"], include_embeddings=True)
+        assert torch.equal(codes, fx["encodings"])
+        assert torch.equal(model.encode(fx["x"]), fx["encodings"])
+        assert_close(emb, fx["embeddings"])
+        assert_close(model.decode(fx["encodings"]), fx["decoded"])
+        recon_loss, x_recon, vq = model(fx["x"])
+    assert_close(recon_loss, fx["recon_loss"])
+    assert_close(x_recon, fx["x_recon"])
+    assert_close(vq["commitment_loss"], fx["commitment_loss"])
+    assert_close(vq["perplexity"], fx["perplexity"])
+    assert torch.equal(vq["encodings"], fx["encodings"])
+
+
+def test_axial_block_equals_unfused_attention_modules(fixture_model):
+    model, _ = fixture_model
+    block = model.encoder.res_stack[0].block[8]
+    assert isinstance(block, AxialBlock)
+    x = torch.randn(2, 48, 3, 4, 5)
+    h = shift_dim(x, 1, -1)
+    ref = shift_dim(block.attn_w(h, h, h) + block.attn_h(h, h, h) + block.attn_t(h, h, h), -1, 1)
+    with torch.no_grad():
+        assert_close(block(x), ref.detach())
+
+
+@pytest.mark.parametrize("k,s", [(4, (2, 2, 2)), (4, (1, 2, 2)), (3, 1), (1, 1), (4, 1), (2, 2), (4, (4, 2, 1))])
+def test_same_pad_convs_equal_explicit_padding(k, s):
+    conv = SamePadConv3d(5, 6, k, stride=s)
+    x = torch.randn(2, 5, 4, 8, 8)
+    with torch.no_grad():
+        assert_close(conv(x), conv.conv(F.pad(x, conv.pad_input)))
+        convt = SamePadConvTranspose3d(5, 6, k, stride=s)
+        y = convt(x)
+        assert_close(y, convt.convt(F.pad(x, convt.pad_input)))
+    stride = (s,) * 3 if isinstance(s, int) else s
+    if all(st == 1 or (st == 2 and k == 4) for st in stride):  # where the original's sizes are "same"
+        assert y.shape[2:] == tuple(n * st for n, st in zip(x.shape[2:], stride))
+
+
+@pytest.mark.parametrize("cfg,x_shape,latent", [
+    (dict(downsample=(2, 4, 4), sequence_length=4, resolution=16), (2, 3, 4, 16, 16), (2, 4, 4)),
+    (dict(downsample=(1, 2, 2), sequence_length=3, resolution=8, n_hiddens=6, embedding_dim=5, n_codes=7),
+     (1, 3, 3, 8, 8), (3, 4, 4)),
+    (dict(downsample=[4, 4, 4], sequence_length=8, resolution=8, n_res_layers=0, n_codes=3),
+     (2, 3, 8, 8, 8), (2, 2, 2)),
+    (dict(downsample=(8, 1, 2), sequence_length=8, resolution=4, n_hiddens=10, embedding_dim=3),
+     (1, 3, 8, 4, 4), (1, 4, 2)),
+])
+def test_other_configs_shapes_and_consistency(cfg, x_shape, latent):
+    model = VQVAE(_args(**cfg))
+    assert model.latent_shape == latent
+    x = torch.rand(*x_shape) - 0.5
+    with torch.no_grad():
+        model.eval()
+        model.codebook.train()
+        model(x)  # data-dependent codebook init from eval-mode latents
+        model.codebook.eval()
+        codes, emb = model.encode(x, include_embeddings=True)
+        assert codes.shape == (x_shape[0], *latent) and codes.dtype == torch.int64
+        assert emb.shape == (x_shape[0], model.embedding_dim, *latent)
+        assert int(codes.min()) >= 0 and int(codes.max()) < model.n_codes
+        assert_close(emb, model.codebook.dictionary_lookup(codes).movedim(-1, 1))
+        if model.n_codes > 3:
+            assert len(codes.unique()) > 1
+        decoded = model.decode(codes)
+        assert decoded.shape == x.shape
+        recon_loss, x_recon, vq = model(x)
+    assert torch.equal(vq["encodings"], codes)
+    assert_close(x_recon, decoded)
+    assert_close(recon_loss, F.mse_loss(decoded, x) / 0.06)
+    assert_close(model.decode(codes.int()), decoded)
+    # the codes of a decoded video decode to the same video as re-encoding it says they should
+    with torch.no_grad():
+        codes2 = model.encode(decoded)
+        assert_close(model.decode(codes2), model(decoded)[1])
+
+
+def test_dict_args_and_parser_defaults():
+    parser = VQVAE.add_model_specific_args(argparse.ArgumentParser(add_help=False))
+    defaults = parser.parse_args([])
+    assert (defaults.embedding_dim, defaults.n_codes, defaults.n_hiddens, defaults.n_res_layers,
+            tuple(defaults.downsample)) == (256, 2048, 240, 4, (4, 4, 4))
+    parsed = parser.parse_args(["--downsample", "2", "4", "4", "--n_codes", "16"])
+    assert parsed.downsample == [2, 4, 4] and parsed.n_codes == 16
+    d = vars(_args())
+    a, b = VQVAE(d), VQVAE(_args())
+    assert isinstance(a.args, argparse.Namespace) and vars(a.args) == d
+    assert list(a.state_dict()) == list(b.state_dict())
+
+
+def test_training_forward_backward_straight_through():
+    torch.manual_seed(0)
+    model = VQVAE(_args()).train()
+    assert model.codebook._need_init
+    x = torch.rand(2, 3, 4, 16, 16) - 0.5
+    recon_loss, x_recon, vq = model(x)
+    assert not model.codebook._need_init  # data-dependent init on the first training batch
+    # reconstruction loss alone reaches the encoder only through the straight-through estimator
+    recon_loss.backward()
+    for p in (model.encoder.convs[0].conv.weight, model.pre_vq_conv.conv.weight,
+              model.encoder.res_stack[0].block[8].attn_t.w_qs.weight, model.decoder.convts[-1].convt.bias):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    model.zero_grad()
+    _, _, vq = model(x)
+    vq["commitment_loss"].backward()
+    assert model.encoder.convs[0].conv.weight.grad.abs().sum() > 0
+    assert model.decoder.convts[-1].convt.bias.grad is None or model.decoder.convts[-1].convt.bias.grad.abs().sum() == 0
+    assert all(not b.requires_grad for b in model.codebook.buffers())
+
+
+def test_loaded_model_codebook_not_reinitialised():
+    src = VQVAE(_args()).train()
+    x = torch.rand(2, 3, 4, 16, 16) - 0.5
+    with torch.no_grad():
+        src(x)  # initialise + one EMA step
+    dst = VQVAE(_args())
+    dst.load_state_dict(src.state_dict(), strict=True)
+    assert not dst.codebook._need_init
+    dst.train()
+    n_before = dst.codebook.N.clone()
+    with torch.no_grad():
+        _, _, vq = dst(x)
+    counts = torch.bincount(vq["encodings"].flatten(), minlength=dst.n_codes).float()
+    assert_close(dst.codebook.N, 0.99 * n_before + 0.01 * counts)
+
+
+def test_validation_errors():
+    model = VQVAE(_args()).eval()
+    with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
+        model.encode(torch.randn(3, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
+        model(torch.randn(1, 1, 4, 16, 16))
+    with pytest.raises(ValueError, match="divisible by downsample"):
+        model.encode(torch.randn(1, 3, 3, 16, 16))
+    with pytest.raises(ValueError, match="divisible by downsample"):
+        model(torch.randn(1, 3, 4, 16, 18))
+    with pytest.raises(ValueError, match="int64/int32 codes"):
+        model.decode(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="int64/int32 codes"):
+        model.decode(torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="powers of two"):
+        VQVAE(_args(downsample=(3, 4, 4)))
+    with pytest.raises(ValueError, match="powers of two"):
+        VQVAE(_args(downsample=(0, 4, 4)))
+    with pytest.raises(ValueError, match="3 entries"):
+        VQVAE(_args(downsample=(4, 4)))
+    with pytest.raises(ValueError, match="at least one factor > 1"):
+        VQVAE(_args(downsample=(1, 1, 1)))
+    with pytest.raises(ValueError, match="n_hiddens must be even"):
+        VQVAE(_args(n_hiddens=7))
+    with pytest.raises(ValueError, match="sequence_length and resolution .* divisible by downsample"):
+        VQVAE(_args(resolution=18))
+    with pytest.raises(ValueError, match="sequence_length and resolution .* divisible by downsample"):
+        VQVAE(_args(sequence_length=5))
+    with pytest.raises(ValueError, match="missing 'n_codes'"):
+        VQVAE(dict(embedding_dim=4, n_hiddens=4, n_res_layers=1, downsample=(2, 2, 2)))
+    no_shape = VQVAE(dict(embedding_dim=4, n_codes=4, n_hiddens=4, n_res_layers=1, downsample=(2, 2, 2)))
+    with pytest.raises(ValueError, match="latent_shape needs"):
+        no_shape.latent_shape
+    with pytest.raises(ValueError, match="powers of two"):
+        Encoder(8, 1, (4, 6, 4))
+    with pytest.raises(ValueError, match="powers of two"):
+        Decoder(8, 1, (4, 4, 5))
+    with pytest.raises(ValueError, match="n_head"):
+        AxialBlock(9, 2)

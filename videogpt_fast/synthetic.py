@@ -1,0 +1,95 @@
+"""Synthetic moving-shape videos, made in memory: for the demo, tests and trying the trainer.
+
+Each video shows one coloured square or disc moving at constant velocity on a dark background and
+bouncing off the borders. Everything is a deterministic function of ``seed`` and the video index.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Union
+
+import numpy as np
+import torch
+import torch.utils.data as data
+
+__all__ = ["moving_shapes", "MovingShapesDataset", "write_hdf5"]
+
+PALETTE = np.array([[250, 80, 60], [60, 200, 90], [70, 120, 250], [240, 210, 50], [220, 90, 230],
+                    [60, 220, 230]], dtype=np.uint8)
+SHAPES = ("square", "disc")
+
+
+def _bounce(p0: float, v: float, t: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Positions at times ``t`` of a point starting at ``p0`` with velocity ``v`` reflected in [lo, hi]."""
+    span = hi - lo
+    if span <= 0:
+        return np.full(t.shape, lo, dtype=np.float64)
+    x = (p0 - lo + v * t) % (2 * span)
+    return lo + np.where(x > span, 2 * span - x, x)
+
+
+def moving_shapes(n: int, sequence_length: int = 16, resolution: int = 32, seed: int = 0,
+                  return_labels: bool = False) -> Union[np.ndarray, tuple]:
+    """``n`` uint8 videos (n, T, H, W, 3) of a moving shape; with ``return_labels`` also the shape
+    kind of each (0: square, 1: disc) as int64 (n,)."""
+    if n < 0 or sequence_length <= 0 or resolution < 8:
+        raise ValueError(f"need n >= 0, sequence_length > 0 and resolution >= 8, got {n}, {sequence_length}, "
+                         f"{resolution}")
+    videos = np.zeros((n, sequence_length, resolution, resolution, 3), dtype=np.uint8)
+    labels = np.zeros(n, dtype=np.int64)
+    yy, xx = np.mgrid[0:resolution, 0:resolution].astype(np.float64) + 0.5
+    t = np.arange(sequence_length, dtype=np.float64)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        kind = int(rng.integers(len(SHAPES)))
+        colour = PALETTE[rng.integers(len(PALETTE))]
+        background = rng.integers(0, 40, size=3).astype(np.uint8)
+        half = rng.uniform(0.12, 0.2) * resolution
+        speed = rng.uniform(0.04, 0.09) * resolution
+        angle = rng.uniform(0, 2 * np.pi)
+        cx = _bounce(rng.uniform(half, resolution - half), speed * np.cos(angle), t, half, resolution - half)
+        cy = _bounce(rng.uniform(half, resolution - half), speed * np.sin(angle), t, half, resolution - half)
+        videos[i] = background
+        for f in range(sequence_length):
+            if kind == 0:
+                mask = (np.abs(xx - cx[f]) <= half) & (np.abs(yy - cy[f]) <= half)
+            else:
+                mask = (xx - cx[f]) ** 2 + (yy - cy[f]) ** 2 <= half ** 2
+            videos[i, f][mask] = colour
+        labels[i] = kind
+    return (videos, labels) if return_labels else videos
+
+
+class MovingShapesDataset(data.Dataset):
+    """In-memory dataset of :func:`moving_shapes` videos with the items of the real datasets:
+    ``dict(video=(3, T, H, W) float32 in [-0.5, 0.5], label=int)`` (label: 0 square, 1 disc)."""
+
+    def __init__(self, n: int, sequence_length: int = 16, resolution: int = 32, seed: int = 0):
+        videos, labels = moving_shapes(n, sequence_length, resolution, seed, return_labels=True)
+        self.videos = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(0.5).contiguous()
+        self.labels = labels.tolist()
+        self.sequence_length, self.resolution = sequence_length, resolution
+
+    @property
+    def n_classes(self) -> int:
+        return len(SHAPES)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int) -> Dict[str, Union[torch.Tensor, int]]:
+        return {"video": self.videos[idx], "label": self.labels[idx]}
+
+
+def write_hdf5(path: Union[str, os.PathLike], n_train: int = 8, n_test: int = 4, frames_per_video: int = 12,
+               resolution: int = 32, seed: int = 0) -> str:
+    """Write moving-shape videos as an HDF5 file in the original layout (``train_data`` (N, H, W, 3)
+    uint8 frames, ``train_idx`` start frame of each video, and ``test_*``)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+            v = moving_shapes(n, frames_per_video, resolution, seed=s)
+            f.create_dataset(f"{split}_data", data=v.reshape(-1, resolution, resolution, 3))
+            f.create_dataset(f"{split}_idx", data=np.arange(n, dtype=np.int64) * frames_per_video)
+    return str(path)

@@ -1,0 +1,767 @@
+"""Train the VQ-VAE or the VideoGPT prior, in one process or under ``torchrun`` (DDP).
+
+    python -m videogpt_fast.train vqvae --data_path bair.hdf5 --resolution 64 --downsample 4 4 4
+    torchrun --nproc_per_node=8 -m videogpt_fast.train gpt --data_path bair.hdf5 --vqvae vq.ckpt \\
+        --max_steps 200000 --precision bf16
+
+The flags keep the original ``scripts/train_vqvae.py`` / ``scripts/train_videogpt.py`` names and
+defaults (``--max_steps`` defaults to the VQ-VAE script's 200000 and is required for the prior, whose
+cosine schedule needs it). Optimisation follows the original: Adam(lr=3e-4, betas=(0.9, 0.999)) -- run
+as torch's (fused on CUDA) AdamW with weight_decay=0, which is the same update -- plus, for the prior,
+``CosineAnnealingLR(max_steps)`` stepped every optimiser step; ``--gradient_clip_val`` clips the global
+gradient norm as Lightning does (after unscaling under fp16).
+
+Checkpoints (``last.ckpt`` plus ``epoch=E-step=S.ckpt`` every ``--save_every`` steps) are written
+atomically in the original Lightning layout, so ``load_vqvae`` / ``load_videogpt`` and the original's
+``load_from_checkpoint`` read them. They also hold the optimiser (``optimizer_states``), the schedule
+(``lr_schedulers``) and, under ``videogpt_fast``, the GradScaler, every rank's RNG states and the data
+position, so ``--resume`` continues exactly: the same batches, the same random crops and dropout masks,
+the same losses as an uninterrupted run (bitwise on CPU in fp32 with the same world size).
+
+Exact data order: a :class:`ResumableSampler` draws each epoch's permutation, and one seed per sample,
+from ``seed + epoch``; every item is loaded with NumPy / ``random`` / torch seeded from its own seed,
+so the random crop of a sample depends neither on the number of workers nor on where a run resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.utils.data as data
+
+from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
+
+log = logging.getLogger("videogpt_fast.train")
+
+STAGES = ("vqvae", "gpt")
+#: hyper-parameters that define each stage's architecture (taken from the checkpoint on --resume)
+MODEL_ARGS = {
+    "vqvae": ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample", "sequence_length",
+              "resolution"),
+    "gpt": ("vqvae", "n_cond_frames", "class_cond", "class_cond_dim", "hidden_dim", "heads", "layers",
+            "dropout", "attn_type", "attn_dropout", "sequence_length", "resolution"),
+}
+VQVAE_MAX_STEPS = 200000  # scripts/train_vqvae.py hard-codes Trainer(max_steps=200000)
+
+
+# ==============================================================================================
+# arguments
+# ==============================================================================================
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    """The flags of ``train {stage}``: the original script's, plus the trainer's own."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    from .gpt import VideoGPT
+    from .vqvae import VQVAE
+
+    parser = argparse.ArgumentParser(prog=f"videogpt-fast train {stage}", add_help=False)
+    parser = (VQVAE if stage == "vqvae" else VideoGPT).add_model_specific_args(parser)
+    parser = argparse.ArgumentParser(
+        prog=f"videogpt-fast train {stage}", parents=[parser],
+        description=f"Train the {'VQ-VAE' if stage == 'vqvae' else 'VideoGPT prior'} (one process, or "
+                    "torchrun --nproc_per_node=N for DDP).")
+    d = parser.add_argument_group("data (as the original scripts)")
+    d.add_argument("--data_path", type=str, required=True,
+                   help="an .hdf5/.h5 file (HDF5Dataset) or a folder with train/ and test/ (VideoDataset)")
+    d.add_argument("--sequence_length", type=int, default=16)
+    d.add_argument("--resolution", type=int, default=64 if stage == "vqvae" else 128)
+    d.add_argument("--batch_size", type=int, default=32 if stage == "vqvae" else 8, help="per process")
+    d.add_argument("--num_workers", type=int, default=8)
+    d.add_argument("--loader", choices=("auto", "pytorch", "dali"), default="auto",
+                   help="auto: the PyTorch DataLoader (exact resume); dali: GPU decoding of a video folder")
+    t = parser.add_argument_group("training")
+    t.add_argument("--max_steps", type=int, default=None,
+                   help=f"optimiser steps (default {VQVAE_MAX_STEPS} for vqvae; required for gpt: "
+                        "the cosine schedule's length)")
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--gradient_clip_val", type=float, default=0.0, help="max global grad norm (0: off)")
+    t.add_argument("--precision", choices=("32", "bf16", "16"), default="32",
+                   help="32: fp32; bf16: bf16 autocast; 16: fp16 autocast with a GradScaler")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--sync_batchnorm", action="store_true",
+                   help="SyncBatchNorm in the VQ-VAE under DDP (CUDA only)")
+    t.add_argument("--activation_checkpointing", action="store_true",
+                   help="recompute the prior's attention blocks in backward (less memory)")
+    t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
+    t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    o = parser.add_argument_group("output")
+    o.add_argument("--output", type=str, default=f"runs/{stage}", help="folder for checkpoints and metrics")
+    o.add_argument("--resume", type=str, default=None,
+                   help="checkpoint to continue from ('auto': OUTPUT/last.ckpt when it exists)")
+    o.add_argument("--save_every", type=int, default=1000, help="checkpoint every N steps (0: only at the end)")
+    o.add_argument("--keep_checkpoints", type=int, default=0,
+                   help="keep only the newest N periodic checkpoints (0: keep all); last.ckpt is always kept")
+    o.add_argument("--val_every", type=int, default=0,
+                   help="validate every N steps (0: at the end of every epoch, as Lightning; -1: never)")
+    o.add_argument("--limit_val_batches", type=int, default=0, help="validation batches per rank (0: all)")
+    o.add_argument("--log_every", type=int, default=10, help="write training metrics every N steps")
+    o.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``{vqvae,gpt} [flags]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="videogpt-fast train", description=__doc__.split("\n\n")[0],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("stage", choices=STAGES, help="vqvae: the VQ-VAE; gpt: the VideoGPT prior")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        print("\nrun `videogpt-fast train vqvae -h` or `videogpt-fast train gpt -h` for the flags")
+        raise SystemExit(0 if argv else 2)
+    stage = top.parse_args(argv[:1]).stage
+    args = build_parser(stage).parse_args(argv[1:])
+    args.stage = stage
+    return args
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    if args.max_steps is None:
+        if args.stage == "gpt":
+            raise ValueError("--max_steps is required for the prior (its CosineAnnealingLR schedule runs over "
+                             "max_steps), as in the original scripts/train_videogpt.py")
+        args.max_steps = VQVAE_MAX_STEPS
+    for name in ("max_steps", "batch_size", "sequence_length", "resolution"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.gradient_clip_val < 0:
+        raise ValueError(f"--gradient_clip_val must be >= 0, got {args.gradient_clip_val}")
+    if args.stage == "vqvae":
+        args.downsample = [int(d) for d in args.downsample]
+        if len(args.downsample) != 3:
+            raise ValueError(f"--downsample takes 3 strides (T H W), got {args.downsample}")
+
+
+# ==============================================================================================
+# distributed helpers
+# ==============================================================================================
+def _env_world() -> Tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _setup_distributed(device_flag: str) -> Tuple[torch.device, int, int]:
+    """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU); pick the device."""
+    rank, world, local_rank = _env_world()
+    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"--device {device_flag} asked for CUDA but torch.cuda.is_available() is False")
+    if use_cuda:
+        device = torch.device(device_flag if ":" in device_flag else f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                **({"device_id": device} if use_cuda else {}))
+    return device, rank, world
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _all_gather_object(obj: Any) -> List[Any]:
+    if not dist.is_initialized():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ==============================================================================================
+# RNG state (only types torch.load(weights_only=True) accepts)
+# ==============================================================================================
+def get_rng_state() -> Dict[str, Any]:
+    """torch CPU/CUDA, NumPy and ``random`` states of this process, as tensors, numbers and tuples."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block (validation) without moving any random stream of the training run."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+# ==============================================================================================
+# data
+# ==============================================================================================
+class SeededDataset(data.Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` is loaded with NumPy, ``random`` and torch
+    seeded from ``seed`` (the calling process's streams are restored afterwards)."""
+
+    def __init__(self, dataset: data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Tuple[int, int]) -> Any:
+        index, seed = key
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                np.random.seed(seed)
+                random.seed(seed)
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class ResumableSampler(data.Sampler):
+    """Distributed, epoch-seeded sampler of ``(index, seed)`` pairs that can start mid-epoch.
+
+    Epoch ``e`` uses a generator seeded with ``seed + e``: a permutation of the ``n`` items (or
+    ``0..n-1`` without shuffling) and one 31-bit seed per position. As ``DistributedSampler``
+    (drop_last=False), the list is padded by wrapping to a multiple of ``num_replicas`` and rank ``r``
+    takes every ``num_replicas``-th item from ``r``. :meth:`set_epoch` picks the epoch and how many
+    of this rank's samples to skip.
+    """
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        if n <= 0:
+            raise ValueError(f"ResumableSampler needs a non-empty dataset, got {n} items")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.n, self.num_replicas, self.rank, self.shuffle, self.seed = n, num_replicas, rank, shuffle, seed
+        self.epoch, self.start = 0, 0
+        self.per_rank = math.ceil(n / num_replicas)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.per_rank:
+            raise ValueError(f"start must be in [0, {self.per_rank}], got {start}")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2 ** 31 - 1, (self.n,), generator=g)
+        total = self.per_rank * self.num_replicas
+        pos = torch.arange(total) % self.n  # pad by wrapping around
+        mine = pos[self.rank::self.num_replicas][self.start:]
+        return iter([(int(order[p]), int(seeds[p])) for p in mine])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def open_datasets(args: argparse.Namespace) -> Tuple[data.Dataset, data.Dataset]:
+    """Train and test datasets for ``--data_path`` as the original ``VideoData``: a folder gives a
+    ``VideoDataset``, a file an ``HDF5Dataset`` (raises a clear error for a missing path)."""
+    path = args.data_path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data_path {path!r} does not exist (expected an .hdf5/.h5 file or a folder "
+                                "with train/ and test/ sub-folders of videos)")
+    if os.path.isdir(path):
+        for split in ("train", "test"):
+            if not os.path.isdir(os.path.join(path, split)):
+                raise FileNotFoundError(f"--data_path folder {path!r} has no {split}/ sub-folder (a video "
+                                        "dataset folder needs train/ and test/)")
+        from .data.video_dataset import VideoDataset as Dataset
+    else:
+        from .data.hdf5_dataset import HDF5Dataset as Dataset  # type: ignore[no-redef]
+    kw = dict(sequence_length=args.sequence_length, resolution=args.resolution)
+    return Dataset(path, train=True, **kw), Dataset(path, train=False, **kw)
+
+
+def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse.Namespace,
+                device: torch.device) -> data.DataLoader:
+    return data.DataLoader(SeededDataset(dataset), batch_size=args.batch_size, sampler=sampler,
+                           num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=False)
+
+
+def _n_classes(dataset: data.Dataset) -> int:
+    try:
+        return int(dataset.n_classes)  # type: ignore[attr-defined]
+    except Exception as e:  # HDF5Dataset raises ValueError, in-memory datasets lack the attribute
+        raise ValueError(f"--class_cond needs a dataset with labels (a video folder with class sub-folders): {e}")
+
+
+# ==============================================================================================
+# models
+# ==============================================================================================
+class LossModule(nn.Module):
+    """``batch -> (loss, metrics)`` for one stage; the module DDP wraps (so gradients sync)."""
+
+    def __init__(self, model: nn.Module, stage: str):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        if self.stage == "vqvae":
+            recon_loss, _, vq = self.model(batch["video"])
+            loss = recon_loss + vq["commitment_loss"]  # the original training_step
+            return loss, {"recon_loss": recon_loss.detach(), "commitment_loss": vq["commitment_loss"].detach(),
+                          "perplexity": vq["perplexity"].detach()}
+        loss = self.model.compute_loss(batch)
+        return loss, {}
+
+
+def check_latent_fit(vqvae: nn.Module, args: argparse.Namespace) -> None:
+    """Raise ValueError when the VQ-VAE's latent grid does not fit the prior's
+    ``--sequence_length`` x ``--resolution``^2 videos."""
+    ds = tuple(int(d) for d in vqvae.args.downsample)
+    size = (args.sequence_length, args.resolution, args.resolution)
+    if any(s % d for s, d in zip(size, ds)):
+        raise ValueError(f"the VQ-VAE {args.vqvae!r} downsamples (T, H, W) by {ds}, which does not divide the "
+                         f"requested videos (sequence_length, resolution, resolution) = {size}")
+    want = tuple(s // d for s, d in zip(size, ds))
+    have = tuple(int(s) for s in vqvae.latent_shape)
+    if want != have:
+        raise ValueError(
+            f"the VQ-VAE {args.vqvae!r} was trained on (T, H, W) = ({vqvae.args.sequence_length}, "
+            f"{vqvae.args.resolution}, {vqvae.args.resolution}) with latent shape {have}, but the prior asks for "
+            f"{size}, whose latent shape is {want}: set --sequence_length {vqvae.args.sequence_length} "
+            f"--resolution {vqvae.args.resolution} or use a matching VQ-VAE")
+    if args.n_cond_frames >= args.sequence_length:
+        raise ValueError(f"--n_cond_frames {args.n_cond_frames} must be < --sequence_length {args.sequence_length}")
+
+
+def _model_namespace(args: argparse.Namespace) -> argparse.Namespace:
+    """The hyper-parameters stored with the model (the original saved the whole parsed namespace);
+    only plain values, so ``torch.load(weights_only=True)`` reads them."""
+    keep = {}
+    for k, v in vars(args).items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if v is None or isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and all(
+                isinstance(x, (bool, int, float, str)) for x in v)):
+            keep[k] = v
+    return argparse.Namespace(**keep)
+
+
+def build_model(args: argparse.Namespace, train_set: data.Dataset,
+                resume_ckpt: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """A fresh VQVAE / VideoGPT for ``args`` (the prior's VQ-VAE from ``--vqvae``, or rebuilt from the
+    checkpoint's own ``vqvae.*`` weights when resuming)."""
+    from .gpt import VideoGPT
+    from .vqvae import VQVAE
+
+    if args.stage == "vqvae":
+        return VQVAE(_model_namespace(args))
+    if args.class_cond:
+        args.class_cond_dim = _n_classes(train_set)
+    else:
+        args.class_cond_dim = None
+    if resume_ckpt is not None:
+        vqvae = VQVAE(infer_vqvae_args(args, resume_ckpt["state_dict"]))
+    else:
+        vqvae = load_vqvae(args.vqvae)
+    check_latent_fit(vqvae, args)
+    return VideoGPT(_model_namespace(args), vqvae=vqvae)
+
+
+# ==============================================================================================
+# metrics
+# ==============================================================================================
+class MetricsWriter:
+    """Rank-0 metrics: one JSON object per line in ``metrics.jsonl`` (and TensorBoard when installed)."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_step: Optional[int]):
+        self.enabled = enabled
+        self.path = folder / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # drop what a killed run logged after the checkpoint we resume from
+            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(folder / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: os.PathLike) -> List[Dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file."""
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+# ==============================================================================================
+# trainer
+# ==============================================================================================
+class Trainer:
+    """One training loop for both stages (and the demo, which passes in-memory datasets).
+
+    Args:
+        args: parsed ``train`` flags (see :func:`build_parser`), with ``args.stage``.
+        train_set, val_set: datasets of ``dict(video=(C, T, H, W) in [-0.5, 0.5][, label])``; when
+            None they come from ``--data_path``.
+        progress_desc: the tqdm bar's label.
+    """
+
+    def __init__(self, args: argparse.Namespace, train_set: Optional[data.Dataset] = None,
+                 val_set: Optional[data.Dataset] = None, progress_desc: Optional[str] = None):
+        _validate_args(args)
+        self.args = args
+        self.device, self.rank, self.world = _setup_distributed(args.device)
+        self.is_main = self.rank == 0
+        self.progress_desc = progress_desc or f"train {args.stage}"
+        self.output = Path(args.output)
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+        if train_set is None:
+            if args.loader == "dali":
+                raise ValueError("--loader dali is not supported by the trainer: it needs exact per-sample "
+                                 "seeding for resumable runs; use --loader pytorch (or auto)")
+            train_set, val_set = open_datasets(args)
+        if len(train_set) == 0:
+            raise ValueError(f"the training set of {args.data_path!r} is empty (no clip of "
+                             f"sequence_length={args.sequence_length} frames)")
+        self.train_set, self.val_set = train_set, val_set
+
+        resume_path = self._resume_path()
+        ckpt = safe_load(resume_path) if resume_path else None
+        if ckpt is not None:
+            self._adopt_checkpoint_args(ckpt, resume_path)
+
+        torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        np.random.seed(args.seed)
+        random.seed(args.seed)
+        self.model = build_model(args, train_set, ckpt).to(self.device)
+        if args.stage == "gpt" and args.activation_checkpointing:
+            self.model.attn_stack.activation_checkpointing = True
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+
+        net: nn.Module = LossModule(self.model, args.stage)
+        if self.world > 1:
+            if args.sync_batchnorm and args.stage == "vqvae":
+                if self.device.type != "cuda":
+                    raise ValueError("--sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on CPU)")
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+                self.model = net.model
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if args.compile else net
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                           **({"fused": True} if self.device.type == "cuda" else {}))
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, args.max_steps)
+                          if args.stage == "gpt" else None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "16")
+        self.autocast_dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
+
+        self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.train_sampler = ResumableSampler(len(train_set), self.world, self.rank, shuffle=True, seed=args.seed)
+        self.batches_per_epoch = math.ceil(self.train_sampler.per_rank / args.batch_size)
+        self.val_loader = None
+        if val_set is not None and len(val_set) > 0 and args.val_every >= 0:
+            val_sampler = ResumableSampler(len(val_set), self.world, self.rank, shuffle=False, seed=args.seed)
+            self.val_loader = make_loader(val_set, val_sampler, args, self.device)
+        elif self.is_main and args.val_every >= 0:
+            log.warning("no validation data: validation is skipped")
+
+        # training-time randomness (dropout, codebook init) differs per rank
+        torch.manual_seed(args.seed + self.rank)
+        np.random.seed(args.seed + self.rank)
+        random.seed(args.seed + self.rank)
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.metrics = MetricsWriter(self.output, self.is_main, self.global_step if ckpt is not None else None)
+        self.history: List[Dict[str, Any]] = []
+        self.saved: List[Path] = []
+        self._last_save_step = self._last_val_step = self.global_step if ckpt is not None else -1
+
+    # ------------------------------------------------------------------------------------------
+    def _resume_path(self) -> Optional[Path]:
+        r = self.args.resume
+        if not r:
+            return None
+        if r == "auto":
+            p = self.output / "last.ckpt"
+            return p if p.is_file() else None
+        p = Path(r)
+        if not p.is_file():
+            raise FileNotFoundError(f"--resume {r!r}: no such checkpoint file")
+        return p
+
+    def _adopt_checkpoint_args(self, ckpt: Dict[str, Any], path: Path) -> None:
+        kind = checkpoint_kind(ckpt.get("state_dict", {}))
+        want = "vqvae" if self.args.stage == "vqvae" else "videogpt"
+        if kind != want:
+            raise ValueError(f"--resume {path} is a {kind} checkpoint, but this run trains the {self.args.stage}")
+        if "videogpt_fast" not in ckpt:
+            raise ValueError(f"--resume {path} holds no training state (optimiser, RNG, data position): it was not "
+                             "written by videogpt_fast.train; start a new run from its weights instead")
+        stored = ckpt["hyper_parameters"]["args"]
+        for name in MODEL_ARGS[self.args.stage]:
+            if hasattr(stored, name) and getattr(self.args, name, None) != getattr(stored, name):
+                if self.is_main and name != "class_cond_dim":
+                    log.warning("--resume: %s=%r from the checkpoint (command line had %r)",
+                                name, getattr(stored, name), getattr(self.args, name, None))
+                setattr(self.args, name, getattr(stored, name))
+
+    def _restore(self, ckpt: Dict[str, Any]) -> None:
+        extra = ckpt["videogpt_fast"]
+        self.optimizer.load_state_dict(ckpt["optimizer_states"][0])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["lr_schedulers"][0])
+            if self.scheduler.T_max != self.args.max_steps:
+                if self.is_main:
+                    log.warning("--max_steps %d differs from the checkpoint's %d: the cosine schedule now ends at "
+                                "%d", self.args.max_steps, self.scheduler.T_max, self.args.max_steps)
+                self.scheduler.T_max = self.args.max_steps
+        if extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
+        self.global_step, self.epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
+        pos = extra["data"]
+        same = (pos["world_size"] == self.world and pos["batch_size"] == self.args.batch_size
+                and pos["dataset_len"] == len(self.train_set) and pos["seed"] == self.args.seed)
+        rngs = extra["rng"]
+        if same and len(rngs) == self.world:
+            self.batch_in_epoch = int(pos["batch_in_epoch"])
+            set_rng_state(rngs[self.rank])
+        else:
+            if self.is_main:
+                log.warning("--resume with a different world size, batch size, dataset or seed: the data order "
+                            "restarts at the next epoch and the run will not repeat the original exactly")
+            self.epoch += 1 if pos["batch_in_epoch"] else 0
+            self.batch_in_epoch = 0
+        if self.is_main:
+            log.info("resumed from step %d (epoch %d, batch %d)", self.global_step, self.epoch, self.batch_in_epoch)
+
+    # ------------------------------------------------------------------------------------------
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        nb = self.device.type == "cuda"
+        return {k: (v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """One optimiser step; returns the (detached) loss and the stage's metrics."""
+        self.model.train()
+        with self._autocast():
+            loss, metrics = self.net(batch)
+        self.scaler.scale(loss).backward()
+        if self.args.gradient_clip_val > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.args.gradient_clip_val)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach(), metrics
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Mean validation metrics over ranks (``val/recon_loss`` ... or ``val/loss``)."""
+        if self.val_loader is None:
+            return {}
+        with preserved_rng():
+            self.model.eval()
+            sums: Dict[str, torch.Tensor] = {}
+            count = torch.zeros((), dtype=torch.float64, device=self.device)
+            for i, batch in enumerate(self.val_loader):
+                if self.args.limit_val_batches and i >= self.args.limit_val_batches:
+                    break
+                batch = self._to_device(batch)
+                with self._autocast():
+                    if self.args.stage == "vqvae":
+                        recon_loss, _, vq = self.model(batch["video"])
+                        vals = {"val/recon_loss": recon_loss, "val/perplexity": vq["perplexity"],
+                                "val/commitment_loss": vq["commitment_loss"]}
+                    else:
+                        vals = {"val/loss": self.model.compute_loss(batch)}
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v.double()
+                count += 1
+            self.model.train()
+        keys = sorted(sums)
+        packed = torch.stack([sums[k] for k in keys] + [count]) if keys else count.reshape(1)
+        if dist.is_initialized():
+            dist.all_reduce(packed)
+        n = float(packed[-1])
+        return {k: float(packed[i]) / n for i, k in enumerate(keys)} if n else {}
+
+    # ------------------------------------------------------------------------------------------
+    def save(self, periodic: bool) -> Optional[Path]:
+        """Write ``last.ckpt`` (and ``epoch=E-step=S.ckpt`` when ``periodic``) atomically; every rank
+        takes part (the RNG states are gathered), rank 0 writes."""
+        rngs = _all_gather_object(get_rng_state())
+        path = None
+        if self.is_main:
+            extra = {
+                "stage": self.args.stage,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rngs,
+                "data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.args.seed,
+                         "world_size": self.world, "batch_size": self.args.batch_size,
+                         "dataset_len": len(self.train_set)},
+                "max_steps": self.args.max_steps,
+            }
+            ckpt = lightning_checkpoint(self.model, global_step=self.global_step, epoch=self.epoch, extra=extra)
+            ckpt["optimizer_states"] = [self.optimizer.state_dict()]
+            ckpt["lr_schedulers"] = [self.scheduler.state_dict()] if self.scheduler is not None else []
+            if periodic:
+                path = atomic_save(ckpt, self.output / f"epoch={self.epoch}-step={self.global_step}.ckpt")
+                self.saved.append(path)
+                keep = self.args.keep_checkpoints
+                while keep and len(self.saved) > keep:
+                    old = self.saved.pop(0)
+                    if old.exists():
+                        old.unlink()
+            last = atomic_save(ckpt, self.output / "last.ckpt")
+            path = path or last
+        self._last_save_step = self.global_step
+        _barrier()
+        return path
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        self.history.append(record)
+        self.metrics.write(record)
+
+    def fit(self) -> List[Dict[str, Any]]:
+        """Train to ``--max_steps``; returns the metric records (also in ``OUTPUT/metrics.jsonl``)."""
+        args = self.args
+        bar = None
+        if self.is_main and not args.no_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=args.max_steps, initial=self.global_step, desc=self.progress_desc, dynamic_ncols=True)
+        pending: List[Tuple[int, torch.Tensor, Dict[str, torch.Tensor]]] = []
+        t0 = time.time()
+        try:
+            while self.global_step < args.max_steps:
+                self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * args.batch_size)
+                loader = make_loader(self.train_set, self.train_sampler, args, self.device)
+                for batch in loader:
+                    loss, metrics = self.train_step(self._to_device(batch))
+                    self.global_step += 1
+                    self.batch_in_epoch += 1
+                    epoch_done = self.batch_in_epoch >= self.batches_per_epoch
+                    pending.append((self.global_step, self.epoch, loss, metrics))
+                    if self.global_step % args.log_every == 0 or self.global_step >= args.max_steps:
+                        self._flush(pending, bar, t0)
+                    if bar is not None:
+                        bar.update(1)
+                    if epoch_done:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                    if (args.val_every > 0 and self.global_step % args.val_every == 0) or (
+                            args.val_every == 0 and epoch_done):
+                        self._flush(pending, bar, t0)
+                        self._validate_and_log(bar)
+                    if args.save_every > 0 and self.global_step % args.save_every == 0:
+                        self._flush(pending, bar, t0)
+                        self.save(periodic=True)
+                    if self.global_step >= args.max_steps or epoch_done:
+                        break
+            self._flush(pending, bar, t0)
+            if args.val_every >= 0 and self._last_val_step != self.global_step:
+                self._validate_and_log(bar)
+            if self._last_save_step != self.global_step:
+                self.save(periodic=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        if self.is_main:
+            print(f"[videogpt_fast] {args.stage}: {self.global_step} steps; checkpoints in {self.output} "
+                  f"(last.ckpt), metrics in {self.metrics.path}", flush=True)
+        return self.history
+
+    def _flush(self, pending: list, bar, t0: float) -> None:
+        if not pending:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        for step, epoch, loss, metrics in pending:
+            rec = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr, "time": round(time.time() - t0, 3)}
+            rec.update({k: float(v) for k, v in metrics.items()})
+            self._log(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(pending[-1][2]):.4f}")
+        pending.clear()
+
+    def _validate_and_log(self, bar) -> None:
+        self._last_val_step = self.global_step
+        vals = self.validate()
+        if vals:
+            self._log({"step": self.global_step, "epoch": self.epoch, **vals})
+            if bar is not None:
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in vals.items()})
+
+
+# ==============================================================================================
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m videogpt_fast.train {vqvae,gpt} [flags]``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if _env_world()[0] == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        Trainer(args).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
