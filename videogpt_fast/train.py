@@ -596,8 +596,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_step(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """One optimiser step; returns the (detached) loss and the stage's metrics."""
+        """One optimiser step; returns the (detached) loss and the stage's metrics (with ``lr``, the
+        learning rate this step used)."""
         self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
         with self._autocast():
             loss, metrics = self.net(batch)
         self.scaler.scale(loss).backward()
@@ -609,7 +611,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss.detach(), metrics
+        return loss.detach(), {"lr": lr, **metrics}
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -731,9 +733,8 @@ class Trainer:
     def _flush(self, pending: list, bar, t0: float) -> None:
         if not pending:
             return
-        lr = self.optimizer.param_groups[0]["lr"]
         for step, epoch, loss, metrics in pending:
-            rec = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr, "time": round(time.time() - t0, 3)}
+            rec = {"step": step, "epoch": epoch, "loss": float(loss), "time": round(time.time() - t0, 3)}
             rec.update({k: float(v) for k, v in metrics.items()})
             self._log(rec)
         if bar is not None:
@@ -757,6 +758,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         Trainer(args).fit()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
