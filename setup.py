@@ -64,7 +64,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark", "triton==3.6.0; platform_system == 'Linux'"],
+        "test": ["pytest>=7", "pytest-benchmark", "scikit-video", "triton==3.6.0; platform_system == 'Linux'"],
         "triton": ["triton>=3.1"],
         "dali": ["nvidia-dali-cuda120"],
         "flash": ["flash-attn"],

@@ -79,7 +79,7 @@ def _store_rows(ptr, val, base, pos, s_a, s_d, row_ok, BLOCK: tl.constexpr, D):
 
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
-                G, S, D, DV,
+                G, S, D, DVD,
                 s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od,
                 qk_scale,
                 SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -105,7 +105,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
         kpos = (kb * SEG + r % SEG).to(tl.int64)
         k_ok = g_ok & (kpos < S)
         k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
-        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DV)
+        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where(same & q_ok[:, None] & k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -117,7 +117,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
         m_i = m_new
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     o_base = tl.load(OOFF + grp)
-    _store_rows(O, acc / l_i[:, None], o_base, qpos, s_oa, s_od, q_ok, BLOCK_DV, DV)
+    _store_rows(O, acc / l_i[:, None], o_base, qpos, s_oa, s_od, q_ok, BLOCK_DV, DVD)
     tl.store(LSE + grp * S + qpos, m_i + tl.log2(l_i), mask=q_ok)
 
 

@@ -136,14 +136,52 @@ def layout_tables(layout: torch.Tensor, causal: bool, device: torch.device) -> _
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
+# Head dims are processed in two power-of-two chunks, columns [0, C0) and [C0, C0 + C1) (C1 = 0:
+# one chunk), so that e.g. 144 runs as 128 + 16 lanes instead of 256; lanes >= the true head dim
+# are masked to zero.
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, K, V, start_n, offs_m, offs_n, offs_d, offs_dv, d_mask, dv_mask,
+def _load2(ptr, rows, stride_r, stride_d, D, BR: tl.constexpr, C0: tl.constexpr, C1: tl.constexpr):
+    """Rows ``rows`` of a (rows, D) matrix as the two column chunks (BR, C0) and (BR, C1)."""
+    offs0 = tl.arange(0, C0)
+    x0 = tl.load(ptr + rows[:, None] * stride_r + offs0[None, :] * stride_d, mask=(offs0 < D)[None, :], other=0.0)
+    if C1 > 0:
+        offs1 = C0 + tl.arange(0, C1)
+        x1 = tl.load(ptr + rows[:, None] * stride_r + offs1[None, :] * stride_d, mask=(offs1 < D)[None, :],
+                     other=0.0)
+    else:
+        x1 = tl.zeros([BR, 16], dtype=x0.dtype)    # unused placeholder
+    return x0, x1
+
+
+@triton.jit
+def _store2(ptr, rows, stride_r, stride_d, D, x0, x1, C0: tl.constexpr, C1: tl.constexpr):
+    offs0 = tl.arange(0, C0)
+    tl.store(ptr + rows[:, None] * stride_r + offs0[None, :] * stride_d, x0.to(ptr.dtype.element_ty),
+             mask=(offs0 < D)[None, :])
+    if C1 > 0:
+        offs1 = C0 + tl.arange(0, C1)
+        tl.store(ptr + rows[:, None] * stride_r + offs1[None, :] * stride_d, x1.to(ptr.dtype.element_ty),
+                 mask=(offs1 < D)[None, :])
+
+
+@triton.jit
+def _dot_nt(a0, a1, b0, b1, C1: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b^T over both column chunks (fp32)."""
+    acc = tl.dot(a0, tl.trans(b0), input_precision=PRECISION)
+    if C1 > 0:
+        acc = tl.dot(a1, tl.trans(b1), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _fwd_tile(acc0, acc1, l_i, m_i, q0, q1, K, V, start_n, offs_m, offs_n, D, DV,
               stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+              BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
               MASK: tl.constexpr, PRECISION: tl.constexpr):
     """One key tile of the online softmax (scores in base 2)."""
     cols = start_n + offs_n
-    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    k0, k1 = _load2(K, cols, stride_kn, stride_kd, D, BLOCK_N, D0, D1)
+    s = _dot_nt(q0, q1, k0, k1, D1, PRECISION) * qk_scale
     if MASK:
         s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -152,9 +190,12 @@ def _fwd_tile(acc, l_i, m_i, q, K, V, start_n, offs_m, offs_n, offs_d, offs_dv, 
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, l_i, m_new
+    v0, v1 = _load2(V, cols, stride_vn, stride_vd, DV, BLOCK_N, DV0, DV1)
+    p = p.to(v0.dtype)
+    acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=PRECISION)
+    if DV1 > 0:
+        acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=PRECISION)
+    return acc0, acc1, l_i, m_new
 
 
 @triton.jit
@@ -181,8 +222,8 @@ def _fwd_kernel(Q, K, V, O, LSE, COLS, CNT, qk_scale,
                 stride_ob, stride_oh, stride_om, stride_od,
                 stride_th, stride_tr, stride_ch,
                 H, L, D, DV,
-                BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                BLOCK: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
+                CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -191,40 +232,36 @@ def _fwd_kernel(Q, K, V, O, LSE, COLS, CNT, qk_scale,
     lrow = start_m // BLOCK
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     O += b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
+    q0, q1 = _load2(Q, offs_m, stride_qm, stride_qd, D, BLOCK_M, D0, D1)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, DV0], tl.float32)
+    acc1 = tl.zeros([BLOCK_M, DV1 if DV1 > 0 else 16], tl.float32)
     base, n_off, has_diag = _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL)
     for i in range(0, n_off):
         col = tl.load(base + i)
         for sub in range(0, BLOCK, BLOCK_N):
-            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, col * BLOCK + sub, offs_m, offs_n, offs_d, offs_dv,
-                                      d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      False, PRECISION)
+            acc0, acc1, l_i, m_i = _fwd_tile(acc0, acc1, l_i, m_i, q0, q1, K, V, col * BLOCK + sub, offs_m, offs_n,
+                                             D, DV, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                             BLOCK_N, D0, D1, DV0, DV1, False, PRECISION)
     if CAUSAL:
         # diagonal block: key tiles up to the end of this query tile, masked element-wise
         lo = lrow * BLOCK
         hi = tl.where(has_diag, start_m + BLOCK_M, lo)
         for start_n in range(lo, hi, BLOCK_N):
-            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, start_n, offs_m, offs_n, offs_d, offs_dv,
-                                      d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                      True, PRECISION)
+            acc0, acc1, l_i, m_i = _fwd_tile(acc0, acc1, l_i, m_i, q0, q1, K, V, start_n, offs_m, offs_n,
+                                             D, DV, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                             BLOCK_N, D0, D1, DV0, DV1, True, PRECISION)
     empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    inv = 1.0 / tl.where(empty, 1.0, l_i)
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse)
-    tl.store(O + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, o.to(O.dtype.element_ty),
-             mask=dv_mask[None, :])
+    _store2(O, offs_m, stride_om, stride_od, DV, acc0 * inv[:, None], acc1 * inv[:, None], DV0, DV1)
 
 
 @triton.jit
@@ -248,24 +285,30 @@ def _bwd_preprocess(O, DO, DELTA,
 
 
 @triton.jit
-def _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv, d_mask, dv_mask,
+def _bwd_dkdv_tile(dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, D, DV,
                    stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
+                   BLOCK_M: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
                    MASK: tl.constexpr, PRECISION: tl.constexpr):
     """Contribution of one query tile to a key tile's dK, dV (computed transposed: keys x queries)."""
     offs_m = start_m + offs_m0
-    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
+    q0, q1 = _load2(Q, offs_m, stride_qm, stride_qd, D, BLOCK_M, D0, D1)
     lse = tl.load(LSE + offs_m)
-    s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+    s_t = _dot_nt(k0, k1, q0, q1, D1, PRECISION) * qk_scale
     p_t = tl.math.exp2(s_t - lse[None, :])
     if MASK:
         p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, mask=dv_mask[None, :], other=0.0)
-    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+    do0, do1 = _load2(DO, offs_m, stride_dom, stride_dod, DV, BLOCK_M, DV0, DV1)
+    pc = p_t.to(do0.dtype)
+    dv0 = tl.dot(pc, do0, dv0, input_precision=PRECISION)
+    if DV1 > 0:
+        dv1 = tl.dot(pc, do1, dv1, input_precision=PRECISION)
     delta = tl.load(DELTA + offs_m)
-    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv
+    dp_t = _dot_nt(v0, v1, do0, do1, DV1, PRECISION)
+    ds_t = (p_t * (dp_t - delta[None, :])).to(q0.dtype)
+    dk0 = tl.dot(ds_t, q0, dk0, input_precision=PRECISION)
+    if D1 > 0:
+        dk1 = tl.dot(ds_t, q1, dk1, input_precision=PRECISION)
+    return dk0, dk1, dv0, dv1
 
 
 @triton.jit
@@ -276,8 +319,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_OUT, LSE, DELTA, ROWS, CNT_T, sm_scale,
                      stride_dob, stride_doh, stride_dom, stride_dod,
                      stride_th, stride_tr, stride_ch,
                      H, L, D, DV,
-                     BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr,
+                     DV1: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -286,20 +330,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_OUT, LSE, DELTA, ROWS, CNT_T, sm_scale,
     lcol = start_n // BLOCK
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
     LSE += pid_bh.to(tl.int64) * L
     DELTA += pid_bh.to(tl.int64) * L
-    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
-    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
-    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    k0, k1 = _load2(K, offs_n, stride_kn, stride_kd, D, BLOCK_N, D0, D1)
+    v0, v1 = _load2(V, offs_n, stride_vn, stride_vd, DV, BLOCK_N, DV0, DV1)
+    dk0 = tl.zeros([BLOCK_N, D0], tl.float32)
+    dk1 = tl.zeros([BLOCK_N, D1 if D1 > 0 else 16], tl.float32)
+    dv0 = tl.zeros([BLOCK_N, DV0], tl.float32)
+    dv1 = tl.zeros([BLOCK_N, DV1 if DV1 > 0 else 16], tl.float32)
 
     cnt = tl.load(CNT_T + h * stride_ch + lcol)
     base = ROWS + h * stride_th + lcol * stride_tr
@@ -310,39 +352,41 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_OUT, LSE, DELTA, ROWS, CNT_T, sm_scale,
         lo = lcol * BLOCK + ((start_n - lcol * BLOCK) // BLOCK_M) * BLOCK_M
         hi = tl.where(has_diag, (lcol + 1) * BLOCK, lo)
         for start_m in range(lo, hi, BLOCK_M):
-            dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, offs_d, offs_dv,
-                                    d_mask, dv_mask, stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
-                                    True, PRECISION)
+            dk0, dk1, dv0, dv1 = _bwd_dkdv_tile(dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, start_m,
+                                                offs_n, offs_m0, D, DV, stride_qm, stride_qd, stride_dom, stride_dod,
+                                                qk_scale, BLOCK_M, D0, D1, DV0, DV1, True, PRECISION)
         first = has_diag.to(tl.int32)
     for i in range(first, cnt):
         row = tl.load(base + i)
         for sub in range(0, BLOCK, BLOCK_M):
-            dk, dv = _bwd_dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, row * BLOCK + sub, offs_n, offs_m0, offs_d,
-                                    offs_dv, d_mask, dv_mask, stride_qm, stride_qd, stride_dom, stride_dod,
-                                    qk_scale, False, PRECISION)
+            dk0, dk1, dv0, dv1 = _bwd_dkdv_tile(dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA,
+                                                row * BLOCK + sub, offs_n, offs_m0, D, DV, stride_qm, stride_qd,
+                                                stride_dom, stride_dod, qk_scale, BLOCK_M, D0, D1, DV0, DV1,
+                                                False, PRECISION)
     # dK, dV are allocated contiguous (B, H, L, d)
-    out_k = DK + pid_bh.to(tl.int64) * L * D + offs_n[:, None] * D + offs_d[None, :]
-    tl.store(out_k, (dk * sm_scale).to(DK.dtype.element_ty), mask=d_mask[None, :])
-    out_v = DV_OUT + pid_bh.to(tl.int64) * L * DV + offs_n[:, None] * DV + offs_dv[None, :]
-    tl.store(out_v, dv.to(DV_OUT.dtype.element_ty), mask=dv_mask[None, :])
+    _store2(DK + pid_bh.to(tl.int64) * L * D, offs_n, D, 1, D, dk0 * sm_scale, dk1 * sm_scale, D0, D1)
+    _store2(DV_OUT + pid_bh.to(tl.int64) * L * DV, offs_n, DV, 1, DV, dv0, dv1, DV0, DV1)
 
 
 @triton.jit
-def _bwd_dq_tile(dq, q, do, lse, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv, d_mask, dv_mask,
+def _bwd_dq_tile(dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, start_n, offs_m, offs_n0, D, DV,
                  stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                 BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
                  MASK: tl.constexpr, PRECISION: tl.constexpr):
     """Contribution of one key tile to a query tile's dQ."""
     cols = start_n + offs_n0
-    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=d_mask[None, :], other=0.0)
-    v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=dv_mask[None, :], other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    k0, k1 = _load2(K, cols, stride_kn, stride_kd, D, BLOCK_N, D0, D1)
+    v0, v1 = _load2(V, cols, stride_vn, stride_vd, DV, BLOCK_N, DV0, DV1)
+    s = _dot_nt(q0, q1, k0, k1, D1, PRECISION) * qk_scale
     p = tl.math.exp2(s - lse[:, None])
     if MASK:
         p = tl.where(offs_m[:, None] >= cols[None, :], p, 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-    ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
+    dp = _dot_nt(do0, do1, v0, v1, DV1, PRECISION)
+    ds = (p * (dp - delta[:, None])).to(k0.dtype)
+    dq0 = tl.dot(ds, k0, dq0, input_precision=PRECISION)
+    if D1 > 0:
+        dq1 = tl.dot(ds, k1, dq1, input_precision=PRECISION)
+    return dq0, dq1
 
 
 @triton.jit
@@ -353,8 +397,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
                    stride_dob, stride_doh, stride_dom, stride_dod,
                    stride_th, stride_tr, stride_ch,
                    H, L, D, DV,
-                   BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
+                   CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -363,35 +407,31 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
     lrow = start_m // BLOCK
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=d_mask[None, :], other=0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, mask=dv_mask[None, :], other=0.0)
+    q0, q1 = _load2(Q, offs_m, stride_qm, stride_qd, D, BLOCK_M, D0, D1)
+    do0, do1 = _load2(DO, offs_m, stride_dom, stride_dod, DV, BLOCK_M, DV0, DV1)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m)
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m)
-    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    dq1 = tl.zeros([BLOCK_M, D1 if D1 > 0 else 16], tl.float32)
     base, n_off, has_diag = _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL)
     for i in range(0, n_off):
         col = tl.load(base + i)
         for sub in range(0, BLOCK, BLOCK_N):
-            dq = _bwd_dq_tile(dq, q, do, lse, delta, K, V, col * BLOCK + sub, offs_m, offs_n0, offs_d, offs_dv,
-                              d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                              False, PRECISION)
+            dq0, dq1 = _bwd_dq_tile(dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, col * BLOCK + sub, offs_m, offs_n0,
+                                    D, DV, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                    BLOCK_N, D0, D1, DV0, DV1, False, PRECISION)
     if CAUSAL:
         lo = lrow * BLOCK
         hi = tl.where(has_diag, start_m + BLOCK_M, lo)
         for start_n in range(lo, hi, BLOCK_N):
-            dq = _bwd_dq_tile(dq, q, do, lse, delta, K, V, start_n, offs_m, offs_n0, offs_d, offs_dv,
-                              d_mask, dv_mask, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                              True, PRECISION)
-    out = DQ + pid_bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :]
-    tl.store(out, (dq * sm_scale).to(DQ.dtype.element_ty), mask=d_mask[None, :])
+            dq0, dq1 = _bwd_dq_tile(dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, start_n, offs_m, offs_n0,
+                                    D, DV, stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                    BLOCK_N, D0, D1, DV0, DV1, True, PRECISION)
+    _store2(DQ + pid_bh.to(tl.int64) * L * D, offs_m, D, 1, D, dq0 * sm_scale, dq1 * sm_scale, D0, D1)
 
 
 @triton.jit

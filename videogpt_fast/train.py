@@ -309,7 +309,11 @@ def open_datasets(args: argparse.Namespace) -> Tuple[data.Dataset, data.Dataset]
 
 def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse.Namespace,
                 device: torch.device) -> data.DataLoader:
-    return data.DataLoader(SeededDataset(dataset), batch_size=args.batch_size, sampler=sampler,
+    # a private generator: creating an iterator must not draw from the global torch RNG (it would shift
+    # the dropout stream of a resumed run); items are seeded per sample anyway
+    g = torch.Generator()
+    g.manual_seed(sampler.seed)
+    return data.DataLoader(SeededDataset(dataset), batch_size=args.batch_size, sampler=sampler, generator=g,
                            num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=False)
 
 

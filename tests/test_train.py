@@ -1,0 +1,207 @@
+"""Training: torchrun DDP on CPU, exact resume, a killed run, clear errors, the sampler."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from videogpt_fast import train
+from videogpt_fast.checkpoint import load_videogpt, load_vqvae, safe_load
+from videogpt_fast.synthetic import write_hdf5
+
+ROOT = Path(__file__).resolve().parents[1]
+VQ_FLAGS = ["--sequence_length", "4", "--resolution", "16", "--batch_size", "2", "--num_workers", "0",
+            "--embedding_dim", "8", "--n_codes", "16", "--n_hiddens", "16", "--n_res_layers", "1",
+            "--downsample", "2", "2", "2", "--log_every", "1", "--no_progress"]
+GPT_FLAGS = ["--sequence_length", "4", "--resolution", "16", "--batch_size", "2", "--num_workers", "0",
+             "--hidden_dim", "24", "--heads", "2", "--layers", "1", "--log_every", "1", "--no_progress"]
+
+
+def _set(flags: list, name: str, value: str) -> list:
+    """``flags`` with ``--name``'s value replaced."""
+    out = list(flags)
+    out[out.index(f"--{name}") + 1] = value
+    return out
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    # 5 training videos of 10 frames: random 4-frame crops, 3 batches of 2 per epoch (the last one short)
+    return write_hdf5(tmp_path_factory.mktemp("data") / "shapes.hdf5", n_train=5, n_test=2,
+                      frames_per_video=10, resolution=16)
+
+
+@pytest.fixture(scope="module")
+def vqvae_ckpt(dataset, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("vq")
+    train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "3", "--output", str(out)])
+    return str(out / "last.ckpt")
+
+
+def _losses(folder: Path) -> dict:
+    return {r["step"]: r["loss"] for r in train.read_metrics(folder / "metrics.jsonl") if "loss" in r}
+
+
+def _state(path: Path) -> dict:
+    return safe_load(path)["state_dict"]
+
+
+def test_torchrun_two_processes_both_stages(dataset, tmp_path):
+    """torchrun --standalone --nproc_per_node=2 trains both stages (gloo) and writes loadable checkpoints."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    vq_out, gpt_out = tmp_path / "vq", tmp_path / "gpt"
+    flags = _set(VQ_FLAGS, "num_workers", "1")
+    r = subprocess.run(torchrun + ["-m", "videogpt_fast.train", "vqvae", "--data_path", dataset, *flags,
+                                   "--max_steps", "3", "--save_every", "2", "--output", str(vq_out)],
+                       env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (vq_out / "epoch=1-step=2.ckpt").is_file() and (vq_out / "last.ckpt").is_file()
+    ckpt = safe_load(vq_out / "last.ckpt")
+    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["args"].n_codes == 16
+    assert len(ckpt["videogpt_fast"]["rng"]) == 2  # both ranks' RNG states
+    vq = load_vqvae(vq_out / "last.ckpt")
+    assert not vq.codebook._need_init
+
+    r = subprocess.run(torchrun + ["-m", "videogpt_fast.train", "gpt", "--data_path", dataset, *GPT_FLAGS,
+                                   "--vqvae", str(vq_out / "last.ckpt"), "--max_steps", "2",
+                                   "--output", str(gpt_out)],
+                       env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    gpt = load_videogpt(gpt_out / "last.ckpt")
+    assert gpt.shape == (2, 8, 8)
+    assert set(_losses(gpt_out)) == {1, 2}
+    # the frozen VQ-VAE inside the prior is the one we trained
+    torch.testing.assert_close(gpt.vqvae.codebook.embeddings, vq.codebook.embeddings, rtol=0, atol=0)
+
+
+def test_resume_vqvae_is_exact(dataset, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "6", "--save_every", "2"]
+    train.main(base + ["--output", str(full)])
+    # step 4 is in the middle of epoch 1 (3 batches per epoch), after the codebook initialised
+    train.main(base + ["--output", str(resumed), "--resume", str(full / "epoch=1-step=4.ckpt")])
+    a, b = _losses(full), _losses(resumed)
+    assert sorted(b) == [5, 6]
+    assert [a[5], a[6]] == [b[5], b[6]]  # bitwise
+    sa, sb = _state(full / "last.ckpt"), _state(resumed / "last.ckpt")
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_resume_gpt_is_exact_with_dropout_and_cosine(dataset, vqvae_ckpt, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    base = ["gpt", "--data_path", dataset, *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--max_steps", "5",
+            "--save_every", "2", "--dropout", "0.3", "--attn_dropout", "0.3", "--gradient_clip_val", "0.5"]
+    train.main(base + ["--output", str(full)])
+    train.main(base + ["--output", str(resumed), "--resume", str(full / "epoch=0-step=2.ckpt")])
+    a, b = _losses(full), _losses(resumed)
+    assert sorted(b) == [3, 4, 5]
+    assert [a[s] for s in (3, 4, 5)] == [b[s] for s in (3, 4, 5)]
+    lrs = {r["step"]: r["lr"] for r in train.read_metrics(full / "metrics.jsonl") if "lr" in r}
+    assert lrs[1] == pytest.approx(3e-4) and lrs[5] < lrs[3] < lrs[1]  # cosine schedule over max_steps
+    sa, sb = safe_load(full / "last.ckpt"), safe_load(resumed / "last.ckpt")
+    for k in sa["state_dict"]:
+        assert torch.equal(sa["state_dict"][k], sb["state_dict"][k]), k
+    assert sa["lr_schedulers"][0]["last_epoch"] == sb["lr_schedulers"][0]["last_epoch"] == 5
+
+
+def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "videogpt_fast.train", "vqvae", "--data_path", dataset, *VQ_FLAGS,
+           "--max_steps", "100000", "--save_every", "2", "--val_every", "-1", "--output", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "epoch=2-step=4.ckpt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "the run wrote no checkpoint in time"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = safe_load(out / "last.ckpt")  # never half-written: saves are atomic
+    step = ckpt["global_step"]
+    assert step >= 4 and step % 2 == 0
+    load_vqvae(out / "last.ckpt")
+    train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", str(step + 2), "--save_every", "2",
+                "--val_every", "-1", "--output", str(out), "--resume", "auto"])
+    assert safe_load(out / "last.ckpt")["global_step"] == step + 2
+    steps = [r["step"] for r in train.read_metrics(out / "metrics.jsonl")]
+    assert steps == list(range(1, step + 3))  # what the killed run logged after its checkpoint is dropped
+
+
+def test_sampler_resumes_mid_epoch_and_splits_ranks():
+    full = list(train.ResumableSampler(7, num_replicas=2, rank=1, seed=3))
+    s = train.ResumableSampler(7, num_replicas=2, rank=1, seed=3)
+    s.set_epoch(0, start=2)
+    assert list(s) == full[2:] and len(s) == len(full) - 2 == 2
+    r0 = list(train.ResumableSampler(7, num_replicas=2, rank=0, seed=3))
+    assert len(r0) == len(full) == 4
+    assert sorted({i for i, _ in r0 + full}) == list(range(7))  # every item, padded by wrapping
+    s.set_epoch(1)
+    assert [i for i, _ in s] != [i for i, _ in full]  # a new permutation each epoch
+    with pytest.raises(ValueError, match="non-empty"):
+        train.ResumableSampler(0)
+
+
+def test_items_do_not_depend_on_workers(dataset):
+    """Random crops come from each sample's own seed: the same with 0 or 2 workers, from any start."""
+    from videogpt_fast.data.hdf5_dataset import HDF5Dataset
+    import argparse
+    ds = HDF5Dataset(dataset, 4, train=True, resolution=16)
+
+    def batches(workers, start):
+        s = train.ResumableSampler(len(ds), seed=5)
+        s.set_epoch(0, start)
+        args = argparse.Namespace(batch_size=2, num_workers=workers)
+        return [b["video"] for b in train.make_loader(ds, s, args, torch.device("cpu"))]
+
+    ref = batches(0, 0)
+    for got in (batches(2, 0), batches(0, 2)[-2:]):
+        for x, y in zip(ref[-len(got):], got):
+            assert torch.equal(x, y)
+
+
+def test_clear_errors(dataset, vqvae_ckpt, tmp_path, capsys):
+    assert train.main(["vqvae", "--data_path", str(tmp_path / "missing.hdf5"), *VQ_FLAGS,
+                       "--output", str(tmp_path / "a")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = write_hdf5(tmp_path / "empty.hdf5", n_train=0, n_test=0, frames_per_video=10, resolution=16)
+    assert train.main(["vqvae", "--data_path", empty, *VQ_FLAGS, "--output", str(tmp_path / "b")]) == 2
+    assert "empty" in capsys.readouterr().err
+    bad = _set(GPT_FLAGS, "sequence_length", "8")  # the VQ-VAE was trained on 4 frames
+    assert train.main(["gpt", "--data_path", dataset, *bad, "--vqvae", vqvae_ckpt, "--max_steps", "2",
+                       "--output", str(tmp_path / "c")]) == 2
+    assert "latent shape" in capsys.readouterr().err
+    assert train.main(["gpt", "--data_path", dataset, *GPT_FLAGS, "--vqvae", vqvae_ckpt,
+                       "--output", str(tmp_path / "d")]) == 2
+    assert "--max_steps is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["nonsense"])
+
+
+def test_in_memory_dataset_and_bf16(tmp_path):
+    """The loop the demo uses: an in-memory dataset, bf16 autocast on CPU, activation checkpointing."""
+    from videogpt_fast.synthetic import MovingShapesDataset
+    args = train.build_parser("vqvae").parse_args(["--data_path", "-", *VQ_FLAGS, "--max_steps", "2",
+                                                   "--precision", "bf16", "--output", str(tmp_path)])
+    args.stage = "vqvae"
+    hist = train.Trainer(args, MovingShapesDataset(4, 4, 16), MovingShapesDataset(2, 4, 16, seed=1)).fit()
+    assert [r["step"] for r in hist if "loss" in r] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist if "loss" in r)
+    assert any("val/recon_loss" in r for r in hist)
