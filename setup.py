@@ -64,9 +64,12 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark", "scikit-video", "triton==3.6.0; platform_system == 'Linux'"],
+        "test": ["pytest>=7", "pytest-benchmark", "scikit-video", "triton==3.6.0; platform_system == 'Linux'",
+                 # DALI's CPU reader runs the DALI pipeline tests without a GPU
+                 "nvidia-dali-cuda130; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "triton": ["triton>=3.1"],
-        "dali": ["nvidia-dali-cuda120"],
+        "dali": ["nvidia-dali-cuda130"],          # CUDA 13 (the GPU machine's); CUDA 12: [dali-cuda12]
+        "dali-cuda12": ["nvidia-dali-cuda120"],
         "flash": ["flash-attn"],
         "xformers": ["xformers"],
         "tensorboard": ["tensorboard"],

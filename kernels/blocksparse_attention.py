@@ -17,9 +17,8 @@ the non-zero blocks of a block layout, as ``StridedSparsityConfig.make_layout()`
   step can be captured in a CUDA graph once the layout tables are cached).
 
 Cost is proportional to the number of non-zero blocks. Inputs fp16/bf16/fp32; fp32 inputs use
-IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head dims are padded to
-a power of two with masking (144 runs in 256 lanes: correct but ~1.8x the FLOPs of an exact split
-into 128 + 16 chunks, which is left for later).
+IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head dims run in at most
+two power-of-two column chunks with masking (144 as 128 + 16, 24 as 32), not padded to 256.
 
 Queries that see no key (an empty layout row) give zeros, as ``ops.blocksparse_attention_torch``.
 """
@@ -508,7 +507,7 @@ _TILE_CONFIGS = [
 def _prune(configs, nargs, **kwargs):
     """Keep tiles that divide the layout block and fit in registers next to the head dim."""
     block = kwargs["BLOCK"]
-    dpad = max(kwargs["D_PAD"], kwargs["DV_PAD"])
+    dpad = max(kwargs["D0"] + kwargs["D1"], kwargs["DV0"] + kwargs["DV1"])
     keep = [c for c in configs
             if c.kwargs["BLOCK_M"] <= block and c.kwargs["BLOCK_N"] <= block
             and max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * dpad <= 128 * 128]
@@ -516,7 +515,7 @@ def _prune(configs, nargs, **kwargs):
 
 
 def _autotuned(fn):
-    return triton.autotune(configs=_TILE_CONFIGS, key=["L", "BLOCK", "D_PAD", "DV_PAD", "CAUSAL", "PRECISION"],
+    return triton.autotune(configs=_TILE_CONFIGS, key=["L", "BLOCK", "D0", "D1", "DV0", "DV1", "CAUSAL", "PRECISION"],
                            prune_configs_by={"early_config_prune": _prune})(fn)
 
 
@@ -555,6 +554,26 @@ def _launch(kernel, tuned, grid_rows: int, bh: int, args: tuple, meta: dict, blo
 # --------------------------------------------------------------------------------------------
 def _pad(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
+
+
+def _chunks(d: int) -> Tuple[int, int]:
+    """Two power-of-two column chunks (C0, C1) covering head dim ``d`` (C1 = 0: one chunk), the
+    split taken only when it is narrower than one padded chunk: 144 -> (128, 16), 24 -> (32, 0)."""
+    p = _pad(d)
+    c0 = max(16, 1 << (d.bit_length() - 1))
+    if c0 >= d:
+        return p, 0
+    c1 = _pad(d - c0)
+    return (c0, c1) if c0 + c1 < p else (p, 0)
+
+
+def _meta(q: torch.Tensor, v: torch.Tensor, block: int, causal: bool) -> dict:
+    (d0, d1), (dv0, dv1) = _chunks(q.shape[-1]), _chunks(v.shape[-1])
+    return dict(BLOCK=block, D0=d0, D1=d1, DV0=dv0, DV1=dv1, CAUSAL=causal, PRECISION=_precision(q.dtype))
+
+
+def _width(meta: dict) -> int:
+    return max(meta["D0"] + meta["D1"], meta["DV0"] + meta["DV1"])
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -602,8 +621,8 @@ def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tens
     th, tr, ch = tables.strides(False)
     args = (q, k, v, out, lse, tables.cols, tables.cnt, sm_scale * _LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), th, tr, ch, H, L, D, DV)
-    meta = dict(BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), CAUSAL=causal, PRECISION=_precision(q.dtype))
-    _launch(_fwd_kernel, _fwd_tuned, L, B * H, args, meta, block, max(_pad(D), _pad(DV)))
+    meta = _meta(q, v, block, causal)
+    _launch(_fwd_kernel, _fwd_tuned, L, B * H, args, meta, block, _width(meta))
     return lse
 
 
@@ -623,8 +642,8 @@ def _backward(q, k, v, o, lse, do, tables: _Tables, block: int, causal: bool):
     dq = _empty((B, H, L, D), q)
     dk = _empty((B, H, L, D), k)
     dv = _empty((B, H, L, DV), v)
-    meta = dict(BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), CAUSAL=causal, PRECISION=_precision(q.dtype))
-    dpad = max(_pad(D), _pad(DV))
+    meta = _meta(q, v, block, causal)
+    dpad = _width(meta)
     th, tr, ch = tables.strides(True)
     _launch(_bwd_dkdv_kernel, _dkdv_tuned, L, B * H,
             (q, k, v, do, dk, dv, lse, delta, tables.rows, tables.cnt_t, sm_scale, sm_scale * _LOG2E,

@@ -68,7 +68,8 @@ def _check(q, k, v, layout, block, causal, tol=1e-5, gtol=None):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("L,block,D,DV,per_head", [
     (64, 16, 16, 16, False),
-    (64, 16, 24, 40, True),      # non-pow2 head dims, dv != d
+    (64, 16, 24, 40, True),      # non-pow2 head dims (24 padded to 32; 40 split 32 + 16), dv != d
+    (64, 16, 48, 24, False),     # 48 split into column chunks 32 + 16
     (128, 32, 24, 24, True),
     (128, 32, 16, 16, False),
 ])
