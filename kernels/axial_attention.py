@@ -16,8 +16,10 @@ Longer axes loop over key blocks with an online softmax (forward) and over block
 Head dims that are not powers of two (120, 144) are padded to the next one by masking.
 
 Numerics: fp32 accumulation and softmax (base-2 exponentials) for every input dtype. fp32 inputs
-follow ``torch.get_float32_matmul_precision()``: ``"highest"`` (PyTorch's default) uses exact
-fp32 products, ``"high"``/``"medium"`` allow TF32. The forward stores the row log-sum-exp for the
+follow ``torch.get_float32_matmul_precision()``: ``"highest"`` (PyTorch's default) uses
+``tf32x3`` (three TF32 tensor-core products per fp32 product, relative error ~2^-21, close to fp32;
+exact-fp32 FMA dots of this shape spill registers and overflow shared memory on sm_90),
+``"high"``/``"medium"`` allow plain TF32. fp32 tiles are capped at half the 16-bit tile size. The forward stores the row log-sum-exp for the
 backward, which recomputes the probabilities (FlashAttention-2 style); when the axis fits in one
 block, dq, dk and dv come from a single kernel.
 """
@@ -240,19 +242,15 @@ def _group_offsets(t: torch.Tensor, axis: int) -> torch.Tensor:
     return _offsets_cached(tuple(t.shape[i] for i in outer), tuple(t.stride(i) for i in outer), t.device)
 
 
-def _tiling(seq: int, block: int, min_rows: int) -> Tuple[int, int]:
-    seg = min(triton.next_power_of_2(seq), block)
+def _tiling(seq: int, block: int, min_rows: int, max_seg: int) -> Tuple[int, int]:
+    seg = min(triton.next_power_of_2(seq), block, max_seg)
     return seg, max(1, min_rows // seg)
 
 
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
-
-
-def _num_warps(rows: int, width: int) -> int:
-    return 4 if rows * width <= 64 * 64 else 8
+    if dtype != torch.float32:
+        return "tf32"  # ignored: fp16/bf16 operands go to the tensor cores as they are
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 class _Config:
@@ -263,18 +261,24 @@ class _Config:
         self.seq = q.shape[axis]
         self.groups = q.numel() // (q.shape[-1] * self.seq)
         self.d, self.dv = q.shape[-1], v.shape[-1]
-        self.seg, self.r = _tiling(self.seq, block, min_rows)
         self.block_d = max(16, triton.next_power_of_2(self.d))
         self.block_dv = max(16, triton.next_power_of_2(self.dv))
+        width = max(self.block_d, self.block_dv)
+        # tile budget (rows x padded head dim) that compiles for sm_90 without (fp16/bf16) or with
+        # few (fp32, tf32x3 splits every operand) register spills and within shared memory
+        budget = 2048 if q.dtype == torch.float32 else 4096
+        self.seg, self.r = _tiling(self.seq, block, min_rows, max(1, budget // width))
         self.n_blocks = triton.cdiv(self.seq, self.seg)
         self.grid = (triton.cdiv(self.groups, self.r), self.n_blocks)
         self.sm_scale = 1.0 / math.sqrt(self.d)
         self.precision = _precision(q.dtype)
-        self.num_warps = _num_warps(self.seg * self.r, max(self.block_d, self.block_dv))
+        tile = self.seg * self.r * width
+        self.warps_fwd = 4 if tile <= 4096 else 8
+        self.warps_bwd = 8 if tile >= 4096 or q.dtype == torch.float32 else 4
 
-    def meta(self):
+    def meta(self, backward: bool = False):
         return dict(SEG=self.seg, R=self.r, BLOCK_D=self.block_d, BLOCK_DV=self.block_dv,
-                    PRECISION=self.precision, num_warps=self.num_warps)
+                    PRECISION=self.precision, num_warps=self.warps_bwd if backward else self.warps_fwd)
 
     def strides(self, *ts: torch.Tensor) -> Sequence[int]:
         return [s for t in ts for s in (t.stride(self.axis), t.stride(-1))]
@@ -298,12 +302,12 @@ def _backward(q, k, v, o, lse, do, cfg: _Config):
     _bwd_kernel[cfg.grid](q, k, v, o, do, dq, dk, dv, lse, *offs.values(),
                           cfg.groups, cfg.seq, cfg.d, cfg.dv,
                           *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales,
-                          FUSED_DQ=fused, **cfg.meta())
+                          FUSED_DQ=fused, **cfg.meta(backward=True))
     if not fused:
         _bwd_dq_kernel[cfg.grid](q, k, v, o, do, dq, lse,
                                  *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
                                  cfg.groups, cfg.seq, cfg.d, cfg.dv,
-                                 *cfg.strides(q, k, v, o, do, dq), *scales, **cfg.meta())
+                                 *cfg.strides(q, k, v, o, do, dq), *scales, **cfg.meta(backward=True))
     return dq, dk, dv
 
 
@@ -316,6 +320,7 @@ class _AxialAttentionFn(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.cfg)
@@ -350,7 +355,8 @@ def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int,
     Args:
         q, k: (B, heads, *spatial, d); v: (B, heads, *spatial, dv); float16/bfloat16/float32 on
             one device, any strides. ``dim`` indexes the full tensor (negative from the end).
-        block: most axis positions per tile (power of two); longer axes are processed in blocks.
+        block: most axis positions per tile (power of two; also capped by a register budget:
+            32 for bf16/fp16 at head dim 120, 16 for fp32); longer axes are processed in blocks.
         min_rows: pack groups until a tile has at least this many rows (power of two).
     Returns:
         (B, heads, *spatial, dv) in q's dtype, laid out in q's memory order.

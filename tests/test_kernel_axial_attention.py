@@ -55,7 +55,7 @@ def _check(got, want, atol, rtol, what=""):
 
 
 # (shape (B, heads, *spatial, d), dv, dim, block): odd axis lengths, every spatial axis, head dims
-# 8/12/20/120, dv != d, axes longer than one block (block=4 -> loops and the separate dq kernel)
+# 8/12/20/120, dv != d, axes longer than one block (-> loops and the separate dq kernel)
 CASES = [
     ((2, 2, 3, 5, 12), 12, 2, 64),
     ((2, 2, 3, 5, 12), 12, 3, 64),
@@ -67,6 +67,7 @@ CASES = [
     ((2, 2, 6, 20), 12, 2, 64),
     ((1, 2, 7, 4, 20), 20, 2, 4),
     ((1, 1, 2, 13, 8), 12, 3, 4),
+    ((1, 1, 17, 2, 120), 120, 2, 64),   # fp32 at d=120 caps tiles at 16 positions: two blocks
 ]
 
 

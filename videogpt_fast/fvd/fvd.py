@@ -8,7 +8,6 @@ the I3D weights are never downloaded and load with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,14 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import PRETRAINED_I3D, cache_dirs
+from ..data.preprocess import resize_crop_geometry
 from .i3d import InceptionI3d
 
 __all__ = ["I3D_FILENAME", "preprocess", "get_fvd_logits", "get_logits", "frechet_distance",
            "trace_sqrt_product", "cov", "load_i3d_pretrained", "compute_fvd", "i3d_search_dirs"]
 
 I3D_FILENAME = "i3d_pretrained_400.pt"
-# Google Drive file id of the original's i3d_pretrained_400.pt (videogpt/download.py).
-_I3D_PRETRAINED_ID = "1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT"
+_I3D_PRETRAINED_ID = PRETRAINED_I3D[I3D_FILENAME][0]  # Google Drive id of the original's file
 
 VideoArray = Union[np.ndarray, torch.Tensor]
 Device = Union[str, torch.device]
@@ -59,14 +59,8 @@ def preprocess(videos: VideoArray, target_resolution: int = 224) -> torch.Tensor
         raise ValueError(f"target_resolution must be >= 1, got {target_resolution}")
     # (B*T, C, H, W) in channels-last memory, the same layout (and interpolation kernel) as the original.
     x = videos.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float() / 255.0
-    scale = target_resolution / min(h, w)
-    if h < w:
-        target_size = (target_resolution, math.ceil(w * scale))
-    else:
-        target_size = (math.ceil(h * scale), target_resolution)
+    target_size, (h_start, w_start) = resize_crop_geometry(h, w, target_resolution)
     x = F.interpolate(x, size=target_size, mode="bilinear", align_corners=False)
-    h2, w2 = x.shape[-2:]
-    h_start, w_start = (h2 - target_resolution) // 2, (w2 - target_resolution) // 2
     x = x[:, :, h_start:h_start + target_resolution, w_start:w_start + target_resolution]
     x = x.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4).contiguous()  # B C T H W
     x -= 0.5
@@ -159,9 +153,7 @@ def frechet_distance(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
 def i3d_search_dirs() -> List[Path]:
     """Folders searched for ``i3d_pretrained_400.pt``: ``$VIDEOGPT_FAST_HOME`` (default
     ``~/.cache/videogpt_fast``), then the original's ``~/.cache/videogpt``."""
-    home = Path(os.environ.get("VIDEOGPT_FAST_HOME") or "~/.cache/videogpt_fast").expanduser()
-    dirs = [home, Path("~/.cache/videogpt").expanduser()]
-    return list(dict.fromkeys(dirs))
+    return cache_dirs()
 
 
 def _resolve_i3d_path(path: Optional[Union[str, os.PathLike]]) -> Path:
