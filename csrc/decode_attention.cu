@@ -179,6 +179,25 @@ void launch_split(dim3 grid, cudaStream_t stream, const at::Tensor& q, const at:
       H, L, D, block, nb, chunk, scale, part_out.data_ptr<float>(), part_ml.data_ptr<float>());
 }
 
+// E = ceil(D / 32) elements per lane, a compile-time constant so the accumulators stay in registers.
+template <typename scalar_t>
+void launch_split_for_head_dim(int E, dim3 grid, cudaStream_t stream, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& pos, const uint8_t* lrow, int H, int L,
+                               int D, int block, int nb, int chunk, float scale, at::Tensor& part_out,
+                               at::Tensor& part_ml) {
+#define VGF_LAUNCH(NE)                                                                                \
+  case NE:                                                                                            \
+    launch_split<scalar_t, NE>(grid, stream, q, k, v, pos, lrow, H, L, D, block, nb, chunk, scale, part_out, \
+                               part_ml);                                                              \
+    return;
+  switch (E) {
+    VGF_LAUNCH(1) VGF_LAUNCH(2) VGF_LAUNCH(3) VGF_LAUNCH(4)
+    VGF_LAUNCH(5) VGF_LAUNCH(6) VGF_LAUNCH(7) VGF_LAUNCH(8)
+    default: TORCH_CHECK(false, "decode_attention: unsupported head dim ", D);
+  }
+#undef VGF_LAUNCH
+}
+
 }  // namespace
 
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -243,17 +262,8 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(splits));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "decode_attention", [&] {
-#define VGF_LAUNCH(NE)                                                                             \
-  case NE:                                                                                         \
-    launch_split<scalar_t, NE>(grid, stream, qc, k, v, pos, lrow, (int)H, (int)L, (int)D, (int)block, \
-                               (int)nb, (int)chunk, scale, part_out, part_ml);                       \
-    break;
-    switch (E) {
-      VGF_LAUNCH(1) VGF_LAUNCH(2) VGF_LAUNCH(3) VGF_LAUNCH(4)
-      VGF_LAUNCH(5) VGF_LAUNCH(6) VGF_LAUNCH(7) VGF_LAUNCH(8)
-      default: TORCH_CHECK(false, "decode_attention: unsupported head dim ", D);
-    }
-#undef VGF_LAUNCH
+    launch_split_for_head_dim<scalar_t>(E, grid, stream, qc, k, v, pos, lrow, (int)H, (int)L, (int)D, (int)block,
+                                        (int)nb, (int)chunk, scale, part_out, part_ml);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     decode_attention_reduce_kernel<scalar_t><<<static_cast<unsigned>(BH), 128, 0, stream>>>(
         part_out.data_ptr<float>(), part_ml.data_ptr<float>(), (int)splits, (int)D, out.data_ptr<scalar_t>());

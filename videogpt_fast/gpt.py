@@ -9,14 +9,12 @@ features every block cross-attends to).
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .attention import AddBroadcastPosEmbed, AttentionStack, LayerNorm, MultiHeadAttention
 from .resnet import resnet34
@@ -227,35 +225,26 @@ class VideoGPT(nn.Module):
         return loss
 
     @torch.no_grad()
-    def sample(self, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
-        """Sample ``n`` videos position by position with the KV-cache decode path (multinomial
-        over the softmax), as the original does. ``batch`` supplies ``video`` (and ``label``)
-        for conditional models. Returns (n, C, T, H, W) in [0, 1]."""
-        device = self.fc_in.weight.device
-        cond: Dict[str, torch.Tensor] = {}
-        if self.use_frame_cond or self.args.class_cond:
-            if batch is None:
-                raise ValueError("VideoGPT.sample: a conditional model needs a batch (video, label)")
-            cond = self.make_cond(batch)
-            if batch["video"].shape[0] != n:
-                raise ValueError(f"VideoGPT.sample: batch holds {batch['video'].shape[0]} videos, n={n}")
+    def sample_codes(self, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None, temperature: float = 1.0,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None,
+                     generator: Optional[torch.Generator] = None, progress: bool = True, **kwargs) -> torch.Tensor:
+        """Sample codes (n, *latent_shape) int64 with the static-KV-cache decoder (CUDA graph on
+        GPU). Defaults reproduce the original (multinomial at temperature 1); ``top_k=1`` is greedy;
+        ``batch`` (video, label) conditions class-/frame-conditional models. See
+        :func:`videogpt_fast.sample.sample_codes`."""
+        from .sample import sample_codes
+        return sample_codes(self, n, batch, temperature=temperature, top_k=top_k, top_p=top_p,
+                            generator=generator, progress=progress, **kwargs)
 
-        samples = torch.zeros((n, *self.shape), dtype=torch.long, device=device)
-        idxs = list(itertools.product(*[range(s) for s in self.shape]))
-        prev_slice = None
-        for i, idx in enumerate(tqdm(idxs)):
-            cur_slice = (slice(None), *[slice(j, j + 1) for j in idx])
-            # the first input is arbitrary: the right shift replaces it by the start token
-            src = cur_slice if prev_slice is None else prev_slice
-            samples_slice = samples[src]
-            embeddings_slice = self.vqvae.codebook.dictionary_lookup(samples_slice)
-            logits = self(embeddings_slice, samples_slice, cond, decode_step=i, decode_idx=idx)[1]
-            probs = F.softmax(logits.reshape(n, -1), dim=-1)
-            samples[(slice(None), *idx)] = torch.multinomial(probs, 1).squeeze(-1)
-            prev_slice = cur_slice
-        self.clear_decode_cache()
-        videos = self.vqvae.decode(samples)
-        return torch.clamp(videos, -0.5, 0.5) + 0.5
+    @torch.no_grad()
+    def sample(self, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None, temperature: float = 1.0,
+               top_k: Optional[int] = None, top_p: Optional[float] = None,
+               generator: Optional[torch.Generator] = None, progress: bool = True, **kwargs) -> torch.Tensor:
+        """Sample ``n`` videos (n, C, T, H, W) in [0, 1], as the original ``sample(n, batch)`` does;
+        the extra arguments are those of :meth:`sample_codes`."""
+        from .sample import sample
+        return sample(self, n, batch, temperature=temperature, top_k=top_k, top_p=top_p,
+                      generator=generator, progress=progress, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     @classmethod

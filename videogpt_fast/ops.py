@@ -23,6 +23,7 @@ _IMPLEMENTED = {
     "codebook_nearest": ("triton", "cuda"),
     "axial_attention": ("triton",),
     "blocksparse_attention": ("triton",),
+    "decode_attention": ("cuda",),
 }
 
 
@@ -194,3 +195,65 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     if backend == "triton":
         return _kernel("blocksparse_attention").blocksparse_attention(q, k, v, layout, block, causal)
     return blocksparse_attention_torch(q, k, v, layout, block, causal)
+
+
+# --------------------------------------------------------------------------------------------
+# decode attention: one query per (batch, head) against a KV cache
+# --------------------------------------------------------------------------------------------
+def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                            layout_row: Optional[torch.Tensor], block: int) -> None:
+    if q.dim() != 3 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"decode_attention: expected q (B, H, d), k and v (B, H, L, d), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1] or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"decode_attention: shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} (need k (B, H, L, d) and v (B, H, L, dv) matching q (B, H, d))")
+    if pos.numel() != 1 or pos.dtype != torch.long:
+        raise ValueError(f"decode_attention: pos must be a one-element int64 tensor, got dtype {pos.dtype}, "
+                         f"shape {tuple(pos.shape)}")
+    if not (q.device == k.device == v.device == pos.device):
+        raise ValueError(f"decode_attention: q, k, v, pos must share a device, got {q.device}, {k.device}, "
+                         f"{v.device}, {pos.device}")
+    if layout_row is not None:
+        L = k.shape[2]
+        if block <= 0 or L % block != 0:
+            raise ValueError(f"decode_attention: cache length {L} is not divisible by block {block}")
+        if layout_row.shape != (q.shape[1], L // block):
+            raise ValueError(f"decode_attention: layout_row must be (heads, L/block) = ({q.shape[1]}, "
+                             f"{L // block}), got {tuple(layout_row.shape)}")
+        if layout_row.device != q.device:
+            raise ValueError(f"decode_attention: layout_row on {layout_row.device} but q on {q.device}")
+
+
+def decode_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                           layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
+    """Reference decode attention with PyTorch SDPA (scale d^-0.5) and a boolean key mask: key j is
+    visible iff ``j <= pos`` and, with ``layout_row``, ``layout_row[h, j // block]``."""
+    L = k.shape[2]
+    keys = torch.arange(L, device=q.device)
+    visible = keys <= pos.reshape(())
+    if layout_row is not None:
+        mask = (visible & layout_row.bool()[:, keys // block]).unsqueeze(1)  # (H, 1, L)
+    else:
+        mask = visible.view(1, L)
+    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                     layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
+    """Attention of the query at flattened position ``pos`` over the cached keys ``0..pos``.
+
+    Args:
+        q: (B, H, d) query of the current position.
+        k, v: (B, H, L, d) and (B, H, L, dv) caches (positions after ``pos`` are ignored).
+        pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step).
+        layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
+        block: the layout's block size (needed with ``layout_row``).
+    Returns:
+        (B, H, dv) in q's dtype.
+    """
+    _check_decode_attention(q, k, v, pos, layout_row, block)
+    backend = resolve("decode_attention", q.device, _IMPLEMENTED["decode_attention"])
+    if backend == "cuda":
+        return torch.ops.videogpt_fast.decode_attention(q, k, v, pos.reshape(1), layout_row, int(block))
+    return decode_attention_torch(q, k, v, pos, layout_row, block)

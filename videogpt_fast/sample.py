@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .backends import resolve
+from .ops import _IMPLEMENTED, decode_attention, decode_attention_torch
 
 __all__ = [
     "decode_attention", "decode_attention_torch", "StaticKVCache", "DecodePlan", "decode_step",
@@ -44,72 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# backends besides torch that implement decode_attention (mirrors ops._IMPLEMENTED)
-DECODE_ATTENTION_BACKENDS = ("cuda",)
-
-
-# --------------------------------------------------------------------------------------------
-# decode attention: one query per (batch, head) against a KV cache
-# --------------------------------------------------------------------------------------------
-def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                            layout_row: Optional[torch.Tensor], block: int) -> None:
-    if q.dim() != 3 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"decode_attention: expected q (B, H, d), k and v (B, H, L, d), got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1] or v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"decode_attention: shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)} (need k (B, H, L, d) and v (B, H, L, dv) matching q (B, H, d))")
-    if pos.numel() != 1 or pos.dtype != torch.long:
-        raise ValueError(f"decode_attention: pos must be a one-element int64 tensor, got dtype {pos.dtype}, "
-                         f"shape {tuple(pos.shape)}")
-    if not (q.device == k.device == v.device == pos.device):
-        raise ValueError(f"decode_attention: q, k, v, pos must share a device, got {q.device}, {k.device}, "
-                         f"{v.device}, {pos.device}")
-    if layout_row is not None:
-        L = k.shape[2]
-        if block <= 0 or L % block != 0:
-            raise ValueError(f"decode_attention: cache length {L} is not divisible by block {block}")
-        if layout_row.shape != (q.shape[1], L // block):
-            raise ValueError(f"decode_attention: layout_row must be (heads, L/block) = ({q.shape[1]}, "
-                             f"{L // block}), got {tuple(layout_row.shape)}")
-        if layout_row.device != q.device:
-            raise ValueError(f"decode_attention: layout_row on {layout_row.device} but q on {q.device}")
-
-
-def decode_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                           layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
-    """Reference decode attention with PyTorch SDPA (scale d^-0.5) and a boolean key mask: key j is
-    visible iff ``j <= pos`` and, with ``layout_row``, ``layout_row[h, j // block]``."""
-    L = k.shape[2]
-    keys = torch.arange(L, device=q.device)
-    visible = keys <= pos.reshape(())
-    if layout_row is not None:
-        mask = (visible & layout_row.bool()[:, keys // block]).unsqueeze(1)  # (H, 1, L)
-    else:
-        mask = visible.view(1, L)
-    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                     layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
-    """Attention of the query at flattened position ``pos`` over the cached keys ``0..pos``.
-
-    Args:
-        q: (B, H, d) query of the current position.
-        k, v: (B, H, L, d) and (B, H, L, dv) caches (positions after ``pos`` are ignored).
-        pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step).
-        layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
-        block: the layout's block size (needed with ``layout_row``).
-    Returns:
-        (B, H, dv) in q's dtype.
-    """
-    _check_decode_attention(q, k, v, pos, layout_row, block)
-    backend = resolve("decode_attention", q.device, DECODE_ATTENTION_BACKENDS)
-    if backend == "cuda":
-        return torch.ops.videogpt_fast.decode_attention(q, k, v, pos.reshape(1), layout_row, int(block))
-    return decode_attention_torch(q, k, v, pos, layout_row, block)
-
 
 # --------------------------------------------------------------------------------------------
 # static cache and decode plan
@@ -273,6 +208,14 @@ class DecodePlan:
         return plan
 
 
+def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear`` on CUDA; ``mm``/``addmm`` on CPU, where a 2-D ``F.linear`` of decode-sized
+    operands can be 100x slower (oneDNN thread hand-offs)."""
+    if x.device.type == "cuda":
+        return F.linear(x, w, b)
+    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+
+
 def _layer_norm(x: torch.Tensor, gb: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The original LayerNorm (fp32, ``(x - mu) * (1e-5 + rsqrt(var))``) with precomputed gain/bias."""
     xf = x.float()
@@ -300,21 +243,21 @@ def decode_step(plan: DecodePlan, prev: torch.Tensor, pos: torch.Tensor) -> torc
         layout_row = plan.layout.index_select(1, torch.div(pos1, plan.block, rounding_mode="floor")).squeeze(1)
     for i, lay in enumerate(plan.layers):
         h = _layer_norm(x, lay.norm_attn)
-        q, k, v = F.linear(h, lay.w_qkv).view(n, 3, H, d).unbind(1)
+        q, k, v = _linear(h, lay.w_qkv).view(n, 3, H, d).unbind(1)
         cache.update(i, pos, k, v)
         a = decode_attention(q, cache.k[i], cache.v[i], pos, layout_row, plan.block)
-        x = x + F.linear(a.reshape(n, H * d), lay.fc_w, lay.fc_b)
+        x = x + _linear(a.reshape(n, H * d), lay.fc_w, lay.fc_b)
         if lay.enc_wq is not None:
             h = _layer_norm(x, lay.norm_enc)
-            q = F.linear(h, lay.enc_wq).view(n, H, 1, -1)
+            q = _linear(h, lay.enc_wq).view(n, H, 1, -1)
             a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i])
-            x = x + F.linear(a.reshape(n, -1), lay.enc_fc_w, lay.enc_fc_b)
+            x = x + _linear(a.reshape(n, -1), lay.enc_fc_w, lay.enc_fc_b)
         h = _layer_norm(x, lay.norm_fc)
         w1, b1, w2, b2 = lay.mlp
-        h = F.linear(h, w1, b1)
+        h = _linear(h, w1, b1)
         h = (1.702 * h).sigmoid() * h
-        x = x + F.linear(h, w2, b2)
-    return F.linear(_layer_norm(x, plan.norm_out), plan.fc_out)
+        x = x + _linear(h, w2, b2)
+    return _linear(_layer_norm(x, plan.norm_out), plan.fc_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +376,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     stepper = _Stepper(plan, cuda_graph)
     log.info("videogpt_fast.sample: decoding %d positions x batch %d in %s mode (%s, attention backend %s)",
              plan.seq_len, n, stepper.mode, plan.dtype,
-             resolve("decode_attention", plan.device, DECODE_ATTENTION_BACKENDS))
+             resolve("decode_attention", plan.device, _IMPLEMENTED["decode_attention"]))
     L = plan.seq_len
     samples = torch.zeros((n, L), dtype=torch.long, device=plan.device)
     code = None
@@ -477,18 +420,21 @@ def teacher_forced_decode(model: nn.Module, codes: torch.Tensor, batch: Optional
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_codes_reference(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None,
-                           generator: Optional[torch.Generator] = None, progress: bool = False) -> torch.Tensor:
+                           generator: Optional[torch.Generator] = None, progress: bool = False,
+                           max_positions: Optional[int] = None) -> torch.Tensor:
     """The original ``VideoGPT.sample`` loop (codes only): per position, look up the embeddings of
     the whole grid, run ``model(..., decode_step=i, decode_idx=idx)`` and draw from
     ``multinomial(softmax(logits))``. Same random-number consumption as :func:`sample_codes` with
-    the default arguments."""
+    the default arguments. ``max_positions`` stops after that many positions (benchmarks: the
+    original's cost per position does not depend on the position)."""
     device = model.fc_in.weight.device
     cond = _cond_from_batch(model, n, batch)
     shape = tuple(model.shape)
     samples = torch.zeros((n, *shape), dtype=torch.long, device=device)
+    idxs = list(itertools.product(*[range(s) for s in shape]))[:max_positions]
     prev = None
     try:
-        for i, idx in enumerate(tqdm(list(itertools.product(*[range(s) for s in shape])), disable=not progress)):
+        for i, idx in enumerate(tqdm(idxs, disable=not progress)):
             cur = (slice(None), *[slice(j, j + 1) for j in idx])
             src = cur if prev is None else prev
             embeddings = model.vqvae.codebook.dictionary_lookup(samples)

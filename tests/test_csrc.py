@@ -1,0 +1,172 @@
+"""The CUDA extension videogpt_fast._C (csrc/): decode attention and codebook argmin against the
+PyTorch references. GPU tests build it with videogpt_fast.csrc_build.load() and are skipped, with
+the reason, where that cannot run."""
+import pytest
+import torch
+
+from conftest import assert_close
+from videogpt_fast import backends, csrc_build, ops
+from videogpt_fast import sample as S
+from videogpt_fast.backends import BackendUnavailableError, use_backend
+
+_WHY = csrc_build.why_unbuildable() if backends.cuda_extension() is None else None
+
+
+def test_sources_exist_and_define_the_ops():
+    srcs = csrc_build.sources()
+    names = {s.rsplit("/", 1)[-1] for s in srcs}
+    assert {"videogpt_fast.cpp", "decode_attention.cu", "codebook.cu"} <= names
+    text = open([s for s in srcs if s.endswith("videogpt_fast.cpp")][0]).read()
+    assert "decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, Tensor? layout_row, int block)" in text
+    assert "codebook_nearest(Tensor x, Tensor codebook)" in text
+
+
+@pytest.mark.skipif(backends.cuda_extension() is not None, reason="the CUDA extension is installed here")
+def test_without_extension_cuda_backend_raises_clearly():
+    x, cb = torch.randn(4, 8), torch.randn(16, 8)
+    with use_backend("cuda"):
+        with pytest.raises(BackendUnavailableError, match="not built"):
+            ops.codebook_nearest(x, cb)
+        with pytest.raises(BackendUnavailableError, match="not built"):
+            S.decode_attention(torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8),
+                               torch.tensor(3))
+    with use_backend("auto"):  # auto falls back to an implementation that exists
+        assert torch.equal(ops.codebook_nearest(x, cb), ops.codebook_nearest_torch(x, cb))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_jit_build_without_cuda_is_a_clear_error():
+    if backends.cuda_extension() is not None:
+        pytest.skip("the extension is installed, load() returns it")
+    with pytest.raises(RuntimeError, match="cannot build the CUDA extension videogpt_fast._C"):
+        csrc_build.load()
+
+
+# ------------------------------------------------------------------------------------------------
+gpu = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if _WHY is not None:
+        pytest.skip(f"CUDA extension unavailable: {_WHY}")
+    return csrc_build.load()
+
+
+def _dense_reference(q, k, v, pos, layout_row=None, block=1):
+    q, k, v = q.double(), k.double(), v.double()
+    L = k.shape[2]
+    visible = torch.arange(L, device=q.device) <= pos
+    if layout_row is not None:
+        visible = visible & layout_row.bool().repeat_interleave(block, dim=-1)
+    scores = torch.einsum("bhd,bhld->bhl", q, k) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), v)
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("head_dim", [64, 128, 144, 256, 12, 60])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decode_attention_matches_reference(ext, dtype, tol, head_dim, sparse):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    B, H, L, block = 3, 4, 2048, 32
+    q = torch.randn(B, H, head_dim, device=dev).to(dtype)
+    k = torch.randn(B, H, L, head_dim, device=dev).to(dtype)
+    v = torch.randn(B, H, L, head_dim, device=dev).to(dtype)
+    row = None
+    if sparse:
+        row = torch.rand(H, L // block, device=dev) < 0.4
+        row[:, 0] = True
+    for p in (0, 1, 31, 32, 777, L - 1):
+        pos = torch.tensor([p], device=dev)
+        if row is not None:
+            row[:, p // block] = True
+        out = torch.ops.videogpt_fast.decode_attention(q, k, v, pos, row, block)
+        assert out.dtype == dtype and out.shape == (B, H, head_dim)
+        ref = _dense_reference(q, k, v, p, row, block)
+        assert_close(out.double(), ref, rtol=tol, atol=tol)
+        with use_backend("torch"):
+            torch_out = S.decode_attention(q, k, v, pos, row, block)
+        assert_close(out.float(), torch_out.float(), rtol=tol, atol=tol)
+
+
+@gpu
+def test_decode_attention_in_cuda_graph_reads_pos_from_device(ext):
+    dev = torch.device("cuda")
+    q, k, v = (torch.randn(2, 4, 144, device=dev), torch.randn(2, 4, 512, 144, device=dev),
+               torch.randn(2, 4, 512, 144, device=dev))
+    pos = torch.zeros(1, dtype=torch.long, device=dev)
+    torch.ops.videogpt_fast.decode_attention(q, k, v, pos, None, 0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.videogpt_fast.decode_attention(q, k, v, pos, None, 0)
+    for p in (5, 300, 511):
+        pos.fill_(p)
+        graph.replay()
+        assert_close(out.double(), _dense_reference(q, k, v, p))
+
+
+@gpu
+def test_opcheck_and_compile(ext):
+    dev = torch.device("cuda")
+    args = (torch.randn(2, 4, 64, device=dev), torch.randn(2, 4, 256, 64, device=dev),
+            torch.randn(2, 4, 256, 64, device=dev), torch.tensor([100], device=dev),
+            torch.ones(4, 8, dtype=torch.bool, device=dev), 32)
+    torch.library.opcheck(torch.ops.videogpt_fast.decode_attention.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    x, cb = torch.randn(100, 32, device=dev), torch.randn(64, 32, device=dev)
+    torch.library.opcheck(torch.ops.videogpt_fast.codebook_nearest.default, (x, cb),
+                          test_utils=("test_schema", "test_faketensor"))
+    fn = torch.compile(lambda a: torch.ops.videogpt_fast.decode_attention(*a) * 2, fullgraph=True)
+    assert_close(fn(args), torch.ops.videogpt_fast.decode_attention(*args) * 2)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,d", [(1000, 512, 256), (37, 2048, 64), (4096, 1024, 32), (5, 7, 3)])
+def test_codebook_nearest_matches_reference(ext, dtype, n, k, d):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    cb = torch.randn(k, d, device=dev).to(dtype)
+    x = (cb[torch.randint(0, k, (n,), device=dev)].float() + 0.05 * torch.randn(n, d, device=dev)).to(dtype)
+    got = torch.ops.videogpt_fast.codebook_nearest(x, cb)
+    want = ops.codebook_nearest_torch(x.double(), cb.double())
+    assert got.dtype == torch.long and got.shape == (n,)
+    # equal except where two codes are within rounding of each other: then the distances tie
+    dist = torch.cdist(x.double(), cb.double())
+    picked, best = dist.gather(1, got[:, None]).squeeze(1), dist.gather(1, want[:, None]).squeeze(1)
+    assert_close(picked, best, rtol=1e-3 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
+    assert (got == want).float().mean() > 0.99
+    with use_backend("cuda"):
+        assert torch.equal(ops.codebook_nearest(x, cb), got)
+
+
+@gpu
+def test_codebook_ties_go_to_lowest_index(ext):
+    dev = torch.device("cuda")
+    cb = torch.zeros(300, 8, device=dev)
+    cb[200:] = 1.0
+    x = torch.full((10, 8), 0.5, device=dev)  # equidistant from 0 and 1 rows: every code ties
+    assert torch.equal(torch.ops.videogpt_fast.codebook_nearest(x, cb), torch.zeros(10, dtype=torch.long, device=dev))
+
+
+@gpu
+def test_sampling_with_extension_matches_torch_backend(ext):
+    """The fast sampler on CUDA (graph + extension) gives the torch-backend decode logits."""
+    from test_sample import fixture_model
+
+    model, ref, _ = fixture_model("gpt_sparse")
+    model = model.cuda()
+    try:
+        with use_backend("cuda"):
+            fast = S.teacher_forced_decode(model, ref["targets"].cuda())
+        assert_close(fast.cpu(), ref["decode_logits"], rtol=1e-4, atol=1e-4)
+        with use_backend("cuda"):
+            a = S.sample_codes(model, 2, top_k=1, progress=False)
+        with use_backend("torch"):
+            b = S.sample_codes(model, 2, top_k=1, progress=False, cuda_graph=False)
+        assert torch.equal(a, b)
+    finally:
+        model.cpu()

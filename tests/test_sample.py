@@ -1,0 +1,243 @@
+"""Fast sampling (videogpt_fast.sample): static KV cache decode against the original's decoding,
+greedy self-consistency, reproducibility, top-k/top-p, conditioning."""
+import argparse
+import logging
+
+import pytest
+import torch
+
+from conftest import assert_close, load_fixture
+from videogpt_fast import sample as S
+from videogpt_fast.backends import BackendUnavailableError, use_backend
+from videogpt_fast.gpt import VideoGPT
+from videogpt_fast.vqvae import VQVAE
+
+_MODELS = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Decoding runs (2, 48) x (48, 144) matmuls: on a loaded 2-core machine OpenMP's thread
+    hand-offs cost more than the work (25x here), so these tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fixture_model(name: str):
+    """(model, fixture dict, batch) for gpt_full / gpt_sparse / gpt_cond, built once per session."""
+    if name not in _MODELS:
+        ref = load_fixture(f"{name}.pt")
+        vq_ref = load_fixture("vqvae.pt")
+        vqvae = VQVAE(argparse.Namespace(**vq_ref["args"]))
+        vqvae.load_state_dict(vq_ref["state_dict"])
+        model = VideoGPT(ref["args"], vqvae=vqvae)
+        model.load_state_dict(ref["state_dict"])
+        model.eval()
+        batch = None
+        if name == "gpt_cond":
+            # the fixture's conditioning frames are the first frames of vqvae.pt's x (whose codes are
+            # the fixture targets): test_cond_fixture_frames checks that they reproduce its logits
+            batch = {"video": vq_ref["x"], "label": ref["label"]}
+        _MODELS[name] = (model, ref, batch)
+    return _MODELS[name]
+
+
+def random_model(attn_type: str, class_cond: bool = False, seed: int = 0) -> VideoGPT:
+    """A small random prior with a latent shape, width and head count unlike the fixtures'."""
+    torch.manual_seed(seed)
+    vq_args = argparse.Namespace(embedding_dim=16, n_codes=32, n_hiddens=16, n_res_layers=1,
+                                 downsample=[2, 4, 4], sequence_length=4, resolution=32)
+    vqvae = VQVAE(vq_args)
+    args = dict(vqvae="unused", n_cond_frames=0, class_cond=class_cond, hidden_dim=60, heads=2, layers=2,
+                dropout=0.0, attn_type=attn_type, attn_dropout=0.0)
+    if class_cond:
+        args["class_cond_dim"] = 3
+    model = VideoGPT(args, vqvae=vqvae)
+    with torch.no_grad():
+        model.fc_out.weight.normal_(std=0.3)  # zero at init: give the logits something to say
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gpt_full", "gpt_sparse", "gpt_cond"])
+def test_teacher_forced_decode_matches_original_decoding(name):
+    model, ref, batch = fixture_model(name)
+    logits = S.teacher_forced_decode(model, ref["targets"], batch)
+    assert logits.shape == ref["decode_logits"].shape
+    assert_close(logits, ref["decode_logits"])
+
+
+def test_cond_fixture_frames():
+    model, ref, batch = fixture_model("gpt_cond")
+    with torch.no_grad():
+        emb = model.vqvae.codebook.dictionary_lookup(ref["targets"])
+        _, logits = model(emb, ref["targets"], model.make_cond(batch))
+    assert_close(logits, ref["logits"])
+
+
+@pytest.mark.parametrize("attn_type", ["full", "sparse"])
+def test_decode_matches_forward_on_other_shapes(attn_type):
+    """Latents (2, 8, 8), hidden 60, 2 heads, class-conditional: the decode logits at every position equal
+    the teacher-forced forward's (the sparse forward runs the block-sparse op)."""
+    model = random_model(attn_type, class_cond=True)
+    codes = torch.randint(0, 32, (3, *model.shape))
+    label = torch.tensor([0, 2, 1])
+    batch = {"video": torch.zeros(3, 3, 4, 32, 32), "label": label}
+    logits = S.teacher_forced_decode(model, codes, batch)
+    with torch.no_grad():
+        emb = model.vqvae.codebook.dictionary_lookup(codes)
+        _, ref = model(emb, codes, model.make_cond(batch))
+    assert_close(logits, ref.reshape(3, -1, ref.shape[-1]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt_full", "gpt_sparse"])
+def test_greedy_sample_is_self_consistent(name):
+    """top_k=1: the teacher-forced argmax of the full forward on the sample is the sample."""
+    model, _, _ = fixture_model(name)
+    codes = S.sample_codes(model, 2, top_k=1, progress=False)
+    assert codes.shape == (2, *model.shape) and codes.dtype == torch.long
+    with torch.no_grad():
+        emb = model.vqvae.codebook.dictionary_lookup(codes)
+        if name == "gpt_sparse":
+            logits = S.teacher_forced_decode(model, codes)  # the forward needs the block-sparse op
+            logits = logits.view(*codes.shape, -1)
+        else:
+            _, logits = model(emb, codes, {})
+    assert torch.equal(logits.argmax(-1), codes)
+    assert codes.unique().numel() > 1  # not a degenerate constant sample
+
+
+def test_default_sampling_reproduces_the_original_loop():
+    """Same generator seed: the original per-position loop and ours draw the same codes."""
+    model, _, _ = fixture_model("gpt_full")
+    ours = S.sample_codes(model, 2, generator=torch.Generator().manual_seed(7), progress=False)
+    theirs = S.sample_codes_reference(model, 2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours, theirs)
+
+
+def test_seeded_reproducibility():
+    model, _, _ = fixture_model("gpt_sparse")
+    a = S.sample_codes(model, 2, generator=torch.Generator().manual_seed(1), progress=False)
+    b = S.sample_codes(model, 2, generator=torch.Generator().manual_seed(1), progress=False)
+    c = S.sample_codes(model, 2, generator=torch.Generator().manual_seed(2), progress=False)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    torch.manual_seed(5)  # no generator: the global RNG, as the original
+    d = S.sample_codes(model, 2, progress=False)
+    torch.manual_seed(5)
+    e = S.sample_codes(model, 2, progress=False)
+    assert torch.equal(d, e)
+
+
+def test_tiny_top_p_and_top_k_one_are_greedy():
+    model = random_model("full")
+    greedy = S.sample_codes(model, 2, top_k=1, progress=False)
+    nucleus = S.sample_codes(model, 2, top_p=1e-6, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(greedy, nucleus)
+    cold = S.sample_codes(model, 2, temperature=1e-4, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(greedy, cold)
+
+
+def test_sample_logits_top_k_top_p_temperature():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    assert torch.equal(S.sample_logits(logits, top_k=1), logits.argmax(-1))
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([S.sample_logits(logits, top_k=3, generator=gen) for _ in range(200)], 1)
+    top3 = logits.topk(3, dim=-1).indices
+    assert (draws.unsqueeze(-1) == top3.unsqueeze(1)).any(-1).all()
+    assert all(len(set(row.tolist())) == 3 for row in draws)  # all three are reachable
+    # top_p: the smallest set of most likely codes reaching p
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    draws = torch.stack([S.sample_logits(probs.log(), top_p=0.7, generator=gen) for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1}
+    draws = torch.stack([S.sample_logits(probs.log(), top_p=0.81, generator=gen) for _ in range(300)])
+    assert set(draws.flatten().tolist()) == {0, 1, 2}
+    # temperature sharpens: at T=0.1 code 0 (p=0.5) dominates
+    draws = torch.stack([S.sample_logits(probs.log(), temperature=0.1, generator=gen) for _ in range(300)])
+    assert (draws == 0).float().mean() > 0.95
+    for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            S.sample_logits(logits, **bad)
+
+
+def test_class_and_frame_conditional_sampling_uses_the_batch():
+    model, ref, batch = fixture_model("gpt_cond")
+    a = S.sample_codes(model, 2, batch, top_k=1, progress=False)
+    assert a.shape == (2, *model.shape)
+    # greedy self-consistency under conditioning
+    with torch.no_grad():
+        emb = model.vqvae.codebook.dictionary_lookup(a)
+        _, logits = model(emb, a, model.make_cond(batch))
+    assert torch.equal(logits.argmax(-1), a)
+    swapped = dict(batch, label=batch["label"].flip(0))
+    b = S.sample_codes(model, 2, swapped, top_k=1, progress=False)
+    assert not torch.equal(a, b)
+    other_frames = dict(batch, video=batch["video"].flip(0))
+    c = S.sample_codes(model, 2, other_frames, top_k=1, progress=False)
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="needs a batch"):
+        S.sample_codes(model, 2, None, progress=False)
+    with pytest.raises(ValueError, match="holds 2 videos but n=3"):
+        S.sample_codes(model, 3, batch, progress=False)
+
+
+def test_cache_is_static_and_logged(caplog):
+    model, _, _ = fixture_model("gpt_full")
+    seen = []
+    with caplog.at_level(logging.INFO, logger="videogpt_fast.sample"):
+        S.sample_codes(model, 2, top_k=1, progress=False, plan_hook=lambda plan: seen.append(plan.cache.data_ptrs()))
+    assert len(seen) == 256 and all(p == seen[0] for p in seen)
+    assert any("eager mode" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+        S.sample_codes(model, 1, cuda_graph=True, progress=False)
+
+
+def test_sample_returns_videos_in_unit_range():
+    model, _, _ = fixture_model("gpt_full")
+    videos = S.sample(model, 1, generator=torch.Generator().manual_seed(0), progress=False)
+    assert videos.shape == (1, 3, 8, 32, 32)
+    assert videos.min() >= 0 and videos.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+def _dense_decode_reference(q, k, v, pos, layout_row=None, block=1):
+    """float64 reference: explicit scores over keys 0..pos (and the layout row's blocks)."""
+    q, k, v = q.double(), k.double(), v.double()
+    L = k.shape[2]
+    visible = torch.arange(L) <= pos
+    if layout_row is not None:
+        visible = visible & layout_row.bool().repeat_interleave(block, dim=-1)  # (H, L)
+    scores = torch.einsum("bhd,bhld->bhl", q, k) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("head_dim", [12, 144])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decode_attention_torch_matches_float64(head_dim, sparse):
+    torch.manual_seed(0)
+    B, H, L, block = 2, 3, 128, 32
+    q, k, v = torch.randn(B, H, head_dim), torch.randn(B, H, L, head_dim), torch.randn(B, H, L, head_dim)
+    row = None
+    if sparse:
+        row = torch.rand(H, L // block) < 0.5
+        row[:, 0] = row[:, 2] = True  # a visible key for every position tested
+    for p in (0, 70, 95):
+        pos = torch.tensor(p)
+        out = S.decode_attention(q, k, v, pos, row, block)
+        assert_close(out.double(), _dense_decode_reference(q, k, v, p, row, block), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_attention_validation_and_cuda_backend_on_cpu():
+    q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 64, 8)
+    with pytest.raises(ValueError, match="one-element int64"):
+        S.decode_attention(q, k, k, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="not divisible by block"):
+        S.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 2, dtype=torch.bool), 30)
+    with pytest.raises(ValueError, match="layout_row must be"):
+        S.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 3, dtype=torch.bool), 32)
+    with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="decode_attention"):
+        S.decode_attention(q, k, k, torch.tensor(1))
