@@ -659,7 +659,7 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, out, tables, block, causal):
         lse = _forward(q, k, v, tables, block, causal, out)
-        if out.requires_grad or any(ctx.needs_input_grad[:3]):
+        if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(q, k, v, out, lse)
         ctx.tables, ctx.block, ctx.causal = tables, block, causal
         ctx.mark_dirty(out)

@@ -72,6 +72,8 @@ def _check(q, k, v, layout, block, causal, tol=1e-5, gtol=None):
     (64, 16, 48, 24, False),     # 48 split into column chunks 32 + 16
     (128, 32, 24, 24, True),
     (128, 32, 16, 16, False),
+    (128, 64, 16, 16, True),
+    (256, 128, 16, 24, False),   # 128-blocks run as 64-row sub-tiles
 ])
 def test_forward_backward_random_layouts(causal, L, block, D, DV, per_head):
     heads = 2
