@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -36,7 +35,7 @@ import triton.language as tl
 
 from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
 
-from .codebook import fix_triton_interpreter
+from . import _interpreter  # noqa: F401  (applies the interpreter fixes under TRITON_INTERPRET=1)
 
 __all__ = ["axial_attention", "reference", "reference_explicit"]
 
@@ -47,8 +46,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
 
-if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    fix_triton_interpreter()
 
 
 def reference_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:

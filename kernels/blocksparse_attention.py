@@ -34,36 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpret as _interpret
 from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
                                check_layout)
 
 __all__ = ["blocksparse_attention", "blocksparse_decode_attention", "reference", "decode_reference",
            "layout_tables", "BLOCKS"]
-
-def _fix_interpreter_loop_bounds() -> None:
-    """Work around triton-lang/triton#9171 under ``TRITON_INTERPRET=1``: with numpy >= 2.4 the
-    interpreter's ``tensor.__index__`` calls ``int()`` on a 1-element 1-d array, so loops with a
-    loaded bound (``range(0, n)``) raise ``TypeError: only 0-dimensional arrays ...``. The fix
-    (upstream's own) converts through ``squeeze()``; it only changes the interpreter."""
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return
-    try:
-        from triton.runtime import interpreter
-    except ImportError:  # pragma: no cover - layout of other Triton versions
-        return
-    original = getattr(interpreter, "_patch_lang_tensor", None)
-    if original is None or getattr(original, "_index_squeezed", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patched._index_squeezed = True
-    interpreter._patch_lang_tensor = patched
-
-
-_fix_interpreter_loop_bounds()
 
 BLOCKS = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -524,8 +500,6 @@ _dkdv_tuned = _autotuned(_bwd_dkdv_kernel)
 _dq_tuned = _autotuned(_bwd_dq_kernel)
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _fixed_config(block: int, dpad: int) -> dict:

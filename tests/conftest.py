@@ -9,6 +9,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Triton kernels run compiled on CUDA, else in Triton's CPU interpreter; this must be set before
+# triton is first imported, which is why it lives here.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def require_triton() -> None:
+    """Skip the calling test module unless Triton kernels can run here (CUDA or the interpreter)."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test])")
+    if KERNEL_DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA device and TRITON_INTERPRET=0 was set explicitly", allow_module_level=True)
+
 
 def fixtures_dir() -> Path:
     """``$VIDEOGPT_FAST_FIXTURES``, default ``../shared/fixtures/reference`` from the repo root."""

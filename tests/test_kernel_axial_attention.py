@@ -6,24 +6,18 @@ the ``gpu`` cases check the paper sizes in fp32/bf16/fp16.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from conftest import KERNEL_DEVICE as DEVICE, require_triton  # noqa: E402
 
-pytest.importorskip("triton", reason="triton is not installed (pip install .[test])")
+require_triton()
 
 from videogpt_fast import ops  # noqa: E402
 from videogpt_fast.backends import use_backend  # noqa: E402
 from videogpt_fast.kernels import axial_attention as ax  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.skipif(
-    DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="no CUDA device and TRITON_INTERPRET=0 was set explicitly")
 
 
 @pytest.fixture(autouse=True)

@@ -6,15 +6,13 @@ Triton is imported), on small shapes; with CUDA the same cases run compiled on t
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from conftest import KERNEL_DEVICE as DEVICE, require_triton  # noqa: E402
 
-pytest.importorskip("triton", reason="triton is not installed")
+require_triton()
 
 from videogpt_fast import ops  # noqa: E402
 from videogpt_fast.backends import use_backend  # noqa: E402
@@ -22,10 +20,7 @@ from videogpt_fast.kernels import blocksparse_attention as bsa  # noqa: E402
 
 from conftest import assert_close, load_fixture  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+INTERPRET = DEVICE.type == "cpu"
 
 
 @pytest.fixture(autouse=True)
