@@ -123,16 +123,18 @@ def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "videogpt_fast.train", "vqvae", "--data_path", dataset, *VQ_FLAGS,
            "--max_steps", "100000", "--save_every", "2", "--val_every", "-1", "--output", str(out)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
-        while not (out / "epoch=2-step=4.ckpt").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        while not ((out / "last.ckpt").exists() and safe_load(out / "last.ckpt")["global_step"] >= 4):
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
             assert time.time() < deadline, "the run wrote no checkpoint in time"
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     ckpt = safe_load(out / "last.ckpt")  # never half-written: saves are atomic
     step = ckpt["global_step"]
@@ -205,3 +207,11 @@ def test_in_memory_dataset_and_bf16(tmp_path):
     assert [r["step"] for r in hist if "loss" in r] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in hist if "loss" in r)
     assert any("val/recon_loss" in r for r in hist)
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(dataset, vqvae_ckpt, tmp_path):
+    base = ["gpt", "--data_path", dataset, *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--max_steps", "2", "--layers", "2",
+            "--val_every", "-1"]
+    train.main(base + ["--output", str(tmp_path / "plain")])
+    train.main(base + ["--output", str(tmp_path / "ckpt"), "--activation_checkpointing"])
+    assert _losses(tmp_path / "plain") == _losses(tmp_path / "ckpt")

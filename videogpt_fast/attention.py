@@ -8,7 +8,6 @@ both ways with ``strict=True``.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Synthetic moving-shape videos, made in memory: for the demo, tests and trying the trainer.
 
-Each video shows one coloured square or disc moving at constant velocity on a dark background and
-bouncing off the borders. Everything is a deterministic function of ``seed`` and the video index.
+Each video shows one square or disc in one of four colours moving at constant velocity on a black
+background and bouncing off the borders. Everything is a deterministic function of ``seed`` and the video index.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import torch.utils.data as data
 
 __all__ = ["moving_shapes", "MovingShapesDataset", "write_hdf5"]
 
-PALETTE = np.array([[250, 80, 60], [60, 200, 90], [70, 120, 250], [240, 210, 50], [220, 90, 230],
-                    [60, 220, 230]], dtype=np.uint8)
+PALETTE = np.array([[240, 60, 50], [60, 210, 80], [70, 110, 250], [240, 210, 50]], dtype=np.uint8)
 SHAPES = ("square", "disc")
 
 
@@ -43,13 +42,11 @@ def moving_shapes(n: int, sequence_length: int = 16, resolution: int = 32, seed:
         rng = np.random.default_rng([seed, i])
         kind = int(rng.integers(len(SHAPES)))
         colour = PALETTE[rng.integers(len(PALETTE))]
-        background = rng.integers(0, 40, size=3).astype(np.uint8)
-        half = rng.uniform(0.12, 0.2) * resolution
+        half = rng.uniform(0.15, 0.25) * resolution
         speed = rng.uniform(0.04, 0.09) * resolution
         angle = rng.uniform(0, 2 * np.pi)
         cx = _bounce(rng.uniform(half, resolution - half), speed * np.cos(angle), t, half, resolution - half)
         cy = _bounce(rng.uniform(half, resolution - half), speed * np.sin(angle), t, half, resolution - half)
-        videos[i] = background
         for f in range(sequence_length):
             if kind == 0:
                 mask = (np.abs(xx - cx[f]) <= half) & (np.abs(yy - cy[f]) <= half)

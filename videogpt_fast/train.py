@@ -1,8 +1,15 @@
 """Train the VQ-VAE or the VideoGPT prior, in one process or under ``torchrun`` (DDP).
 
+    # one GPU (or CPU)
     python -m videogpt_fast.train vqvae --data_path bair.hdf5 --resolution 64 --downsample 4 4 4
+    # 8 GPUs of one machine (DDP over NCCL; gloo on CPU)
     torchrun --nproc_per_node=8 -m videogpt_fast.train gpt --data_path bair.hdf5 --vqvae vq.ckpt \\
         --max_steps 200000 --precision bf16
+    # 2 machines x 8 GPUs: run on each node, with its --node_rank
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=HOST0 --master_port=29500 \\
+        -m videogpt_fast.train gpt ...
+
+``--batch_size`` is per process, as with the original's Lightning DDP.
 
 The flags keep the original ``scripts/train_vqvae.py`` / ``scripts/train_videogpt.py`` names and
 defaults (``--max_steps`` defaults to the VQ-VAE script's 200000 and is required for the prior, whose
@@ -466,11 +473,15 @@ class Trainer:
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
 
+        self.dali_loader = None
         if train_set is None:
-            if args.loader == "dali":
-                raise ValueError("--loader dali is not supported by the trainer: it needs exact per-sample "
-                                 "seeding for resumable runs; use --loader pytorch (or auto)")
             train_set, val_set = open_datasets(args)
+            if self._use_dali():
+                from .data import make_loader as make_data_loader
+                self.dali_loader, _ = make_data_loader("dali", args, train=True)
+                if self.is_main:
+                    log.info("training batches from DALI (GPU decoding); --resume continues at the same step "
+                             "and data position but not bit-exactly (DALI's own shuffling and crops)")
         if len(train_set) == 0:
             raise ValueError(f"the training set of {args.data_path!r} is empty (no clip of "
                              f"sequence_length={args.sequence_length} frames)")
@@ -512,7 +523,8 @@ class Trainer:
 
         self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.train_sampler = ResumableSampler(len(train_set), self.world, self.rank, shuffle=True, seed=args.seed)
-        self.batches_per_epoch = math.ceil(self.train_sampler.per_rank / args.batch_size)
+        self.batches_per_epoch = (len(self.dali_loader) if self.dali_loader is not None
+                                  else math.ceil(self.train_sampler.per_rank / args.batch_size))
         self.val_loader = None
         if val_set is not None and len(val_set) > 0 and args.val_every >= 0:
             val_sampler = ResumableSampler(len(val_set), self.world, self.rank, shuffle=False, seed=args.seed)
@@ -532,6 +544,31 @@ class Trainer:
         self._last_save_step = self._last_val_step = self.global_step if ckpt is not None else -1
 
     # ------------------------------------------------------------------------------------------
+    def _use_dali(self) -> bool:
+        kind = self.args.loader
+        if kind == "pytorch":
+            return False
+        from .data import dali as dali_mod
+        if kind == "dali":
+            if self.device.type != "cuda":
+                raise ValueError("--loader dali decodes on the GPU: it needs a CUDA device")
+            if not os.path.isdir(self.args.data_path):
+                raise ValueError(f"--loader dali reads a video folder; {self.args.data_path!r} is not one")
+            dali_mod.require_dali("gpu")
+            return True
+        return (self.device.type == "cuda" and os.path.isdir(self.args.data_path)
+                and dali_mod.dali_status("gpu")[0])
+
+    def _epoch_batches(self) -> Iterator[Dict[str, Any]]:
+        """This epoch's remaining training batches."""
+        if self.dali_loader is not None:
+            it = iter(self.dali_loader)
+            for _ in range(self.batch_in_epoch):  # fast-forward to the resumed position
+                next(it)
+            return it
+        self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * self.args.batch_size)
+        return iter(make_loader(self.train_set, self.train_sampler, self.args, self.device))
+
     def _resume_path(self) -> Optional[Path]:
         r = self.args.resume
         if not r:
@@ -696,9 +733,7 @@ class Trainer:
         t0 = time.time()
         try:
             while self.global_step < args.max_steps:
-                self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * args.batch_size)
-                loader = make_loader(self.train_set, self.train_sampler, args, self.device)
-                for batch in loader:
+                for batch in self._epoch_batches():
                     loss, metrics = self.train_step(self._to_device(batch))
                     self.global_step += 1
                     self.batch_in_epoch += 1
