@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import assert_close, load_fixture
+from videogpt_fast import ops
 from videogpt_fast.vqvae import Codebook
 
 
@@ -112,14 +113,16 @@ def test_code_stats_equal_one_hot_formulas(rows, K, D):
     torch.manual_seed(rows)
     flat = torch.randn(rows, D)
     idx = torch.randint(0, K, (rows,))
-    cb = Codebook(K, D)
-    counts, sums = cb.code_stats(flat, idx)
+    counts, sums = ops.codebook_stats_torch(flat, idx, K)
     onehot = F.one_hot(idx, K).type_as(flat)
     assert torch.equal(counts, onehot.sum(0))
     assert_close(sums, (flat.t() @ onehot).t())
     avg_probs = onehot.mean(0)
     expected = torch.exp(-torch.sum(avg_probs * torch.log(avg_probs + 1e-10)))
     assert_close(Codebook.perplexity_from_counts(counts), expected)
+    codes, counts2, sums2 = ops.codebook_nearest_with_stats(flat, torch.randn(K, D))
+    assert torch.equal(counts2, torch.bincount(codes, minlength=K).float())
+    assert_close(sums2, (flat.t() @ F.one_hot(codes, K).type_as(flat)).t())
 
 
 def test_eval_mode_leaves_buffers_and_init_flag():

@@ -173,3 +173,16 @@ def test_paper_size_gpu(dtype):
         want_sums = torch.zeros(k, d, device="cuda").index_add_(0, codes, x)
         assert torch.equal(counts, want_counts)
         torch.testing.assert_close(sums, want_sums, atol=1e-3, rtol=1e-4)
+
+
+def test_ops_codebook_nearest_with_stats_triton_backend():
+    """The model's training path (ops.codebook_nearest_with_stats) through the fused kernel."""
+    x = torch.randn(77, 10, device=DEVICE)
+    e = torch.randn(19, 10, device=DEVICE)
+    with use_backend("triton"):
+        codes, counts, sums = ops.codebook_nearest_with_stats(x, e)
+    ref_codes = ops.codebook_nearest_torch(x, e)
+    assert torch.equal(codes, ref_codes)
+    ref_counts, ref_sums = ops.codebook_stats_torch(x, ref_codes, 19)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)

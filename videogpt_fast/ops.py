@@ -21,6 +21,7 @@ from .backends import resolve
 # ops -> backends (besides torch) that implement them; filled in as kernels land.
 _IMPLEMENTED = {
     "codebook_nearest": ("triton", "cuda"),
+    "codebook_nearest_with_stats": ("triton",),
     "axial_attention": ("triton",),
     "blocksparse_attention": ("triton",),
     "decode_attention": ("cuda",),
@@ -67,6 +68,32 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     if backend == "cuda":
         return torch.ops.videogpt_fast.codebook_nearest(x, codebook)
     return codebook_nearest_torch(x, codebook)
+
+
+def codebook_stats_torch(x: torch.Tensor, codes: torch.Tensor, n_codes: int):
+    """Per-code counts (K,) and sums (K, D) of the rows of ``x`` assigned to ``codes``: the
+    original's ``one_hot.sum(0)`` and ``(x.t() @ one_hot).t()`` without the (N, K) one-hot."""
+    counts = torch.bincount(codes, minlength=n_codes).to(x.dtype)
+    sums = x.new_zeros(n_codes, x.shape[1]).index_add_(0, codes, x)
+    return counts, sums
+
+
+def codebook_nearest_with_stats(x: torch.Tensor, codebook: torch.Tensor):
+    """:func:`codebook_nearest` plus the EMA statistics of the assignment.
+
+    Returns:
+        codes int64 (N,), counts (K,) and sums (K, D) (see :func:`codebook_stats_torch`); the
+        Triton backend computes all three in one kernel (fp32 statistics).
+    """
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"codebook_nearest_with_stats: expected x (N, D) and codebook (K, D) with equal D, "
+                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    backend = resolve("codebook_nearest_with_stats", x.device, _IMPLEMENTED["codebook_nearest_with_stats"])
+    if backend == "triton":
+        codes, counts, sums = _kernel("codebook").codebook_nearest_with_stats(x, codebook)
+        return codes, counts.to(x.dtype), sums.to(x.dtype)
+    codes = codebook_nearest(x, codebook)
+    return (codes, *codebook_stats_torch(x, codes, codebook.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------

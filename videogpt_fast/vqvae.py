@@ -309,13 +309,6 @@ class Codebook(nn.Module):
         self.z_avg.copy_(rows)
         self.N.fill_(1.0)
 
-    def code_stats(self, flat: torch.Tensor, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-code counts (K,) and sums (K, D) of ``flat`` (N, D) rows assigned to ``indices``:
-        ``one_hot.sum(0)`` and ``(flat.t() @ one_hot).t()`` without the (N, K) one-hot."""
-        counts = torch.bincount(indices, minlength=self.n_codes).to(flat.dtype)
-        sums = flat.new_zeros(self.n_codes, flat.shape[1]).index_add_(0, indices, flat)
-        return counts, sums
-
     @staticmethod
     def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
         """exp(entropy) of the code histogram, as the original computes it from the one-hot."""
@@ -337,14 +330,17 @@ class Codebook(nn.Module):
         if self._need_init and self.training:
             self._init_embeddings(z)
         flat = z.detach().movedim(1, -1).reshape(-1, self.embedding_dim)
-        indices = ops.codebook_nearest(flat, self.embeddings)
+        if self.training:  # the EMA statistics come with the search (one fused kernel on GPU)
+            indices, counts, sums = ops.codebook_nearest_with_stats(flat, self.embeddings)
+        else:
+            indices = ops.codebook_nearest(flat, self.embeddings)
+            counts = torch.bincount(indices, minlength=self.n_codes).to(flat.dtype)
         encoding_indices = indices.view(z.shape[0], *z.shape[2:])
 
         embeddings = F.embedding(encoding_indices, self.embeddings).movedim(-1, 1)
         commitment_loss = 0.25 * F.mse_loss(z, embeddings.detach())
 
         with torch.no_grad():
-            counts, sums = self.code_stats(flat, indices)
             perplexity = self.perplexity_from_counts(counts)
             if self.training:
                 self._ema_update(flat, counts, sums)
