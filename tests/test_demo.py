@@ -1,0 +1,53 @@
+"""The demo, drastically shortened: it writes valid reconstruction and sample videos and a loss plot."""
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from videogpt_fast import demo
+from videogpt_fast.checkpoint import load_videogpt, load_vqvae
+from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
+
+
+def _decode(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--output", str(out), "--steps", "3", "--gpt_steps", "2", "--n_videos", "16",
+                      "--n_samples", "2", "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("reconstructions.mp4", "reconstructions.gif", "samples.mp4", "samples.gif", "losses.png"):
+        assert (out / name).is_file(), name
+        assert name in printed  # the demo says where it wrote
+    for name in ("reconstructions", "samples"):
+        mp4, gif = _decode(out / f"{name}.mp4"), _decode(out / f"{name}.gif")
+        assert mp4.shape[0] == gif.shape[0] == demo.SEQUENCE_LENGTH
+        h, w = gif.shape[1:3]
+        assert mp4.shape[1:] == (h + h % 2, w + w % 2, 3)  # H.264 pads odd sizes by one row/column
+    # reconstructions: 8 held-out videos (input | reconstruction) in a 4x2 grid, each 32 x 64
+    assert _decode(out / "reconstructions.gif").shape[1:3] == (2 * 33 + 1, 4 * 65 + 1)
+    assert Image.open(out / "losses.png").size[0] > 100
+    assert load_vqvae(out / "vqvae" / "last.ckpt").latent_shape == (4, 8, 8)
+    assert load_videogpt(out / "gpt" / "last.ckpt").shape == (4, 8, 8)
+
+
+def test_bad_demo_arguments():
+    with pytest.raises(SystemExit):
+        demo.main(["--steps", "0"])
+
+
+def test_synthetic_videos_move_and_are_deterministic():
+    v = moving_shapes(3, 8, 32, seed=1)
+    assert v.shape == (3, 8, 32, 32, 3) and v.dtype == np.uint8
+    assert np.array_equal(v, moving_shapes(3, 8, 32, seed=1))
+    assert not np.array_equal(v[:, 0], v[:, -1])  # the shapes move
+    ds = MovingShapesDataset(2, 8, 32)
+    item = ds[1]
+    assert tuple(item["video"].shape) == (3, 8, 32, 32)
+    assert -0.5 <= float(item["video"].min()) and float(item["video"].max()) <= 0.5
+    assert item["label"] in (0, 1) and ds.n_classes == 2

@@ -1,0 +1,273 @@
+"""``videogpt-fast``: train, demo, sample, reconstruct, encode and fvd.
+
+    videogpt-fast demo                                   # tiny models on synthetic videos, CPU
+    videogpt-fast train vqvae --data_path bair.hdf5 ...  # or torchrun ... -m videogpt_fast.train
+    videogpt-fast sample --ckpt bair_gpt --n 8 --output samples.mp4
+    videogpt-fast reconstruct --vqvae bair_stride4x2x2 clip.mp4 --output recon.mp4
+    videogpt-fast encode --vqvae vq.ckpt videos/ --output codes.pt
+    videogpt-fast fvd --real real_videos/ --fake fake_videos/ --i3d i3d_pretrained_400.pt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _device(flag: str) -> torch.device:
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(flag)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {flag}: CUDA is not available")
+    return device
+
+
+def read_video(path: str, max_frames: Optional[int] = None, start: int = 0) -> np.ndarray:
+    """Decode a video file into uint8 (T, H, W, 3) RGB frames (``start`` .. ``start + max_frames``)."""
+    import av
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video file {path!r} does not exist")
+    frames: List[np.ndarray] = []
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise ValueError(f"{path!r} has no decodable video frames after frame {start}")
+    return np.stack(frames)
+
+
+def list_videos(paths: Sequence[str]) -> List[str]:
+    """Video files among ``paths``: files as given, folders searched recursively (sorted)."""
+    out: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(str(f) for f in Path(p).rglob("*") if f.suffix.lower() in VIDEO_EXTS)
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p!r} is neither a video file nor a folder")
+    return out
+
+
+def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> torch.Tensor:
+    """(C, T, H, W) in [-0.5, 0.5]: ``sequence_length`` frames of ``path`` preprocessed as in training."""
+    from .data.preprocess import preprocess
+
+    frames = read_video(path, sequence_length, start)
+    if len(frames) < sequence_length:
+        raise ValueError(f"{path!r} has {len(frames)} frames from frame {start}; need sequence_length="
+                         f"{sequence_length}")
+    return preprocess(torch.from_numpy(frames), resolution)
+
+
+# ----------------------------------------------------------------------------------------------
+# subcommands
+# ----------------------------------------------------------------------------------------------
+def cmd_sample(a: argparse.Namespace) -> int:
+    """Sample ``--n`` videos from a prior checkpoint (or pretrained name) into an MP4/GIF grid."""
+    from .checkpoint import load_videogpt
+    from .utils import save_video_grid
+
+    device = _device(a.device)
+    gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
+    torch.manual_seed(a.seed)
+    batch = None
+    if gpt.use_frame_cond or gpt.args.class_cond:
+        # conditional prior: frames / labels from the test split of its data, as scripts/sample_videogpt.py
+        from .train import open_datasets
+        args = argparse.Namespace(**vars(gpt.args))
+        if a.data_path:
+            args.data_path = a.data_path
+        if not getattr(args, "data_path", None):
+            raise ValueError("this prior is conditional (frames or class): give --data_path for the conditioning videos")
+        _, test = open_datasets(args)
+        if len(test) < a.n:
+            raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
+        items = [test[i] for i in range(a.n)]
+        batch = {"video": torch.stack([it["video"] for it in items]).to(device)}
+        if gpt.args.class_cond:
+            batch["label"] = torch.tensor([it["label"] for it in items], device=device)
+    with torch.no_grad():
+        samples = gpt.sample(a.n, batch)
+    save_video_grid(samples.cpu(), a.output, fps=a.fps)
+    return 0
+
+
+def cmd_reconstruct(a: argparse.Namespace) -> int:
+    """Encode and decode one video file; writes the original and its reconstruction side by side."""
+    from .checkpoint import load_vqvae
+    from .utils import save_video_grid
+
+    device = _device(a.device)
+    vqvae = load_vqvae(a.vqvae, device=device)
+    seq = a.sequence_length or vqvae.args.sequence_length
+    res = a.resolution or vqvae.args.resolution
+    x = _clip(a.video, seq, res, a.start).unsqueeze(0).to(device)
+    with torch.no_grad():
+        recon = vqvae.decode(vqvae.encode(x)).clamp(-0.5, 0.5)
+    mse = torch.mean((recon - x) ** 2).item()
+    pair = torch.cat([x, recon], dim=-1) + 0.5
+    save_video_grid(pair.cpu(), a.output, fps=a.fps)
+    print(f"reconstruction MSE {mse:.5f} (videos in [-0.5, 0.5]); left: input, right: reconstruction")
+    return 0
+
+
+def cmd_encode(a: argparse.Namespace) -> int:
+    """Encode videos into VQ-VAE codes; ``.pt`` (torch) or ``.npz`` (NumPy) with codes and file names."""
+    from .checkpoint import load_vqvae
+
+    device = _device(a.device)
+    vqvae = load_vqvae(a.vqvae, device=device)
+    seq = a.sequence_length or vqvae.args.sequence_length
+    res = a.resolution or vqvae.args.resolution
+    files = list_videos(a.inputs)
+    if not files:
+        raise ValueError(f"no video files ({', '.join(VIDEO_EXTS)}) in {a.inputs}")
+    from tqdm.auto import tqdm
+    codes: List[torch.Tensor] = []
+    kept: List[str] = []
+    for i in tqdm(range(0, len(files), a.batch_size), desc="encode", disable=a.no_progress):
+        chunk = files[i:i + a.batch_size]
+        x = torch.stack([_clip(f, seq, res) for f in chunk]).to(device)
+        with torch.no_grad():
+            codes.append(vqvae.encode(x).cpu())
+        kept += chunk
+    all_codes = torch.cat(codes)
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, codes=all_codes.numpy(), files=np.array(kept), latent_shape=np.array(all_codes.shape[1:]))
+    else:
+        torch.save({"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq,
+                    "resolution": res}, out)
+    print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}")
+    return 0
+
+
+def _load_folder(folder: str, n_frames: int, resolution: Optional[int]) -> np.ndarray:
+    files = list_videos([folder])
+    if len(files) < 2:
+        raise ValueError(f"FVD needs at least 2 videos per set; {folder!r} has {len(files)}")
+    videos = []
+    for f in files:
+        v = read_video(f, n_frames)
+        if len(v) < n_frames:
+            raise ValueError(f"{f!r} has {len(v)} frames; --sequence_length is {n_frames}")
+        if resolution:
+            from .data.preprocess import preprocess
+            v = ((preprocess(torch.from_numpy(v), resolution) + 0.5).clamp(0, 1).permute(1, 2, 3, 0).numpy()
+                 * 255).round().astype(np.uint8)
+        videos.append(v)
+    shapes = {v.shape for v in videos}
+    if len(shapes) > 1:
+        raise ValueError(f"videos in {folder!r} differ in size {sorted(shapes)}: pass --resolution to resize them")
+    return np.stack(videos)
+
+
+def cmd_fvd(a: argparse.Namespace) -> int:
+    """Frechet Video Distance between two folders of videos (I3D weights from a local file)."""
+    from .fvd import frechet_distance, get_fvd_logits, load_i3d_pretrained
+
+    device = _device(a.device)
+    i3d = load_i3d_pretrained(a.i3d, device=device)
+    real = _load_folder(a.real, a.sequence_length, a.resolution)
+    fake = _load_folder(a.fake, a.sequence_length, a.resolution)
+    real_logits = get_fvd_logits(real, i3d=i3d, device=device, bs=a.batch_size)
+    fake_logits = get_fvd_logits(fake, i3d=i3d, device=device, bs=a.batch_size)
+    fvd = frechet_distance(fake_logits, real_logits).item()
+    print(f"FVD {fvd:.3f} ({len(real)} real, {len(fake)} generated videos of {a.sequence_length} frames)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{train,demo,sample,reconstruct,encode,fvd}")
+    sub.required = True
+    # train and demo forward their arguments to their own parsers (so `-h` shows their flags)
+    sub.add_parser("train", add_help=False, help="train the VQ-VAE or the prior (`train vqvae -h`, `train gpt -h`)")
+    sub.add_parser("demo", add_help=False, help="train tiny models on synthetic videos on CPU and write videos")
+
+    p = sub.add_parser("sample", help="sample videos from a VideoGPT checkpoint into an MP4/GIF grid")
+    p.add_argument("--ckpt", required=True, help="prior checkpoint path or pretrained name (bair_gpt, ...)")
+    p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
+    p.add_argument("--n", type=int, default=8, help="number of videos")
+    p.add_argument("--output", default="samples.mp4", help=".mp4 or .gif")
+    p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors "
+                                                      "(default: the prior's own data_path)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("reconstruct", help="encode+decode a video with a VQ-VAE, side by side with the input")
+    p.add_argument("video", help="input video file")
+    p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
+    p.add_argument("--output", default="reconstruction.mp4", help=".mp4 or .gif")
+    p.add_argument("--sequence_length", type=int, default=None, help="frames (default: the VQ-VAE's)")
+    p.add_argument("--resolution", type=int, default=None, help="default: the VQ-VAE's")
+    p.add_argument("--start", type=int, default=0, help="first frame")
+    p.add_argument("--fps", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="encode videos (files or folders) into VQ-VAE codes")
+    p.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
+    p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
+    p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz")
+    p.add_argument("--sequence_length", type=int, default=None, help="frames per video (default: the VQ-VAE's)")
+    p.add_argument("--resolution", type=int, default=None, help="default: the VQ-VAE's")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no_progress", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("fvd", help="Frechet Video Distance between a folder of real and one of generated videos")
+    p.add_argument("--real", required=True, help="folder of real videos")
+    p.add_argument("--fake", required=True, help="folder of generated videos")
+    p.add_argument("--i3d", default=None, help="i3d_pretrained_400.pt file or its folder (default: the local "
+                                               "cache; never downloaded)")
+    p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the paper: 16)")
+    p.add_argument("--resolution", type=int, default=None, help="resize+crop every video to this size first")
+    p.add_argument("--batch_size", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_fvd)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from . import train
+        return train.main(argv[1:])
+    if argv and argv[0] == "demo":
+        from . import demo
+        return demo.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""``videogpt-fast demo``: train a tiny VQ-VAE and prior on synthetic moving shapes, on CPU, in minutes.
+
+It runs the same :class:`videogpt_fast.train.Trainer` as ``videogpt-fast train`` on in-memory
+:class:`videogpt_fast.synthetic.MovingShapesDataset` videos (8 frames of 32x32), then writes into
+``--output``: ``reconstructions.mp4/.gif`` (held-out videos, original left, reconstruction right),
+``samples.mp4/.gif`` (videos drawn from the prior), ``losses.png`` and the two runs' checkpoints and
+metrics (``vqvae/`` and ``gpt/``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import train
+from .synthetic import MovingShapesDataset
+
+SEQUENCE_LENGTH, RESOLUTION = 8, 32
+VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",
+               "--downsample", "2", "4", "4", "--batch_size", "8"]
+GPT_FLAGS = ["--hidden_dim", "96", "--heads", "2", "--layers", "2", "--dropout", "0.1", "--attn_dropout", "0.1",
+             "--batch_size", "8"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videogpt-fast demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="./demo_output", help="folder for videos, plot and checkpoints")
+    p.add_argument("--steps", type=int, default=500, help="VQ-VAE training steps")
+    p.add_argument("--gpt_steps", type=int, default=None, help="prior training steps (default: 0.8 x --steps)")
+    p.add_argument("--n_videos", type=int, default=512, help="synthetic training videos")
+    p.add_argument("--n_samples", type=int, default=8, help="videos to sample from the prior")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate of both stages (higher than the original's 3e-4: the demo is short)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+def _stage_args(stage: str, flags: List[str], steps: int, out: Path, opts: argparse.Namespace,
+                extra: Sequence[str] = ()) -> argparse.Namespace:
+    argv = ["--data_path", "<in-memory moving shapes>", "--sequence_length", str(SEQUENCE_LENGTH),
+            "--resolution", str(RESOLUTION), "--num_workers", "0", "--max_steps", str(steps),
+            "--save_every", "0", "--val_every", str(max(steps // 4, 10)), "--limit_val_batches", "2",
+            "--log_every", "5", "--device", "cpu", "--seed", str(opts.seed + 1234), "--output", str(out), "--lr", str(opts.lr),
+            *flags, *extra] + (["--no_progress"] if opts.no_progress else [])
+    args = train.build_parser(stage).parse_args(argv)
+    args.stage = stage
+    return args
+
+
+def plot_losses(runs: Dict[str, Path], fname: Path) -> Path:
+    """Training and validation losses of the runs' ``metrics.jsonl`` files, one panel per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.5), squeeze=False)
+    for ax, (name, folder) in zip(axes[0], runs.items()):
+        records = train.read_metrics(folder / "metrics.jsonl")
+        tr = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        ax.plot(*zip(*tr), label="train loss", lw=1)
+        for key in ("val/recon_loss", "val/loss"):
+            va = [(r["step"], r[key]) for r in records if key in r]
+            if va:
+                ax.plot(*zip(*va), "o-", label=key)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(fname, dpi=100)
+    plt.close(fig)
+    return fname
+
+
+def _save_frame_strip(video: torch.Tensor, fname: Path) -> None:
+    """Frames of the first videos (B, C, T, H, W) in [0, 1] as one PNG (rows: videos, columns: time)."""
+    from PIL import Image
+    v = video[:4].clamp(0, 1).permute(0, 3, 2, 4, 1)  # B H T W C
+    b, h, t, w, c = v.shape
+    img = (v.reshape(b * h, t * w, c).numpy() * 255).astype("uint8")
+    Image.fromarray(img).resize((t * w * 3, b * h * 3), Image.NEAREST).save(fname)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    opts = build_parser().parse_args(argv)
+    if opts.steps <= 0 or opts.n_videos <= 0 or opts.n_samples <= 0:
+        raise SystemExit("videogpt-fast demo: --steps, --n_videos and --n_samples must be positive")
+    gpt_steps = opts.gpt_steps if opts.gpt_steps is not None else max(1, round(0.8 * opts.steps))
+    out = Path(opts.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"[demo] {opts.n_videos} synthetic moving-shape videos of {SEQUENCE_LENGTH}x{RESOLUTION}x{RESOLUTION}; "
+          f"training on CPU ({torch.get_num_threads()} threads)", flush=True)
+    train_set = MovingShapesDataset(opts.n_videos, SEQUENCE_LENGTH, RESOLUTION, seed=opts.seed)
+    val_set = MovingShapesDataset(32, SEQUENCE_LENGTH, RESOLUTION, seed=opts.seed + 10_000)
+
+    # stage 1: VQ-VAE
+    vq_args = _stage_args("vqvae", VQVAE_FLAGS, opts.steps, out / "vqvae", opts)
+    train.Trainer(vq_args, train_set, val_set, progress_desc="1/2 VQ-VAE").fit()
+    vq_ckpt = out / "vqvae" / "last.ckpt"
+
+    # stage 2: the prior over the VQ-VAE's codes
+    gpt_args = _stage_args("gpt", GPT_FLAGS, gpt_steps, out / "gpt", opts, ["--vqvae", str(vq_ckpt)])
+    trainer = train.Trainer(gpt_args, train_set, val_set, progress_desc="2/2 VideoGPT prior")
+    trainer.fit()
+    gpt = trainer.model.eval()
+
+    from .utils import save_video_grid
+    with torch.no_grad():
+        real = torch.stack([val_set[i]["video"] for i in range(8)])
+        recon = gpt.vqvae.decode(gpt.vqvae.encode(real)).clamp(-0.5, 0.5)
+        pairs = torch.cat([real, recon], dim=-1) + 0.5  # side by side along the width
+        torch.manual_seed(opts.seed)
+        print("[demo] sampling from the prior", flush=True)
+        # one position at a time is a chain of tiny matmuls: one thread is faster than several
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            samples = gpt.sample(opts.n_samples)
+        finally:
+            torch.set_num_threads(threads)
+    files = []
+    for ext in ("mp4", "gif"):
+        files.append(save_video_grid(pairs, str(out / f"reconstructions.{ext}"), nrow=2))
+        files.append(save_video_grid(samples, str(out / f"samples.{ext}")))
+    _save_frame_strip(pairs, out / "reconstructions.png")
+    _save_frame_strip(samples, out / "samples.png")
+    plot_losses({"VQ-VAE": out / "vqvae", "VideoGPT prior": out / "gpt"}, out / "losses.png")
+    summary = {"seconds": round(time.time() - t0, 1), "vqvae_steps": opts.steps, "gpt_steps": gpt_steps,
+               "files": [str(Path(f)) for f in files] + [str(out / n) for n in
+                                                         ("reconstructions.png", "samples.png", "losses.png")]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"[demo] done in {summary['seconds']:.0f} s. Wrote to {os.path.abspath(out)}:")
+    for f in summary["files"]:
+        print("   ", f)
+    print(f"    checkpoints: {vq_ckpt} and {out / 'gpt' / 'last.ckpt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
