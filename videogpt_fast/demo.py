@@ -30,8 +30,8 @@ GPT_FLAGS = ["--hidden_dim", "96", "--heads", "2", "--layers", "2", "--dropout",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videogpt-fast demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="./demo_output", help="folder for videos, plot and checkpoints")
-    p.add_argument("--steps", type=int, default=500, help="VQ-VAE training steps")
-    p.add_argument("--gpt_steps", type=int, default=None, help="prior training steps (default: 0.8 x --steps)")
+    p.add_argument("--steps", type=int, default=600, help="VQ-VAE training steps")
+    p.add_argument("--gpt_steps", type=int, default=None, help="prior training steps (default: 2.5 x --steps)")
     p.add_argument("--n_videos", type=int, default=512, help="synthetic training videos")
     p.add_argument("--n_samples", type=int, default=8, help="videos to sample from the prior")
     p.add_argument("--lr", type=float, default=1e-3,
@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = build_parser().parse_args(argv)
     if opts.steps <= 0 or opts.n_videos <= 0 or opts.n_samples <= 0:
         raise SystemExit("videogpt-fast demo: --steps, --n_videos and --n_samples must be positive")
-    gpt_steps = opts.gpt_steps if opts.gpt_steps is not None else max(1, round(0.8 * opts.steps))
+    gpt_steps = opts.gpt_steps if opts.gpt_steps is not None else max(1, round(2.5 * opts.steps))
     out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
