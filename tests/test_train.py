@@ -1,6 +1,7 @@
 """Training: torchrun DDP on CPU, exact resume, a killed run, clear errors, the sampler."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -214,3 +215,14 @@ def test_activation_checkpointing_changes_memory_not_numbers(dataset, vqvae_ckpt
     train.main(base + ["--output", str(tmp_path / "plain")])
     train.main(base + ["--output", str(tmp_path / "ckpt"), "--activation_checkpointing"])
     assert _losses(tmp_path / "plain") == _losses(tmp_path / "ckpt")
+
+
+def test_compile_trains_both_stages(dataset, vqvae_ckpt, tmp_path):
+    """--compile (torch.compile) runs a VQ-VAE and a prior step and gives finite losses."""
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "2", "--val_every", "-1",
+                       "--compile", "--output", str(tmp_path / "vq")]) in (0, None)
+    assert train.main(["gpt", "--data_path", dataset, *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--max_steps", "2",
+                       "--val_every", "-1", "--compile", "--output", str(tmp_path / "gpt")]) in (0, None)
+    for stage in ("vq", "gpt"):
+        losses = _losses(tmp_path / stage)
+        assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())

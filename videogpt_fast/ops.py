@@ -125,8 +125,11 @@ def axial_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim
     """Attention along one spatial axis with PyTorch's fused SDPA (scale d^-0.5, no mask)."""
     d = _spatial_dim(q, dim)
     qm, km, vm = (torch.movedim(t, d, -2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(qm, km, vm)
-    return torch.movedim(out, -2, d)
+    lead = qm.shape[:-2]
+    # SDPA on 4-D (rows, 1, axis, d): faster than on 6-D views (3.5x on CPU) and traceable by
+    # torch.compile, which mis-handles the 6-D case (torch 2.13)
+    out = F.scaled_dot_product_attention(*(t.reshape(-1, 1, t.shape[-2], t.shape[-1]) for t in (qm, km, vm)))
+    return torch.movedim(out.reshape(*lead, *out.shape[-2:]), -2, d)
 
 
 def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
