@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
-from .preprocess import preprocess
+from .preprocess import check_clip_args, preprocess
 
 __all__ = ["HDF5Dataset"]
 
@@ -28,10 +28,7 @@ class HDF5Dataset(data.Dataset):
 
     def __init__(self, data_file: str, sequence_length: int, train: bool = True, resolution: int = 64):
         super().__init__()
-        if not isinstance(sequence_length, int) or sequence_length <= 0:
-            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
-        if not isinstance(resolution, int) or resolution <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        check_clip_args(sequence_length, resolution)
         self.train = train
         self.sequence_length = sequence_length
         self.resolution = resolution

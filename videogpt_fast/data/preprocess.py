@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["preprocess", "resize_crop_geometry"]
+__all__ = ["preprocess", "resize_crop_geometry", "check_clip_args"]
 
 
 def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -26,6 +26,14 @@ def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tupl
     else:
         size = (math.ceil(height * scale), resolution)
     return size, ((size[0] - resolution) // 2, (size[1] - resolution) // 2)
+
+
+def check_clip_args(sequence_length: int, resolution: int) -> None:
+    """ValueError unless a dataset's ``sequence_length`` and ``resolution`` are positive ints."""
+    if not isinstance(sequence_length, int) or sequence_length <= 0:
+        raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
+    if not isinstance(resolution, int) or resolution <= 0:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
 
 
 def preprocess(video: torch.Tensor, resolution: int, sequence_length: int | None = None) -> torch.Tensor:

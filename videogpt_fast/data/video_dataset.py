@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
-from .preprocess import preprocess
+from .preprocess import check_clip_args, preprocess
 from .video_index import VIDEO_EXTS, VideoEntry, VideoIndex, read_clip
 
 __all__ = ["VideoDataset"]
@@ -43,10 +43,7 @@ class VideoDataset(data.Dataset):
     def __init__(self, data_folder: str, sequence_length: int, train: bool = True, resolution: int = 64,
                  cache_dir: str | None | bool = None, num_index_workers: int | None = None):
         super().__init__()
-        if not isinstance(sequence_length, int) or sequence_length <= 0:
-            raise ValueError(f"sequence_length must be a positive int, got {sequence_length!r}")
-        if not isinstance(resolution, int) or resolution <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        check_clip_args(sequence_length, resolution)
         self.train = train
         self.sequence_length = sequence_length
         self.resolution = resolution
