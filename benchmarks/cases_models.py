@@ -1,11 +1,137 @@
-"""End-to-end cases (VQ-VAE, prior, sampling, data): filled in as those paths land."""
+"""End-to-end cases: VQ-VAE and prior training steps, sampling.
+
+Training steps compare the plain-PyTorch configuration (``torch`` backend, fp32: the reference)
+against ``auto`` (the fastest backend, bf16 autocast on GPU) at the repo's default sizes on GPU and
+tiny sizes on CPU. Sampling compares the original per-position algorithm (``sample_codes_reference``)
+with the static-KV-cache sampler. The original ``videogpt`` package is not imported here; install it
+and compare by hand if you have it (its Lightning 1.3 pin does not install on current stacks).
+"""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import math
 from typing import Iterator
 
-from .harness import Case, Settings, register
+import torch
+
+from videogpt_fast import sample as S
+from videogpt_fast.backends import use_backend
+from videogpt_fast.gpt import VideoGPT
+from videogpt_fast.vqvae import VQVAE
+
+from .harness import Case, Settings, register, synchronize
+
+
+def _vq_args(gpu: bool) -> argparse.Namespace:
+    if gpu:  # the repo's defaults: 16x128x128 clips, n_hiddens 240, 4 res layers, downsample 4x4x4
+        return argparse.Namespace(embedding_dim=256, n_codes=2048, n_hiddens=240, n_res_layers=4,
+                                  downsample=[4, 4, 4], sequence_length=16, resolution=128)
+    return argparse.Namespace(embedding_dim=16, n_codes=64, n_hiddens=32, n_res_layers=1,
+                              downsample=[2, 4, 4], sequence_length=8, resolution=32)
+
+
+def _step(model, loss_fn, opt, backend: str, amp: bool, device: torch.device):
+    """One optimiser step under ``backend``; returns the loss."""
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with use_backend(backend), ctx:
+        loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    synchronize(device)
+    return loss.detach().float()
+
+
+def _loss_check(ref, out):
+    if not torch.isfinite(out) or abs(float(out) - float(ref)) > 0.1 * abs(float(ref)) + 1e-3:
+        raise AssertionError(f"loss {float(out):.4f} differs from the reference's {float(ref):.4f}")
+
+
+def vqvae_train_case(s: Settings) -> Case:
+    dev, gpu = s.device, s.device.type == "cuda" and not s.quick
+    args = _vq_args(gpu)
+    b = 4 if gpu else 2
+    torch.manual_seed(0)
+    model = VQVAE(args).to(dev).train()
+    x = torch.rand(b, 3, args.sequence_length, args.resolution, args.resolution, device=dev) - 0.5
+    with torch.no_grad():
+        model.codebook(model.pre_vq_conv(model.encoder(x)))  # data-dependent init outside the timing
+    opt = torch.optim.Adam(model.parameters(), lr=1e-9)  # tiny lr: the model stays comparable
+
+    def loss_fn():
+        recon, _, vq = model(x)
+        return recon + vq["commitment_loss"]
+
+    case = Case("vqvae_train_step", "models", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
+                                                   n_hiddens=args.n_hiddens), "float32",
+                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
+                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
+                items=float(b), item_unit="clips", check=_loss_check)
+    if dev.type == "cuda":
+        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
+    return case
+
+
+def gpt_train_case(s: Settings) -> Case:
+    dev, gpu = s.device, s.device.type == "cuda" and not s.quick
+    vq = VQVAE(_vq_args(gpu))
+    prior = dict(hidden_dim=576, heads=4, layers=8) if gpu else dict(hidden_dim=48, heads=4, layers=2)
+    args = dict(vqvae="random", n_cond_frames=0, class_cond=False, dropout=0.2, attn_type="full",
+                attn_dropout=0.3, **prior)
+    torch.manual_seed(0)
+    model = VideoGPT(args, vqvae=vq).to(dev).train()
+    b = 8 if gpu else 2
+    codes = torch.randint(0, vq.n_codes, (b, *vq.latent_shape), device=dev)
+    emb = model.vqvae.codebook.dictionary_lookup(codes)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+
+    def loss_fn():
+        torch.manual_seed(1)  # same dropout masks for every implementation
+        return model(emb, codes, {})[0]
+
+    case = Case("gpt_train_step", "models", dict(B=b, latent=tuple(vq.latent_shape), **prior), "float32",
+                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
+                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
+                items=float(b), item_unit="clips", check=_loss_check)
+    if dev.type == "cuda":
+        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
+    return case
+
+
+def sampling_case(s: Settings) -> Case:
+    from .bench_sampling import CONFIGS, build_model
+    dev = s.device
+    name = "default" if dev.type == "cuda" and not s.quick else "tiny_cpu"
+    model = build_model(name, dev)
+    n = CONFIGS[name][2]
+    L = math.prod(model.shape)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    gen = torch.Generator(device=dev)
+
+    def ours():
+        gen.manual_seed(0)
+        out = S.sample_codes(model, n, generator=gen, progress=False, dtype=dtype)
+        synchronize(dev)
+        return out
+
+    def original():
+        gen.manual_seed(0)
+        out = S.sample_codes_reference(model, n, generator=gen)
+        synchronize(dev)
+        return out
+
+    def same_codes(ref, out):
+        if dtype == torch.float32 and not torch.equal(ref, out):
+            raise AssertionError(f"{int((ref != out).sum())} of {ref.numel()} sampled codes differ")
+
+    return Case("sample_codes", "sampling", dict(B=n, latent=tuple(model.shape), hidden=model.args.hidden_dim,
+                                                 layers=model.args.layers, positions=L), str(dtype).split(".")[-1],
+                impls={"reference": original, "ours": ours}, items=float(n), item_unit="samples", check=same_codes)
 
 
 @register
 def model_cases(s: Settings) -> Iterator[Case]:
-    return iter(())
+    yield vqvae_train_case(s)
+    yield gpt_train_case(s)
+    yield sampling_case(s)
