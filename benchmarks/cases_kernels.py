@@ -6,6 +6,7 @@ matmul/softmax per axis; dense masked attention); ``torch`` is this package's pl
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator
 
@@ -75,6 +76,30 @@ def codebook_cases(s: Settings) -> Iterator[Case]:
             yield case
 
 
+def codebook_stats_cases(s: Settings) -> Iterator[Case]:
+    """Search + EMA statistics (the VQ-VAE's training step): the original's one-hot formulas,
+    bincount/index_add_ (torch), and the fused Triton kernel."""
+    dev = s.device
+    n, k, d = (4096, 512, 64) if s.quick or dev.type == "cpu" else (65536, 2048, 256)
+    x = torch.randn(n, d, device=dev)
+    e = torch.randn(k, d, device=dev)
+
+    def original():
+        codes = original_codebook_argmin(x, e)
+        onehot = F.one_hot(codes, k).type_as(x)
+        return codes, onehot.sum(0), (x.t() @ onehot).t()
+
+    def check(ref, out):
+        _codes_check(ref[0], out[0])
+        assert_allclose(atol=1e-3, rtol=1e-4)(ref[1:], out[1:])
+
+    case = Case("codebook_nearest_with_stats", "kernels", dict(N=n, K=k, D=d), "float32",
+                impls={"reference": original, "torch": lambda: ops.codebook_nearest_with_stats(x, e)},
+                flops=2.0 * n * k * d, bytes=float((n * d + 2 * k * d) * 4 + n * 8), check=check)
+    _fast_impls(case, dev, "codebook_nearest_with_stats", lambda: ops.codebook_nearest_with_stats(x, e))
+    yield case
+
+
 # ------------------------------------------------------------------------------------------
 def original_axial(q, k, v, dim):
     """The original AxialAttention: move the axis next to last, copy, attention, move back."""
@@ -93,27 +118,36 @@ def _fwd_bwd(fn, q, k, v, grad):
     return out.detach(), q.grad, k.grad, v.grad
 
 
+def _axial_case(dev, dt, b, h, sp, d) -> Case:
+    q, k, v = (torch.randn(b, h, *sp, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    grad = torch.randn(b, h, *sp, d, device=dev, dtype=dt)
+    positions = b * h * math.prod(sp)
+    fwd = sum(4.0 * positions * n * d for n in sp)
+    case = Case("axial_attention_fwd_bwd", "kernels", dict(B=b, heads=h, latent=sp, head_dim=d),
+                str(dt).split(".")[-1],
+                impls={"reference": lambda: _fwd_bwd(original_axial, q, k, v, grad),
+                       "torch": lambda: _fwd_bwd(ops.axial_attention_torch, q, k, v, grad)},
+                flops=3.5 * fwd, bytes=float(3 * 4 * positions * d * q.element_size()),
+                check=assert_allclose(**tolerance(dt)))
+    _fast_impls(case, dev, "axial_attention", lambda: _fwd_bwd(ops.axial_attention, q, k, v, grad))
+    return case
+
+
 def axial_cases(s: Settings) -> Iterator[Case]:
     dev = s.device
     shapes = [(2, 2, (4, 8, 8), 24)] if s.quick or dev.type == "cpu" else \
         [(16, 2, (4, 32, 32), 120), (16, 2, (8, 32, 32), 120)]
     for dt in _dtypes(dev, s.quick):
         for b, h, sp, d in shapes:
-            q, k, v = (torch.randn(b, h, *sp, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-            grad = torch.randn(b, h, *sp, d, device=dev, dtype=dt)
-            positions = b * h * math.prod(sp)
-            fwd = sum(4.0 * positions * n * d for n in sp)
-            case = Case("axial_attention_fwd_bwd", "kernels", dict(B=b, heads=h, latent=sp, head_dim=d),
-                        str(dt).split(".")[-1],
-                        impls={"reference": lambda: _fwd_bwd(original_axial, q, k, v, grad),
-                               "torch": lambda: _fwd_bwd(ops.axial_attention_torch, q, k, v, grad)},
-                        flops=3.5 * fwd, bytes=float(3 * 4 * positions * d * q.element_size()),
-                        check=assert_allclose(**tolerance(dt)))
-            _fast_impls(case, dev, "axial_attention", lambda: _fwd_bwd(ops.axial_attention, q, k, v, grad))
-            yield case
+            yield _axial_case(dev, dt, b, h, sp, d)
 
 
 # ------------------------------------------------------------------------------------------
+def _sparse_fwd(fn, q, k, v, grad):
+    with torch.no_grad():
+        return fn(q, k, v)
+
+
 def _sparse_fwd_bwd(fn, q, k, v, grad):
     for t in (q, k, v):
         t.grad = None
@@ -122,46 +156,50 @@ def _sparse_fwd_bwd(fn, q, k, v, grad):
     return out.detach(), q.grad, k.grad, v.grad
 
 
+def _blocksparse_case(dev, dt, latent, h, d, b, block, mode, run) -> Case:
+    L = math.prod(latent)
+    layout = StridedSparsityConfig(latent, h, True, block, 4).make_layout().to(dev)
+    nnz = int(layout.sum())
+    q, k, v = (torch.randn(b, h, L, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    grad = torch.randn(b, h, L, d, device=dev, dtype=dt)
+    mask = ops.blocksparse_dense_mask(layout, block, True).unsqueeze(0)
+    flops_fwd = 4.0 * b * nnz * block * block * d
+    case = Case(f"blocksparse_attention_{mode}", "kernels",
+                dict(B=b, heads=h, L=L, head_dim=d, block=block, density=round(nnz / (h * (L // block) ** 2), 4)),
+                str(dt).split(".")[-1], impls={}, flops=(3.5 if mode == "fwd_bwd" else 1.0) * flops_fwd,
+                bytes=float(4 * 4 * b * h * L * d * q.element_size()),
+                check=assert_allclose(**tolerance(dt)), scale_key="L")
+    dense_bytes = b * h * L * L * 4 * 3
+    if dense_bytes < (torch.cuda.mem_get_info(dev)[0] // 2 if dev.type == "cuda" else 8 << 30):
+        case.impls["reference"] = lambda: run(
+            lambda q, k, v: ops.attention_reference(q, k, v, mask=mask), q, k, v, grad)
+    else:
+        case.reference = "torch"
+        case.skipped["reference"] = f"dense masked reference needs ~{dense_bytes / 2**30:.0f} GiB"
+    case.impls["torch"] = lambda: run(
+        lambda q, k, v: ops.blocksparse_attention_torch(q, k, v, layout, block, True), q, k, v, grad)
+    case.impls["sdpa_dense_causal"] = lambda: run(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, grad)
+    case.skipped["sdpa_dense_causal:check"] = "dense causal attention computes a different (denser) function: timed only"
+    _fast_impls(case, dev, "blocksparse_attention", lambda: run(
+        lambda q, k, v: ops.blocksparse_attention(q, k, v, layout, block, True), q, k, v, grad))
+    return case
+
+
 def blocksparse_cases(s: Settings) -> Iterator[Case]:
     dev = s.device
     if s.quick or dev.type == "cpu":
         configs = [((4, 16, 16), 2, 32, 1)]
     else:
         configs = [((t, 32, 32), h, d, 1) for t in (4, 8, 16) for h, d in ((4, 144), (8, 128))]
-    block = 32
-    for dt in _dtypes(dev, s.quick):
-        for latent, h, d, b in configs:
-            L = math.prod(latent)
-            layout = StridedSparsityConfig(latent, h, True, block, 4).make_layout().to(dev)
-            nnz = int(layout.sum())
-            q, k, v = (torch.randn(b, h, L, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-            grad = torch.randn(b, h, L, d, device=dev, dtype=dt)
-            mask = ops.blocksparse_dense_mask(layout, block, True).unsqueeze(0)
-            flops_fwd = 4.0 * b * nnz * block * block * d
-            case = Case("blocksparse_attention_fwd_bwd", "kernels",
-                        dict(B=b, heads=h, L=L, head_dim=d, block=block, density=round(nnz / (h * (L // block) ** 2), 4)),
-                        str(dt).split(".")[-1], impls={}, flops=3.5 * flops_fwd,
-                        bytes=float(4 * 4 * b * h * L * d * q.element_size()),
-                        check=assert_allclose(**tolerance(dt)), scale_key="L")
-            dense_bytes = b * h * L * L * 4 * 3
-            if dense_bytes < (torch.cuda.mem_get_info(dev)[0] // 2 if dev.type == "cuda" else 8 << 30):
-                case.impls["reference"] = lambda: _sparse_fwd_bwd(
-                    lambda q, k, v: ops.attention_reference(q, k, v, mask=mask), q, k, v, grad)
-            else:
-                case.reference = "torch"
-                case.skipped["reference"] = f"dense masked reference needs ~{dense_bytes / 2**30:.0f} GiB"
-            case.impls["torch"] = lambda: _sparse_fwd_bwd(
-                lambda q, k, v: ops.blocksparse_attention_torch(q, k, v, layout, block, True), q, k, v, grad)
-            case.impls["sdpa_dense_causal"] = lambda: _sparse_fwd_bwd(
-                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v, grad)
-            case.skipped["sdpa_dense_causal:check"] = "dense causal attention computes a different (denser) function: timed only"
-            _fast_impls(case, dev, "blocksparse_attention", lambda: _sparse_fwd_bwd(
-                lambda q, k, v: ops.blocksparse_attention(q, k, v, layout, block, True), q, k, v, grad))
-            yield case
+    for dt, (latent, h, d, b), (mode, run) in itertools.product(
+            _dtypes(dev, s.quick), configs, (("fwd_bwd", _sparse_fwd_bwd), ("fwd", _sparse_fwd))):
+        yield _blocksparse_case(dev, dt, latent, h, d, b, 32, mode, run)
 
 
 @register
 def kernel_cases(s: Settings) -> Iterator[Case]:
     yield from codebook_cases(s)
+    yield from codebook_stats_cases(s)
     yield from axial_cases(s)
     yield from blocksparse_cases(s)

@@ -93,9 +93,11 @@ def main(argv=None) -> int:
     log.info("ceilings: %s", ", ".join(f"{k}={v:.2f}" for k, v in ceilings.items()))
     rows: List[Dict[str, Any]] = []
     from tqdm import tqdm
-    cases = [c for c in all_cases(Settings(device, args.quick)) if not args.only or args.only in c.name]
-    for case in tqdm(cases, desc="benchmarks", unit="case"):
-        rows.extend(run_case(case, device, args.quick))
+    # cases are built one at a time (and freed after running): full-size inputs do not all fit at once
+    for case in tqdm(all_cases(Settings(device, args.quick)), desc="benchmarks", unit="case"):
+        if not args.only or args.only in case.name:
+            rows.extend(run_case(case, device, args.quick))
+        del case
     for row in rows:
         if "tflops" in row:
             key = f"matmul_tflops_{row['dtype']}" if f"matmul_tflops_{row['dtype']}" in ceilings else "matmul_tflops_float32"
