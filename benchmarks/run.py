@@ -86,6 +86,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     t0 = time.time()
+    if device.type == "cuda":  # JIT-build (or find) the CUDA extension so its ops are timed too
+        from videogpt_fast import csrc_build
+        try:
+            csrc_build.load()
+        except Exception as e:
+            log.warning("CUDA extension unavailable, its implementations are skipped: %s", e)
     env = env_info(device)
     env["command"] = " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:]))
     log.info("device %s | torch %s | triton %s", env["device_name"], env["torch"], env["triton"])
