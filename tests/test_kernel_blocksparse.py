@@ -282,3 +282,23 @@ def test_gpu_other_blocks(block, dtype):
     q, k, v = _inputs(2, heads, L, 144, 144, dtype=dtype, seed=block)
     tol = _GPU_TOL[dtype]
     _check(q, k, v, layout, block, True, tol=tol, gtol=4 * tol)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_ops_decode_attention_triton_backend(sparse):
+    """ops.decode_attention (the sampler's op) under backend triton: the block-sparse decode kernel
+    with the model's layout, or an all-ones layout for dense models."""
+    torch.manual_seed(0)
+    B, H, L, d, block = 2, 2, 64, 12, 16
+    q, k, v = torch.randn(B, H, d, device=DEVICE), torch.randn(B, H, L, d, device=DEVICE), torch.randn(B, H, L, d, device=DEVICE)
+    layout = ((torch.rand(H, L // block, L // block) < 0.5) | torch.eye(L // block, dtype=torch.bool)).tril().to(DEVICE)
+    for p in (0, 17, 63):
+        pos = torch.tensor([p], device=DEVICE)
+        kw = dict(block=block, layout=layout) if sparse else {}
+        expected = ops.decode_attention_torch(q, k, v, pos, layout.index_select(1, pos // block).squeeze(1) if sparse else None,
+                                              block)
+        with use_backend("triton"):
+            got = ops.decode_attention(q, k, v, pos, **kw)
+        assert_close(got, expected)
+    with pytest.raises(ValueError, match="not both"):
+        ops.decode_attention(q, k, v, pos, layout[:, 0], block, layout=layout)

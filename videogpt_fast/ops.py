@@ -24,7 +24,7 @@ _IMPLEMENTED = {
     "codebook_nearest_with_stats": ("triton",),
     "axial_attention": ("triton",),
     "blocksparse_attention": ("triton",),
-    "decode_attention": ("cuda",),
+    "decode_attention": ("cuda", "triton"),
 }
 
 
@@ -269,8 +269,25 @@ def decode_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
 
 
+_DENSE_LAYOUTS: dict = {}
+
+
+def _dense_decode_layout(L: int, device: torch.device):
+    """(all-ones layout, block) standing for dense causal attention, for the block-sparse decode
+    kernel; cached so the kernel's layout tables are built once."""
+    key = (L, str(device))
+    if key not in _DENSE_LAYOUTS:
+        block = next((b for b in (128, 64, 32, 16) if L % b == 0), None)
+        if block is None:
+            raise ValueError(f"decode_attention: the Triton decode kernel needs a cache length divisible "
+                             f"by 16, got {L}")
+        _DENSE_LAYOUTS[key] = (torch.ones(1, L // block, L // block, dtype=torch.bool, device=device), block)
+    return _DENSE_LAYOUTS[key]
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                     layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
+                     layout_row: Optional[torch.Tensor] = None, block: int = 0, *,
+                     layout: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention of the query at flattened position ``pos`` over the cached keys ``0..pos``.
 
     Args:
@@ -278,12 +295,26 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         k, v: (B, H, L, d) and (B, H, L, dv) caches (positions after ``pos`` are ignored).
         pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step).
         layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
-        block: the layout's block size (needed with ``layout_row``).
+        block: the layout's block size (needed with ``layout_row`` or ``layout``).
+        layout: alternatively the whole (H, L/block, L/block) layout; the row is taken on device.
     Returns:
         (B, H, dv) in q's dtype.
     """
-    _check_decode_attention(q, k, v, pos, layout_row, block)
+    if layout is not None and layout_row is not None:
+        raise ValueError("decode_attention: pass layout_row or layout, not both")
     backend = resolve("decode_attention", q.device, _IMPLEMENTED["decode_attention"])
+    if backend == "triton":
+        _check_decode_attention(q, k, v, pos, None, block)
+        if layout_row is not None:
+            raise ValueError("decode_attention: the Triton backend takes the whole `layout`, not `layout_row`")
+        if layout is None:
+            layout, block = _dense_decode_layout(k.shape[2], q.device)
+        kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
+        return kernel(q.unsqueeze(2), k, v, layout, block, pos.reshape(1)).squeeze(2)
+    if layout is not None:
+        row = torch.div(pos.reshape(1), block, rounding_mode="floor")
+        layout_row = layout.index_select(1, row).squeeze(1)
+    _check_decode_attention(q, k, v, pos, layout_row, block)
     if backend == "cuda":
         return torch.ops.videogpt_fast.decode_attention(q, k, v, pos.reshape(1), layout_row, int(block))
     return decode_attention_torch(q, k, v, pos, layout_row, block)

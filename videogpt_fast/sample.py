@@ -238,14 +238,11 @@ def decode_step(plan: DecodePlan, prev: torch.Tensor, pos: torch.Tensor) -> torc
     x = plan.code_table.index_select(0, prev)
     x = torch.where(pos1 == 0, plan.sos.unsqueeze(0), x)
     x = x + plan.pos_table.index_select(0, pos1)
-    layout_row = None
-    if plan.layout is not None:
-        layout_row = plan.layout.index_select(1, torch.div(pos1, plan.block, rounding_mode="floor")).squeeze(1)
     for i, lay in enumerate(plan.layers):
         h = _layer_norm(x, lay.norm_attn)
         q, k, v = _linear(h, lay.w_qkv).view(n, 3, H, d).unbind(1)
         cache.update(i, pos, k, v)
-        a = decode_attention(q, cache.k[i], cache.v[i], pos, layout_row, plan.block)
+        a = decode_attention(q, cache.k[i], cache.v[i], pos, block=plan.block, layout=plan.layout)
         x = x + _linear(a.reshape(n, H * d), lay.fc_w, lay.fc_b)
         if lay.enc_wq is not None:
             h = _layer_norm(x, lay.norm_enc)
