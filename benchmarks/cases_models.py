@@ -48,6 +48,17 @@ def _loss_check(ref, out):
         raise AssertionError(f"loss {float(out):.4f} differs from the reference's {float(ref):.4f}")
 
 
+def _train_case(name, params, model, loss_fn, opt, dev, batch) -> Case:
+    """reference = backend torch in fp32; auto = fastest backend (fp32, and bf16 autocast on GPU)."""
+    case = Case(name, "models", params, "float32",
+                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
+                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
+                items=float(batch), item_unit="clips", check=_loss_check)
+    if dev.type == "cuda":
+        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
+    return case
+
+
 def vqvae_train_case(s: Settings) -> Case:
     dev, gpu = s.device, s.device.type == "cuda" and not s.quick
     args = _vq_args(gpu)
@@ -63,14 +74,8 @@ def vqvae_train_case(s: Settings) -> Case:
         recon, _, vq = model(x)
         return recon + vq["commitment_loss"]
 
-    case = Case("vqvae_train_step", "models", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
-                                                   n_hiddens=args.n_hiddens), "float32",
-                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
-                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
-                items=float(b), item_unit="clips", check=_loss_check)
-    if dev.type == "cuda":
-        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
-    return case
+    return _train_case("vqvae_train_step", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
+                                                 n_hiddens=args.n_hiddens), model, loss_fn, opt, dev, b)
 
 
 def gpt_train_case(s: Settings) -> Case:
@@ -90,13 +95,7 @@ def gpt_train_case(s: Settings) -> Case:
         torch.manual_seed(1)  # same dropout masks for every implementation
         return model(emb, codes, {})[0]
 
-    case = Case("gpt_train_step", "models", dict(B=b, latent=tuple(vq.latent_shape), **prior), "float32",
-                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
-                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
-                items=float(b), item_unit="clips", check=_loss_check)
-    if dev.type == "cuda":
-        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
-    return case
+    return _train_case("gpt_train_step", dict(B=b, latent=tuple(vq.latent_shape), **prior), model, loss_fn, opt, dev, b)
 
 
 def sampling_case(s: Settings) -> Case:
