@@ -52,7 +52,7 @@ def register(factory: Callable[[Settings], Iterator[Case]]) -> Callable[[Setting
 
 
 def all_cases(settings: Settings) -> Iterator[Case]:
-    from . import cases_kernels, cases_models  # noqa: F401 (registration side effect)
+    from . import cases_data, cases_kernels, cases_models  # noqa: F401 (registration side effect)
     for factory in _FACTORIES:
         yield from factory(settings)
 
