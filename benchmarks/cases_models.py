@@ -78,6 +78,39 @@ def vqvae_train_case(s: Settings) -> Case:
                                                  n_hiddens=args.n_hiddens), model, loss_fn, opt, dev, b)
 
 
+def vqvae_codec_case(s: Settings) -> Case:
+    """VQ-VAE encode + decode (inference) of a batch of clips."""
+    dev, gpu = s.device, s.device.type == "cuda" and not s.quick
+    args = _vq_args(gpu)
+    b = 16 if gpu else 2
+    torch.manual_seed(0)
+    model = VQVAE(args).to(dev).eval()
+    x = torch.rand(b, 3, args.sequence_length, args.resolution, args.resolution, device=dev) - 0.5
+
+    @torch.no_grad()
+    def run(backend: str, amp: bool):
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with use_backend(backend), ctx:
+            codes = model.encode(x)
+            out = model.decode(codes)
+        synchronize(dev)
+        return codes, out.float()
+
+    def check(ref, out):
+        agree = float((ref[0] == out[0]).float().mean())
+        if agree < 0.99:
+            raise AssertionError(f"only {agree:.2%} of the codes agree with the reference")
+
+    case = Case("vqvae_encode_decode", "models", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
+                                                      n_hiddens=args.n_hiddens), "float32",
+                impls={"reference": lambda: run("torch", False), "auto": lambda: run("auto", False)},
+                items=float(b), item_unit="clips", check=check)
+    if dev.type == "cuda":
+        case.impls["auto_bf16"] = lambda: run("auto", True)
+        case.skipped["auto_bf16:check"] = "bf16 changes near-tie codes: timed only"
+    return case
+
+
 def gpt_train_case(s: Settings) -> Case:
     dev, gpu = s.device, s.device.type == "cuda" and not s.quick
     vq = VQVAE(_vq_args(gpu))
@@ -131,6 +164,7 @@ def sampling_case(s: Settings) -> Case:
 
 @register
 def model_cases(s: Settings) -> Iterator[Case]:
+    yield vqvae_codec_case(s)
     yield vqvae_train_case(s)
     yield gpt_train_case(s)
     yield sampling_case(s)
