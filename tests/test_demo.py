@@ -1,9 +1,10 @@
 """The demo, drastically shortened: it writes valid reconstruction and sample videos and a loss plot."""
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
+
+from conftest import decode_video
 from PIL import Image
 
 from videogpt_fast import demo
@@ -11,9 +12,6 @@ from videogpt_fast.checkpoint import load_videogpt, load_vqvae
 from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
 
 
-def _decode(path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
@@ -25,12 +23,12 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
         assert (out / name).is_file(), name
         assert name in printed  # the demo says where it wrote
     for name in ("reconstructions", "samples"):
-        mp4, gif = _decode(out / f"{name}.mp4"), _decode(out / f"{name}.gif")
+        mp4, gif = decode_video(out / f"{name}.mp4"), decode_video(out / f"{name}.gif")
         assert mp4.shape[0] == gif.shape[0] == demo.SEQUENCE_LENGTH
         h, w = gif.shape[1:3]
         assert mp4.shape[1:] == (h + h % 2, w + w % 2, 3)  # H.264 pads odd sizes by one row/column
     # reconstructions: 8 held-out videos (input | reconstruction) in a 4x2 grid, each 32 x 64
-    assert _decode(out / "reconstructions.gif").shape[1:3] == (2 * 33 + 1, 4 * 65 + 1)
+    assert decode_video(out / "reconstructions.gif").shape[1:3] == (2 * 33 + 1, 4 * 65 + 1)
     assert Image.open(out / "losses.png").size[0] > 100
     assert load_vqvae(out / "vqvae" / "last.ckpt").latent_shape == (4, 8, 8)
     assert load_videogpt(out / "gpt" / "last.ckpt").shape == (4, 8, 8)
