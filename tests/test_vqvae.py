@@ -70,16 +70,39 @@ def test_axial_block_equals_unfused_attention_modules(fixture_model):
 
 @pytest.mark.parametrize("k,s", [(4, (2, 2, 2)), (4, (1, 2, 2)), (3, 1), (1, 1), (4, 1), (2, 2), (4, (4, 2, 1))])
 def test_same_pad_convs_equal_explicit_padding(k, s):
+    """The GPU path (padding inside the convolution) equals the original's explicit padding."""
     conv = SamePadConv3d(5, 6, k, stride=s)
+    convt = SamePadConvTranspose3d(5, 6, k, stride=s)
     x = torch.randn(2, 5, 4, 8, 8)
     with torch.no_grad():
-        assert_close(conv(x), conv.conv(F.pad(x, conv.pad_input)))
-        convt = SamePadConvTranspose3d(5, 6, k, stride=s)
-        y = convt(x)
-        assert_close(y, convt.convt(F.pad(x, convt.pad_input)))
+        ref, y = conv.conv(F.pad(x, conv.pad_input)), convt.convt(F.pad(x, convt.pad_input))
+        assert_close(conv(x), ref)
+        assert_close(convt(x), y)
+        for m, r in ((conv, ref), (convt, y)):
+            if m.pad_input[::2] == m.pad_input[1::2] and min(m.pad_input) >= 0 and (
+                    m is conv or m._convt_padding is not None):
+                assert_close(m.forward_builtin_padding(x), r)
+            else:
+                with pytest.raises(ValueError):
+                    m.forward_builtin_padding(x)
     stride = (s,) * 3 if isinstance(s, int) else s
     if all(st == 1 or (st == 2 and k == 4) for st in stride):  # where the original's sizes are "same"
         assert y.shape[2:] == tuple(n * st for n, st in zip(x.shape[2:], stride))
+
+
+def test_cpu_bf16_training_gradients_finite():
+    """Regression: torch's CPU bf16 convolution backward with built-in padding returned NaN/1e36
+    weight gradients at random (torch 2.13); on CPU the layers pad explicitly, as the original."""
+    torch.manual_seed(0)
+    model = VQVAE(_args(n_hiddens=16, downsample=(2, 2, 2))).train()
+    x = torch.rand(2, 3, 4, 16, 16) - 0.5
+    for _ in range(40):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            recon_loss, _, vq = model(x)
+        (recon_loss + 0.25 * vq["commitment_loss"]).backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, bad
 
 
 @pytest.mark.parametrize("cfg,x_shape,latent", [

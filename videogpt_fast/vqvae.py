@@ -437,7 +437,10 @@ class Decoder(nn.Module):
 
 class SamePadConv3d(nn.Module):
     """Conv3d with the original's "same" padding (total k - s per axis, extra on the left; input
-    sizes divisible by the stride). Symmetric padding is done by the convolution itself."""
+    sizes divisible by the stride). On GPU, symmetric padding is done by the convolution itself (no
+    padded copy). On CPU the input is padded explicitly as in the original: torch's CPU bf16
+    convolution backward with built-in padding can return non-finite gradients at random (seen with
+    torch 2.13; ``tests/test_vqvae.py::test_cpu_bf16_training_gradients_finite``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
         super().__init__()
@@ -450,16 +453,23 @@ class SamePadConv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._conv_padding is not None:
-            return F.conv3d(x, self.conv.weight, self.conv.bias, self.conv.stride, self._conv_padding)
+        if self._conv_padding is not None and x.is_cuda:
+            return self.forward_builtin_padding(x)
         return self.conv(F.pad(x, self.pad_input))
+
+    def forward_builtin_padding(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution pads (symmetric padding only); what :meth:`forward` runs on GPU."""
+        if self._conv_padding is None:
+            raise ValueError(f"asymmetric padding {self.pad_input} cannot be done by the convolution")
+        return F.conv3d(x, self.conv.weight, self.conv.bias, self.conv.stride, self._conv_padding)
 
 
 class SamePadConvTranspose3d(nn.Module):
     """ConvTranspose3d mirroring :class:`SamePadConv3d` as the original: pad the input like the
     conv, transposed conv with padding k - 1 (output = input x stride for stride 1, and for stride 2
     with kernel 4 as the models use it). With symmetric padding p per
-    axis this equals a transposed conv with padding k - 1 - p * s and no input padding."""
+    axis this equals a transposed conv with padding k - 1 - p * s and no input padding (used on GPU
+    only, see :class:`SamePadConv3d`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
         super().__init__()
@@ -478,7 +488,12 @@ class SamePadConvTranspose3d(nn.Module):
                                         padding=tuple(k - 1 for k in kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._convt_padding is not None:
-            return F.conv_transpose3d(x, self.convt.weight, self.convt.bias, self.convt.stride,
-                                      self._convt_padding)
+        if self._convt_padding is not None and x.is_cuda:
+            return self.forward_builtin_padding(x)
         return self.convt(F.pad(x, self.pad_input))
+
+    def forward_builtin_padding(self, x: torch.Tensor) -> torch.Tensor:
+        """No padded input copy (symmetric padding only); what :meth:`forward` runs on GPU."""
+        if self._convt_padding is None:
+            raise ValueError(f"padding {self.pad_input} cannot be folded into the transposed convolution")
+        return F.conv_transpose3d(x, self.convt.weight, self.convt.bias, self.convt.stride, self._convt_padding)
