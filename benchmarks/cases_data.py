@@ -99,4 +99,6 @@ def data_cases(s: Settings) -> Iterator[Case]:
         case.impls["torchvision"] = lambda: _drain(lambda: iter(tv), n_batches, dev, dev.type == "cuda")
     except ImportError:
         case.skipped["torchvision"] = "torchvision (the original's VideoClips path) is not installed"
+    except Exception as e:  # an incompatible torchvision: say so in the results rather than abort the run
+        case.skipped["torchvision"] = f"torchvision's VideoClips failed: {type(e).__name__}: {e}"
     yield case

@@ -2,7 +2,8 @@
 
 ``reference`` is computed the way the original computes it (dense N x K distances; permute +
 matmul/softmax per axis; dense masked attention); ``torch`` is this package's plain-PyTorch path;
-``triton``/``cuda`` the kernels; ``sdpa_*`` PyTorch's fused dense attention for scale.
+``triton``/``cuda`` the kernels; ``sdpa_*`` PyTorch's fused dense attention for scale;
+``original`` the original ``videogpt`` package's modules when it is installed (see ``original.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from videogpt_fast import ops
 from videogpt_fast.attention import StridedSparsityConfig
 from videogpt_fast.backends import cuda_usable, triton_usable, use_backend
 
+from . import original as O
 from .harness import Case, Settings, assert_allclose, register, tolerance
 
 
@@ -73,6 +75,7 @@ def codebook_cases(s: Settings) -> Iterator[Case]:
                         flops=2.0 * n * k * d, bytes=float((n * d + k * d) * x.element_size() + n * 8),
                         check=_codes_check)
             _fast_impls(case, dev, "codebook_nearest", lambda x=x, e=e: ops.codebook_nearest(x, e), has_cuda=True)
+            O.add_original(case, lambda pkg, x=x, e=e: O.bind(O.codebook_search(pkg, e), x))
             yield case
 
 
@@ -130,6 +133,11 @@ def _axial_case(dev, dt, b, h, sp, d) -> Case:
                 flops=3.5 * fwd, bytes=float(3 * 4 * positions * d * q.element_size()),
                 check=assert_allclose(**tolerance(dt)))
     _fast_impls(case, dev, "axial_attention", lambda: _fwd_bwd(ops.axial_attention, q, k, v, grad))
+
+    def original(pkg):
+        fns = {d: O.axial_attention(pkg, len(sp), d) for d in (2, 3, 4)}
+        return lambda: _fwd_bwd(lambda q, k, v, d: fns[d](q, k, v), q, k, v, grad)
+    O.add_original(case, original)
     return case
 
 
@@ -183,6 +191,7 @@ def _blocksparse_case(dev, dt, latent, h, d, b, block, mode, run) -> Case:
     case.skipped["sdpa_dense_causal:check"] = "dense causal attention computes a different (denser) function: timed only"
     _fast_impls(case, dev, "blocksparse_attention", lambda: run(
         lambda q, k, v: ops.blocksparse_attention(q, k, v, layout, block, True), q, k, v, grad))
+    O.add_original(case, lambda pkg: O.bind(run, O.sparse_attention(pkg, latent, h, block), q, k, v, grad))
     return case
 
 

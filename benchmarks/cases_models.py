@@ -3,8 +3,8 @@
 Training steps compare the plain-PyTorch configuration (``torch`` backend, fp32: the reference)
 against ``auto`` (the fastest backend, bf16 autocast on GPU) at the repo's default sizes on GPU and
 tiny sizes on CPU. Sampling compares the original per-position algorithm (``sample_codes_reference``)
-with the static-KV-cache sampler. The original ``videogpt`` package is not imported here; install it
-and compare by hand if you have it (its Lightning 1.3 pin does not install on current stacks).
+with the static-KV-cache sampler. When the original ``videogpt`` package is installed, its modules
+run too (impl ``original``, same weights and inputs; see ``original.py``).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from videogpt_fast.backends import use_backend
 from videogpt_fast.gpt import VideoGPT
 from videogpt_fast.vqvae import VQVAE
 
+from . import original as O
 from .harness import Case, Settings, register, synchronize
 
 
@@ -74,8 +75,19 @@ def vqvae_train_case(s: Settings) -> Case:
         recon, _, vq = model(x)
         return recon + vq["commitment_loss"]
 
-    return _train_case("vqvae_train_step", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
+    case = _train_case("vqvae_train_step", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
                                                  n_hiddens=args.n_hiddens), model, loss_fn, opt, dev, b)
+
+    def original(pkg):
+        orig = O.vqvae(pkg, model)
+        opt_o = torch.optim.Adam(orig.parameters(), lr=1e-9)
+
+        def loss_o():
+            recon, _, vq = orig(x)
+            return recon + vq["commitment_loss"]
+        return lambda: _step(orig, loss_o, opt_o, "torch", False, dev)
+    O.add_original(case, original)
+    return case
 
 
 def vqvae_codec_case(s: Settings) -> Case:
@@ -108,6 +120,18 @@ def vqvae_codec_case(s: Settings) -> Case:
     if dev.type == "cuda":
         case.impls["auto_bf16"] = lambda: run("auto", True)
         case.skipped["auto_bf16:check"] = "bf16 changes near-tie codes: timed only"
+
+    def original(pkg):
+        orig = O.vqvae(pkg, model)
+
+        @torch.no_grad()
+        def run_original():
+            codes = orig.encode(x)
+            out = orig.decode(codes)
+            synchronize(dev)
+            return codes, out.float()
+        return run_original
+    O.add_original(case, original)
     return case
 
 
@@ -128,7 +152,18 @@ def gpt_train_case(s: Settings) -> Case:
         torch.manual_seed(1)  # same dropout masks for every implementation
         return model(emb, codes, {})[0]
 
-    return _train_case("gpt_train_step", dict(B=b, latent=tuple(vq.latent_shape), **prior), model, loss_fn, opt, dev, b)
+    case = _train_case("gpt_train_step", dict(B=b, latent=tuple(vq.latent_shape), **prior), model, loss_fn, opt, dev, b)
+
+    def original(pkg):
+        orig = O.videogpt(pkg, model)
+        opt_o = torch.optim.Adam([p for p in orig.parameters() if p.requires_grad], lr=1e-9)
+
+        def loss_o():
+            torch.manual_seed(1)
+            return orig(emb, codes, {})[0]
+        return lambda: _step(orig, loss_o, opt_o, "torch", False, dev)
+    O.add_original(case, original)
+    return case
 
 
 def sampling_case(s: Settings) -> Case:
@@ -147,7 +182,7 @@ def sampling_case(s: Settings) -> Case:
         synchronize(dev)
         return out
 
-    def original():
+    def reference():  # the original's per-position algorithm, in this package
         gen.manual_seed(0)
         out = S.sample_codes_reference(model, n, generator=gen)
         synchronize(dev)
@@ -157,9 +192,22 @@ def sampling_case(s: Settings) -> Case:
         if dtype == torch.float32 and not torch.equal(ref, out):
             raise AssertionError(f"{int((ref != out).sum())} of {ref.numel()} sampled codes differ")
 
-    return Case("sample_codes", "sampling", dict(B=n, latent=tuple(model.shape), hidden=model.args.hidden_dim,
+    case = Case("sample_codes", "sampling", dict(B=n, latent=tuple(model.shape), hidden=model.args.hidden_dim,
                                                  layers=model.args.layers, positions=L), str(dtype).split(".")[-1],
-                impls={"reference": original, "ours": ours}, items=float(n), item_unit="samples", check=same_codes)
+                impls={"reference": reference, "ours": ours}, items=float(n), item_unit="samples", check=same_codes)
+
+    def original_package(pkg):
+        orig = O.videogpt(pkg, model).eval()
+
+        def run_original():  # its sample() draws from the global RNG and decodes to pixels too
+            torch.manual_seed(0)
+            out = orig.sample(n)
+            synchronize(dev)
+            return out
+        return run_original
+    O.add_original(case, original_package)
+    case.skipped["original:check"] = "the original samples from the global RNG and returns decoded videos: timed only"
+    return case
 
 
 @register

@@ -1,0 +1,144 @@
+"""The benchmark suite's machinery (not its timings): checking implementations against the
+reference, recording errors and skips, the report and README table, and the adapter that runs the
+original ``videogpt`` package beside ours when it is installed."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from benchmarks import original as O
+from benchmarks import report, run
+from benchmarks.harness import Case, assert_allclose
+
+CPU = torch.device("cpu")
+
+
+def _case(**impls) -> Case:
+    x = torch.arange(6.0)
+    return Case("toy", "kernels", dict(N=6, shape=(2, 3)), "float32",
+                impls={"reference": lambda: x * 2, **impls}, flops=12.0, bytes=48.0, items=6.0,
+                check=assert_allclose(atol=0, rtol=0), skipped={"triton": "no GPU here"})
+
+
+def test_run_case_checks_times_and_records_errors_and_skips():
+    x = torch.arange(6.0)
+    rows = {r["impl"]: r for r in run.run_case(
+        _case(good=lambda: x + x, wrong=lambda: x * 3, broken=lambda: 1 / 0), CPU, quick=True)}
+    assert set(rows) == {"reference", "good", "wrong", "broken", "triton"}
+    assert rows["good"]["status"] == "ok" and rows["good"]["check"] == "agrees with reference"
+    assert rows["good"]["median_ms"] > 0 and rows["good"]["speedup_vs_reference"] > 0
+    assert rows["good"]["tflops"] > 0 and rows["good"]["gbps"] > 0 and rows["good"]["throughput_unit"] == "items/s"
+    assert rows["wrong"]["status"] == "error" and "AssertionError" in rows["wrong"]["error"]
+    assert "median_ms" not in rows["wrong"]  # a wrong implementation is never timed
+    assert rows["broken"]["status"] == "error" and "ZeroDivisionError" in rows["broken"]["error"]
+    assert rows["triton"] == dict(name="toy", group="kernels", params=dict(N=6, shape=(2, 3)), dtype="float32",
+                                  impl="triton", status="skipped", reason="no GPU here")
+
+
+def _result(device="cuda"):
+    x = torch.arange(6.0)
+    case = _case(fast=lambda: x * 2, original=lambda: x * 2)
+    rows = run.run_case(case, CPU, quick=True)
+    for r in rows:  # make the ranking deterministic
+        r["median_ms"] = dict(reference=4.0, fast=1.0, original=8.0).get(r["impl"], r.get("median_ms"))
+        if r.get("median_ms"):
+            r["speedup_vs_reference"] = 4.0 / r["median_ms"]
+    env = dict(date="2026-11-23", torch=torch.__version__, triton="3.6.0", cuda="13.0", cuda_extension=False,
+               cpu_count=16, platform="linux", device=device, device_name="NVIDIA H100 80GB HBM3",
+               command="python -m benchmarks.run")
+    return dict(env=env, ceilings=dict(matmul_tflops_float32=50.0, copy_gbps=2000.0), quick=False, rows=rows)
+
+
+def test_readme_table_ranks_checked_fast_paths_and_compares_with_the_original():
+    table = report.readme_table(_result(), "benchmarks/results/x/results.json")
+    lines = [ln for ln in table.splitlines() if ln.startswith("| toy")]
+    assert len(lines) == 1
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert cells[3] == "fast" and cells[5] == "4.00x" and cells[6] == "8.00x"  # never "original" or "reference"
+    assert table.startswith(report.README_BEGIN) and table.endswith(report.README_END)
+
+
+def test_report_files_and_readme_refuses_cpu_figures(tmp_path):
+    res = _result("cpu")
+    (tmp_path / "results.json").write_text(json.dumps(res, default=str))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold\n{report.README_END}\nrest\n")
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "results.json"), "--readme", str(readme)])
+    assert "old" in readme.read_text()
+    assert "not measured" in (tmp_path / "report.md").read_text()
+    res = _result("cuda")
+    (tmp_path / "results.json").write_text(json.dumps(res, default=str))
+    assert report.main([str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "NVIDIA H100" in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_original(monkeypatch):
+    """A stand-in ``videogpt`` package with the original's module layout, built from ours (the
+    real one cannot be installed here); it exercises the adapter's plumbing, not the original's
+    numbers (those are pinned by the reference fixtures)."""
+    import videogpt_fast
+    from videogpt_fast import attention, gpt, vqvae
+    pkg = types.ModuleType("videogpt")
+    pkg.attention, pkg.vqvae, pkg.gpt = attention, vqvae, gpt
+    pkg.VQVAE, pkg.VideoGPT = videogpt_fast.VQVAE, videogpt_fast.VideoGPT
+    for name, mod in (("videogpt", pkg), ("videogpt.attention", attention), ("videogpt.vqvae", vqvae),
+                      ("videogpt.gpt", gpt)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(O, "_CACHE", {})
+    yield pkg
+    O._CACHE.clear()
+
+
+def test_original_missing_is_recorded_with_the_reason(monkeypatch):
+    monkeypatch.setattr(O, "_CACHE", {})
+    monkeypatch.setitem(sys.modules, "videogpt", None)  # import fails as when not installed
+    case = _case()
+    O.add_original(case, lambda pkg: (lambda: None))
+    assert "original" not in case.impls and "not importable" in case.skipped["original"]
+
+
+def test_original_adapter_builds_equivalent_modules(fake_original, tmp_path):
+    from videogpt_fast import VQVAE, VideoGPT, ops
+    torch.manual_seed(0)
+    vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=16, n_res_layers=1,
+                                  downsample=[2, 2, 2], sequence_length=4, resolution=8)).eval()
+    vq.codebook._need_init = False
+    x = torch.rand(2, 3, 4, 8, 8) - 0.5
+    orig = O.vqvae(fake_original, vq)
+    assert orig is not vq and not orig.training
+    with torch.no_grad():
+        assert torch.equal(orig.encode(x), vq.encode(x))
+
+    prior = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
+                          dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq).eval()
+    orig_prior = O.videogpt(fake_original, prior)  # goes through a Lightning checkpoint of the VQ-VAE
+    codes = torch.randint(0, 16, (2, *vq.latent_shape))
+    emb = vq.codebook.dictionary_lookup(codes)
+    with torch.no_grad():
+        torch.testing.assert_close(orig_prior(emb, codes, {})[0], prior(emb, codes, {})[0])
+
+    e, xs = torch.randn(16, 8), torch.randn(37, 8)
+    assert torch.equal(O.codebook_search(fake_original, e)(xs), ops.codebook_nearest_torch(xs, e))
+    q, k, v = (torch.randn(2, 2, 3, 4, 5, 6) for _ in range(3))
+    for d in (2, 3, 4):
+        torch.testing.assert_close(O.axial_attention(fake_original, 3, d)(q, k, v),
+                                   ops.axial_attention_torch(q, k, v, d))
+
+
+def test_cases_get_an_original_implementation_when_the_package_imports(fake_original):
+    from benchmarks.cases_kernels import axial_cases
+    from benchmarks.harness import Settings
+    case = next(axial_cases(Settings(CPU, quick=True)))
+    assert "original" in case.impls, case.skipped
+    rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True)}
+    assert rows["original"]["status"] == "ok" and rows["original"]["check"] == "agrees with reference"
