@@ -49,62 +49,67 @@ def _loss_check(ref, out):
         raise AssertionError(f"loss {float(out):.4f} differs from the reference's {float(ref):.4f}")
 
 
-def _train_case(name, params, model, loss_fn, opt, dev, batch) -> Case:
-    """reference = backend torch in fp32; auto = fastest backend (fp32, and bf16 autocast on GPU)."""
+def _train_case(name, params, model, loss_fn, dev, batch) -> Case:
+    """reference = backend torch in fp32; auto = fastest backend (fp32, and bf16 autocast on GPU);
+    original = the original package's module with the same weights, when installed.
+    ``loss_fn(module)`` computes the loss of ``model`` or of its original twin."""
+    opt = _optimizer(model)
+    step = lambda backend, amp: _step(model, lambda: loss_fn(model), opt, backend, amp, dev)  # noqa: E731
     case = Case(name, "models", params, "float32",
-                impls={"reference": lambda: _step(model, loss_fn, opt, "torch", False, dev),
-                       "auto": lambda: _step(model, loss_fn, opt, "auto", False, dev)},
+                impls={"reference": lambda: step("torch", False), "auto": lambda: step("auto", False)},
                 items=float(batch), item_unit="clips", check=_loss_check)
     if dev.type == "cuda":
-        case.impls["auto_bf16"] = lambda: _step(model, loss_fn, opt, "auto", True, dev)
-    return case
-
-
-def vqvae_train_case(s: Settings) -> Case:
-    dev, gpu = s.device, s.device.type == "cuda" and not s.quick
-    args = _vq_args(gpu)
-    b = 4 if gpu else 2
-    torch.manual_seed(0)
-    model = VQVAE(args).to(dev).train()
-    x = torch.rand(b, 3, args.sequence_length, args.resolution, args.resolution, device=dev) - 0.5
-    with torch.no_grad():
-        model.codebook(model.pre_vq_conv(model.encoder(x)))  # data-dependent init outside the timing
-    opt = torch.optim.Adam(model.parameters(), lr=1e-9)  # tiny lr: the model stays comparable
-
-    def loss_fn():
-        recon, _, vq = model(x)
-        return recon + vq["commitment_loss"]
-
-    case = _train_case("vqvae_train_step", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
-                                                 n_hiddens=args.n_hiddens), model, loss_fn, opt, dev, b)
+        case.impls["auto_bf16"] = lambda: step("auto", True)
 
     def original(pkg):
-        orig = O.vqvae(pkg, model)
-        opt_o = torch.optim.Adam(orig.parameters(), lr=1e-9)
-
-        def loss_o():
-            recon, _, vq = orig(x)
-            return recon + vq["commitment_loss"]
-        return lambda: _step(orig, loss_o, opt_o, "torch", False, dev)
+        twin = (O.vqvae if isinstance(model, VQVAE) else O.videogpt)(pkg, model)
+        opt_twin = _optimizer(twin)
+        return lambda: _step(twin, lambda: loss_fn(twin), opt_twin, "torch", False, dev)
     O.add_original(case, original)
     return case
 
 
-def vqvae_codec_case(s: Settings) -> Case:
-    """VQ-VAE encode + decode (inference) of a batch of clips."""
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam at a tiny lr: the models stay comparable across implementations and steps."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+
+
+def _vqvae_and_clips(s: Settings, gpu_batch: int, train: bool):
+    """A seeded VQ-VAE (default sizes on GPU, tiny on CPU) and a batch of random clips; also the
+    case params."""
     dev, gpu = s.device, s.device.type == "cuda" and not s.quick
     args = _vq_args(gpu)
-    b = 16 if gpu else 2
+    b = gpu_batch if gpu else 2
     torch.manual_seed(0)
-    model = VQVAE(args).to(dev).eval()
+    model = VQVAE(args).to(dev).train(train)
     x = torch.rand(b, 3, args.sequence_length, args.resolution, args.resolution, device=dev) - 0.5
+    params = dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution), n_hiddens=args.n_hiddens)
+    return model, x, params
+
+
+def vqvae_train_case(s: Settings) -> Case:
+    model, x, params = _vqvae_and_clips(s, 4, train=True)
+    with torch.no_grad():
+        model.codebook(model.pre_vq_conv(model.encoder(x)))  # data-dependent init outside the timing
+
+    def loss_fn(m):
+        recon, _, vq = m(x)
+        return recon + vq["commitment_loss"]
+
+    return _train_case("vqvae_train_step", params, model, loss_fn, s.device, params["B"])
+
+
+def vqvae_codec_case(s: Settings) -> Case:
+    """VQ-VAE encode + decode (inference) of a batch of clips."""
+    model, x, params = _vqvae_and_clips(s, 16, train=False)
+    dev, b = s.device, params["B"]
 
     @torch.no_grad()
-    def run(backend: str, amp: bool):
+    def run(backend: str, amp: bool, m: torch.nn.Module = model):
         ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with use_backend(backend), ctx:
-            codes = model.encode(x)
-            out = model.decode(codes)
+            codes = m.encode(x)
+            out = m.decode(codes)
         synchronize(dev)
         return codes, out.float()
 
@@ -113,25 +118,14 @@ def vqvae_codec_case(s: Settings) -> Case:
         if agree < 0.99:
             raise AssertionError(f"only {agree:.2%} of the codes agree with the reference")
 
-    case = Case("vqvae_encode_decode", "models", dict(B=b, clip=(args.sequence_length, args.resolution, args.resolution),
-                                                      n_hiddens=args.n_hiddens), "float32",
+    case = Case("vqvae_encode_decode", "models", params, "float32",
                 impls={"reference": lambda: run("torch", False), "auto": lambda: run("auto", False)},
                 items=float(b), item_unit="clips", check=check)
     if dev.type == "cuda":
         case.impls["auto_bf16"] = lambda: run("auto", True)
         case.skipped["auto_bf16:check"] = "bf16 changes near-tie codes: timed only"
 
-    def original(pkg):
-        orig = O.vqvae(pkg, model)
-
-        @torch.no_grad()
-        def run_original():
-            codes = orig.encode(x)
-            out = orig.decode(codes)
-            synchronize(dev)
-            return codes, out.float()
-        return run_original
-    O.add_original(case, original)
+    O.add_original(case, lambda pkg: O.bind(run, "torch", False, O.vqvae(pkg, model)))
     return case
 
 
@@ -146,24 +140,12 @@ def gpt_train_case(s: Settings) -> Case:
     b = 8 if gpu else 2
     codes = torch.randint(0, vq.n_codes, (b, *vq.latent_shape), device=dev)
     emb = model.vqvae.codebook.dictionary_lookup(codes)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
 
-    def loss_fn():
+    def loss_fn(m):
         torch.manual_seed(1)  # same dropout masks for every implementation
-        return model(emb, codes, {})[0]
+        return m(emb, codes, {})[0]
 
-    case = _train_case("gpt_train_step", dict(B=b, latent=tuple(vq.latent_shape), **prior), model, loss_fn, opt, dev, b)
-
-    def original(pkg):
-        orig = O.videogpt(pkg, model)
-        opt_o = torch.optim.Adam([p for p in orig.parameters() if p.requires_grad], lr=1e-9)
-
-        def loss_o():
-            torch.manual_seed(1)
-            return orig(emb, codes, {})[0]
-        return lambda: _step(orig, loss_o, opt_o, "torch", False, dev)
-    O.add_original(case, original)
-    return case
+    return _train_case("gpt_train_step", dict(B=b, latent=tuple(vq.latent_shape), **prior), model, loss_fn, dev, b)
 
 
 def sampling_case(s: Settings) -> Case:
