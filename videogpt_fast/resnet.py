@@ -15,7 +15,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ChannelLayerNorm", "NormReLU", "ResidualBlock", "BlockGroup", "ResNet", "resnet34"]
+__all__ = ["Conv3d", "ChannelLayerNorm", "NormReLU", "ResidualBlock", "BlockGroup", "ResNet", "resnet34"]
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and numbers) that zero-pads its input explicitly on CPU:
+    torch's CPU bf16 convolution backward with built-in padding returns non-finite gradients at
+    random (seen with torch 2.13; ``tests/test_gpt.py::test_frame_encoder_cpu_bf16_gradients_finite``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or not any(self.padding) or self.padding_mode != "zeros":
+            return super().forward(x)
+        pt, ph, pw = self.padding
+        return F.conv3d(F.pad(x, (pw, pw, ph, ph, pt, pt)), self.weight, self.bias, self.stride, 0,
+                        self.dilation, self.groups)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -55,11 +68,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, filters: int, stride, use_projection: bool = False):
         super().__init__()
         if use_projection:
-            self.proj_conv = nn.Conv3d(in_channels, filters, kernel_size=1, stride=stride, bias=False)
+            self.proj_conv = Conv3d(in_channels, filters, kernel_size=1, stride=stride, bias=False)
             self.proj_bnr = NormReLU(filters, relu=False)
-        self.conv1 = nn.Conv3d(in_channels, filters, kernel_size=3, stride=stride, bias=False, padding=1)
+        self.conv1 = Conv3d(in_channels, filters, kernel_size=3, stride=stride, bias=False, padding=1)
         self.bnr1 = NormReLU(filters)
-        self.conv2 = nn.Conv3d(filters, filters, kernel_size=3, stride=1, bias=False, padding=1)
+        self.conv2 = Conv3d(filters, filters, kernel_size=3, stride=1, bias=False, padding=1)
         self.bnr2 = NormReLU(filters)
         self.use_projection = use_projection
 
@@ -114,7 +127,7 @@ class ResNet(nn.Module):
 
         if cifar_stem:
             self.stem = nn.Sequential(
-                nn.Conv3d(in_channels, 64 * w, kernel_size=3, padding=1, bias=False),
+                Conv3d(in_channels, 64 * w, kernel_size=3, padding=1, bias=False),
                 NormReLU(64 * w),
             )
         else:
@@ -122,7 +135,7 @@ class ResNet(nn.Module):
             n_down -= 1  # the strided conv
             n_down[-2:] = n_down[-2:] - 1  # the spatial max pooling
             self.stem = nn.Sequential(
-                nn.Conv3d(in_channels, 64 * w, kernel_size=7, stride=stem_stride, bias=False, padding=3),
+                Conv3d(in_channels, 64 * w, kernel_size=7, stride=stem_stride, bias=False, padding=3),
                 NormReLU(64 * w),
                 nn.MaxPool3d(kernel_size=3, stride=(1, 2, 2), padding=1),
             )
