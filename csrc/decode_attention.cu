@@ -1,7 +1,8 @@
 // Split-K single-query attention over a KV cache ("flash-decoding") for VideoGPT sampling.
 //
 // q (B, H, D), k/v (B, H, L, D) contiguous, pos: one-element int64 device tensor. Key j is visible
-// iff j <= pos and (no layout_row, or layout_row[h, j / block] != 0). Output (B, H, D) in q's dtype.
+// iff j <= pos and (no layout_row, or layout_row[h, j / block] != 0). Output (B, H, D) in q's dtype;
+// NaN when pos is outside [0, L).
 //
 // Pass 1, grid (B*H, S): split s handles keys [s*chunk, min((s+1)*chunk, pos+1)). Each of its warps
 // takes groups of kKeysPerIter keys (loads them all before the shuffle reductions, for memory-level
@@ -153,8 +154,14 @@ decode_attention_split_kernel(const scalar_t* __restrict__ q, const scalar_t* __
 template <typename scalar_t>
 __global__ void decode_attention_reduce_kernel(const float* __restrict__ part_out,
                                                const float* __restrict__ part_ml, int S, int D,
+                                               const int64_t* __restrict__ pos_ptr, int L,
                                                scalar_t* __restrict__ out) {
   const int bh = blockIdx.x;
+  const int64_t pos = *pos_ptr;
+  if (pos < 0 || pos >= L) {  // out of range (not checkable on the host without a sync): NaN
+    for (int d = threadIdx.x; d < D; d += blockDim.x) out[(int64_t)bh * D + d] = static_cast<scalar_t>(NAN);
+    return;
+  }
   const float* ml = part_ml + (int64_t)bh * S * 2;
   float M = kEmpty;
   for (int s = 0; s < S; ++s) M = fmaxf(M, ml[2 * s]);
@@ -266,7 +273,8 @@ at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
                                         (int)nb, (int)chunk, scale, part_out, part_ml);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     decode_attention_reduce_kernel<scalar_t><<<static_cast<unsigned>(BH), 128, 0, stream>>>(
-        part_out.data_ptr<float>(), part_ml.data_ptr<float>(), (int)splits, (int)D, out.data_ptr<scalar_t>());
+        part_out.data_ptr<float>(), part_ml.data_ptr<float>(), (int)splits, (int)D, pos.data_ptr<int64_t>(), (int)L,
+        out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -416,10 +416,12 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
                    stride_vb, stride_vh, stride_vn, stride_vd,
                    stride_ob, stride_oh, stride_od,
                    stride_th, stride_tr, stride_ch,
-                   H, D, DV,
+                   H, L, D, DV,
                    BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, POS_FROM_PTR: tl.constexpr,
                    BLOCK_N: tl.constexpr):
-    """One query row at position ``pos``: keys <= pos among the blocks of layout row pos // BLOCK."""
+    """One query row at position ``pos``: keys <= pos among the blocks of layout row pos // BLOCK.
+    A device ``pos`` outside [0, L) reads nothing and writes NaN (it cannot be checked on the host
+    without a sync)."""
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
@@ -427,6 +429,8 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
         pos = tl.load(POS).to(tl.int32)
     else:
         pos = pos_val
+    in_range = (pos >= 0) & (pos < L)
+    pos = tl.minimum(tl.maximum(pos, 0), L - 1)
     lrow = pos // BLOCK
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
@@ -440,7 +444,7 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
     m_i = tl.full([1], float("-inf"), tl.float32)
     l_i = tl.zeros([1], tl.float32)
     acc = tl.zeros([DV_PAD], tl.float32)
-    cnt = tl.load(CNT + h * stride_ch + lrow)
+    cnt = tl.where(in_range, tl.load(CNT + h * stride_ch + lrow), 0)
     base = COLS + h * stride_th + lrow * stride_tr
     for i in range(0, cnt):
         col = tl.load(base + i)
@@ -461,6 +465,7 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
             m_i = m_new
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)
+    o = tl.where(in_range, o, float("nan"))
     tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_dv * stride_od,
              o.to(O.dtype.element_ty), mask=dv_mask)
 
@@ -683,8 +688,9 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
     Args:
         q: (B, heads, 1, d); k_cache: (B, heads, L, d); v_cache: (B, heads, L, dv).
         layout, block: as :func:`blocksparse_attention`.
-        pos: int in [0, L), or a one-element integer tensor on q's device (read by the kernel, not
-            validated on the host, so the call has no host sync).
+        pos: int in [0, L) (checked), or a one-element integer tensor on q's device, read only by
+            the kernel (no host sync): outside [0, L) the output is NaN. ``ops.decode_attention``
+            also range-checks a CPU tensor.
         out: optional (B, heads, 1, dv) output tensor.
     Returns:
         (B, heads, 1, dv) in q's dtype.
@@ -716,7 +722,7 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
     _decode_kernel[(B * H,)](
         q, k_cache, v_cache, out, tables.cols, tables.cnt, pos_ptr, pos_val, _LOG2E / math.sqrt(D),
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
-        out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, D, DV,
+        out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, L, D, DV,
         BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
         num_warps=4)
     return out

@@ -55,8 +55,23 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 def test_backend_without_implementation_raises():
     with pytest.raises(BackendUnavailableError, match="no implementation"):
-        with use_backend("cuda"):
-            backends.resolve("axial_attention", torch.device("cpu"), ("triton",))
+        with use_backend("triton"):
+            backends.resolve("some_op", torch.device("cpu"), ("cuda",))
+
+
+def test_cuda_backend_delegates_ops_the_extension_lacks_and_says_so(caplog, monkeypatch):
+    """Backend cuda covers the extension's ops; the others (axial attention...) run as under auto,
+    logged once per op, so a whole model (VQ-VAE decode, sampling) runs under backend cuda."""
+    monkeypatch.setattr(backends, "_SAID", set())
+    q = torch.randn(1, 2, 3, 4, 5, 8)
+    with caplog.at_level(logging.INFO, logger="videogpt_fast.backends"), use_backend("cuda"):
+        assert backends.resolve("axial_attention", torch.device("cpu"), ("triton",)) == "torch"
+        torch.testing.assert_close(ops.axial_attention(q, q, q, 3), ops.axial_attention_torch(q, q, q, 3))
+        ops.axial_attention(q, q, q, 2)
+    said = [r.getMessage() for r in caplog.records if "has no axial_attention" in r.getMessage()]
+    assert len(said) == 1 and "runs on torch" in said[0]
+    with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="not built|CUDA tensor"):
+        ops.codebook_nearest(torch.randn(5, 4), torch.randn(3, 4))  # an op it has: no silent fallback
 
 
 def test_which_backend_ran_is_logged(caplog):

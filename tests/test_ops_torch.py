@@ -100,3 +100,41 @@ def test_axial_attention_torch_compiles():
     for dim in (2, 3, 4):
         compiled = torch.compile(lambda q, dim=dim: ops.axial_attention_torch(q, q, q, dim), fullgraph=True)
         torch.testing.assert_close(compiled(q), ops.axial_attention_torch(q, q, q, dim))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("pos", [-1, 64, 1000])
+def test_decode_attention_rejects_out_of_range_cpu_pos(backend, pos):
+    """A CPU ``pos`` is range-checked before any kernel reads the cache (an unchecked one crashed
+    the Triton interpreter)."""
+    from videogpt_fast.backends import use_backend
+    if backend == "triton":
+        from conftest import require_triton
+        require_triton()
+    q, k, v = torch.randn(2, 2, 24), torch.randn(2, 2, 64, 24), torch.randn(2, 2, 64, 24)
+    with use_backend(backend), pytest.raises(ValueError, match=r"pos must be in \[0, 64\)"):
+        ops.decode_attention(q, k, v, torch.tensor(pos))
+
+
+@pytest.mark.parametrize("pos", [-3, -1, 64, 10 ** 6])
+def test_decode_attention_device_pos_out_of_range_gives_nan(pos):
+    """A device ``pos`` is never read on the host (no sync, CUDA-graph safe): out of range, the
+    torch path and the Triton kernel write NaN rather than read out of bounds; in range they agree."""
+    from conftest import require_triton
+    require_triton()
+    from videogpt_fast.kernels.blocksparse_attention import blocksparse_decode_attention
+    q, k, v = torch.randn(2, 2, 24), torch.randn(2, 2, 64, 24), torch.randn(2, 2, 64, 24)
+    layout = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert ops.decode_attention_torch(q, k, v, torch.tensor(pos)).isnan().all()
+    out = torch.zeros(2, 2, 1, 24)
+    blocksparse_decode_attention(q.unsqueeze(2), k, v, layout, 16, torch.tensor(pos), out=out)
+    assert out.isnan().all()
+    for p in (0, 17, 63):
+        torch.testing.assert_close(blocksparse_decode_attention(q.unsqueeze(2), k, v, layout, 16, torch.tensor(p)).squeeze(2),
+                                   ops.decode_attention_torch(q, k, v, torch.tensor(p)), atol=1e-5, rtol=1e-5)
+
+
+def test_decode_attention_dtype_mismatch_is_a_clear_error():
+    q, k, v = torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8, dtype=torch.float64), torch.randn(1, 2, 16, 8)
+    with pytest.raises(ValueError, match="share one floating dtype"):
+        ops.decode_attention(q, k, v, torch.tensor(3))

@@ -5,11 +5,13 @@
 * ``auto``   - the fastest implementation available for the tensor's device (default);
 * ``torch``  - plain PyTorch, runs everywhere;
 * ``triton`` - Triton kernels (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``);
-* ``cuda``   - the compiled extension ``videogpt_fast._C``.
+* ``cuda``   - the compiled extension ``videogpt_fast._C`` for the ops it has (decode attention,
+  codebook search); the ops it does not have (axial and block-sparse attention, the fused codebook
+  statistics) run as under ``auto``, said once per op at INFO level.
 
-An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`; there is
-never a silent fallback. Which implementation ran is logged at DEBUG level on the logger
-``videogpt_fast.backends``.
+An explicitly requested backend that cannot run an op it implements raises
+:class:`BackendUnavailableError`; there is never a silent fallback. Which implementation ran is
+logged at DEBUG level on the logger ``videogpt_fast.backends``.
 """
 from __future__ import annotations
 
@@ -111,26 +113,37 @@ def cuda_usable(device: torch.device, op: str) -> Optional[str]:
     return None
 
 
+_SAID: set = set()  # ops whose backend-cuda delegation was logged
+
+
+def _auto(op: str, device: torch.device, available: tuple) -> str:
+    """``auto``'s choice: the first usable of cuda, triton (CUDA tensors only), torch."""
+    if device.type == "cuda":
+        if "cuda" in available and cuda_usable(device, op) is None:
+            return "cuda"
+        if "triton" in available and triton_usable(device) is None:
+            return "triton"
+    return "torch"
+
+
 def resolve(op: str, device: torch.device, available: tuple) -> str:
     """Pick the implementation of ``op`` for a tensor on ``device``.
 
     ``available`` lists the backends that implement ``op`` (besides ``torch``, which always does).
-    ``auto`` takes the first usable of cuda, triton (CUDA tensors only), torch. A named backend that
-    cannot run raises :class:`BackendUnavailableError`.
+    ``auto`` takes the first usable of cuda, triton (CUDA tensors only), torch; ``cuda`` does the
+    same for ops the extension lacks. A named backend that cannot run an op it implements raises
+    :class:`BackendUnavailableError`.
     """
     wanted = get_backend()
     if wanted == "auto":
-        if device.type == "cuda":
-            if "cuda" in available and cuda_usable(device, op) is None:
-                chosen = "cuda"
-            elif "triton" in available and triton_usable(device) is None:
-                chosen = "triton"
-            else:
-                chosen = "torch"
-        else:
-            chosen = "torch"
+        chosen = _auto(op, device, available)
     elif wanted == "torch":
         chosen = "torch"
+    elif wanted == "cuda" and "cuda" not in available:
+        chosen = _auto(op, device, available)
+        if op not in _SAID:
+            _SAID.add(op)
+            log.info("backend cuda: the CUDA extension has no %s; it runs on %s (as under auto)", op, chosen)
     else:
         if wanted not in available:
             raise BackendUnavailableError(f"backend {wanted!r} has no implementation of {op}; "

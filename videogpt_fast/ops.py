@@ -244,6 +244,10 @@ def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     if not (q.device == k.device == v.device == pos.device):
         raise ValueError(f"decode_attention: q, k, v, pos must share a device, got {q.device}, {k.device}, "
                          f"{v.device}, {pos.device}")
+    if pos.device.type == "cpu" and not 0 <= int(pos) < k.shape[2]:  # a device pos is not read (no sync)
+        raise ValueError(f"decode_attention: pos must be in [0, {k.shape[2]}) (the cache length), got {int(pos)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(f"decode_attention: q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if layout_row is not None:
         L = k.shape[2]
         if block <= 0 or L % block != 0:
@@ -260,13 +264,15 @@ def decode_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
     """Reference decode attention with PyTorch SDPA (scale d^-0.5) and a boolean key mask: key j is
     visible iff ``j <= pos`` and, with ``layout_row``, ``layout_row[h, j // block]``."""
     L = k.shape[2]
+    p = pos.reshape(())
     keys = torch.arange(L, device=q.device)
-    visible = keys <= pos.reshape(())
+    visible = keys <= p
     if layout_row is not None:
         mask = (visible & layout_row.bool()[:, keys // block]).unsqueeze(1)  # (H, 1, L)
     else:
         mask = visible.view(1, L)
-    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
+    return out.masked_fill((p < 0) | (p >= L), float("nan"))  # as the kernels: no host sync on pos
 
 
 _DENSE_LAYOUTS: dict = {}
@@ -293,7 +299,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     Args:
         q: (B, H, d) query of the current position.
         k, v: (B, H, L, d) and (B, H, L, dv) caches (positions after ``pos`` are ignored).
-        pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step).
+        pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step);
+            in [0, L): a CPU ``pos`` outside raises, a device one (never read on the host, which
+            would sync) gives a NaN output with every backend.
         layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
         block: the layout's block size (needed with ``layout_row`` or ``layout``).
         layout: alternatively the whole (H, L/block, L/block) layout; the row is taken on device.
@@ -311,8 +319,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
             layout, block = _dense_decode_layout(k.shape[2], q.device)
         kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
         return kernel(q.unsqueeze(2), k, v, layout, block, pos.reshape(1)).squeeze(2)
-    if layout is not None:
-        row = torch.div(pos.reshape(1), block, rounding_mode="floor")
+    if layout is not None:  # the row of pos's block (clamped: an out-of-range pos gives NaN below)
+        row = torch.div(pos.reshape(1).clamp(0, k.shape[2] - 1), block, rounding_mode="floor")
         layout_row = layout.index_select(1, row).squeeze(1)
     _check_decode_attention(q, k, v, pos, layout_row, block)
     if backend == "cuda":
