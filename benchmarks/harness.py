@@ -34,6 +34,7 @@ class Case:
     check: Optional[Callable[[Any, Any], None]] = None   # check(reference_out, impl_out) raises on mismatch
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)  # impl -> reason not run
     scale_key: Optional[str] = None             # the param a scaling plot runs over
+    baselines: tuple = ()                       # further impls every row states its speedup over
 
 
 @dataclasses.dataclass

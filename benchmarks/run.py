@@ -65,6 +65,9 @@ def run_case(case, device: torch.device, quick: bool) -> List[Dict[str, Any]]:
     for row in rows:
         if ref_ms and row.get("median_ms"):
             row["speedup_vs_reference"] = ref_ms / row["median_ms"]
+        for other in case.baselines:
+            if timed.get(other) and row.get("median_ms") and row["impl"] != other:
+                row[f"speedup_vs_{other}"] = timed[other] / row["median_ms"]
     for impl, reason in case.skipped.items():
         if ":" not in impl:
             rows.append(dict(base, impl=impl, status="skipped", reason=reason))

@@ -142,3 +142,21 @@ def test_cases_get_an_original_implementation_when_the_package_imports(fake_orig
     assert "original" in case.impls, case.skipped
     rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True)}
     assert rows["original"]["status"] == "ok" and rows["original"]["check"] == "agrees with reference"
+
+
+def test_baselines_get_their_own_speedup_column(tmp_path):
+    x = torch.arange(6.0)
+    case = _case(fast=lambda: x * 2, dense=lambda: x * 2)
+    case.baselines = ("dense",)
+    rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True)}
+    assert "speedup_vs_dense" in rows["fast"] and "speedup_vs_dense" not in rows["dense"]
+    assert rows["fast"]["speedup_vs_dense"] == pytest.approx(rows["dense"]["median_ms"] / rows["fast"]["median_ms"])
+    assert report._others(rows["fast"]).startswith("vs dense: ")
+
+
+def test_dense_sdpa_bar_is_named_by_backend():
+    from benchmarks.cases_kernels import _dense_sdpa
+    fn = _dense_sdpa(CPU, torch.float32)
+    q = torch.randn(1, 2, 16, 8)
+    assert fn.__name__ == "sdpa_dense_causal"
+    torch.testing.assert_close(fn(q, q, q), torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
