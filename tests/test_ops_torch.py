@@ -138,3 +138,16 @@ def test_decode_attention_dtype_mismatch_is_a_clear_error():
     q, k, v = torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8, dtype=torch.float64), torch.randn(1, 2, 16, 8)
     with pytest.raises(ValueError, match="share one floating dtype"):
         ops.decode_attention(q, k, v, torch.tensor(3))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ops.codebook_nearest(torch.randn(3, 4), torch.randn(2, 4, dtype=torch.float64)),
+    lambda: ops.codebook_nearest_with_stats(torch.randint(0, 3, (3, 4)), torch.randint(0, 3, (2, 4))),
+    lambda: ops.axial_attention(torch.randn(1, 1, 3, 4, 8), torch.randn(1, 1, 3, 4, 8).half(),
+                                torch.randn(1, 1, 3, 4, 8), 2),
+    lambda: ops.blocksparse_attention(torch.randn(1, 1, 32, 8), torch.randn(1, 1, 32, 8),
+                                      torch.randn(1, 1, 32, 8).bfloat16(), torch.ones(2, 2), 16),
+])
+def test_ops_reject_mixed_or_integer_dtypes_with_a_clear_error(call):
+    with pytest.raises(ValueError, match="share one floating dtype"):
+        call()

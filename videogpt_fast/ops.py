@@ -32,6 +32,17 @@ def _kernel(module: str):
     return importlib.import_module(f"videogpt_fast.kernels.{module}")
 
 
+def _check_tensors(op: str, names: str, *tensors: torch.Tensor) -> None:
+    """One floating dtype and one device for all of ``tensors`` (named ``names``, comma-separated)."""
+    dtypes = {t.dtype for t in tensors}
+    devices = {t.device for t in tensors}
+    if len(dtypes) != 1 or not tensors[0].is_floating_point():
+        raise ValueError(f"{op}: {names} must share one floating dtype, got "
+                         f"{', '.join(str(t.dtype) for t in tensors)}")
+    if len(devices) != 1:
+        raise ValueError(f"{op}: {names} must be on one device, got {', '.join(str(t.device) for t in tensors)}")
+
+
 # --------------------------------------------------------------------------------------------
 # codebook nearest neighbour
 # --------------------------------------------------------------------------------------------
@@ -60,8 +71,7 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"codebook_nearest: expected x (N, D) and codebook (K, D) with equal D, "
                          f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    if x.device != codebook.device:
-        raise ValueError(f"codebook_nearest: x on {x.device} but codebook on {codebook.device}")
+    _check_tensors("codebook_nearest", "x, codebook", x, codebook)
     backend = resolve("codebook_nearest", x.device, _IMPLEMENTED["codebook_nearest"])
     if backend == "triton":
         return _kernel("codebook").codebook_nearest(x, codebook)
@@ -88,6 +98,7 @@ def codebook_nearest_with_stats(x: torch.Tensor, codebook: torch.Tensor):
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"codebook_nearest_with_stats: expected x (N, D) and codebook (K, D) with equal D, "
                          f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    _check_tensors("codebook_nearest_with_stats", "x, codebook", x, codebook)
     backend = resolve("codebook_nearest_with_stats", x.device, _IMPLEMENTED["codebook_nearest_with_stats"])
     if backend == "triton":
         codes, counts, sums = _kernel("codebook").codebook_nearest_with_stats(x, codebook)
@@ -140,6 +151,7 @@ def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int)
         raise ValueError(f"axial_attention: q, k must match and v share their leading dims, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     _spatial_dim(q, dim)
+    _check_tensors("axial_attention", "q, k, v", q, k, v)
     backend = resolve("axial_attention", q.device, _IMPLEMENTED["axial_attention"])
     if backend == "triton":
         return _kernel("axial_attention").axial_attention(q, k, v, dim)
@@ -221,6 +233,7 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
         raise ValueError(f"blocksparse_attention: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     check_layout(layout, q.shape[2], block, q.shape[1])
+    _check_tensors("blocksparse_attention", "q, k, v", q, k, v)
     backend = resolve("blocksparse_attention", q.device, _IMPLEMENTED["blocksparse_attention"])
     if backend == "triton":
         return _kernel("blocksparse_attention").blocksparse_attention(q, k, v, layout, block, causal)
@@ -246,8 +259,7 @@ def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
                          f"{v.device}, {pos.device}")
     if pos.device.type == "cpu" and not 0 <= int(pos) < k.shape[2]:  # a device pos is not read (no sync)
         raise ValueError(f"decode_attention: pos must be in [0, {k.shape[2]}) (the cache length), got {int(pos)}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
-        raise ValueError(f"decode_attention: q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _check_tensors("decode_attention", "q, k, v", q, k, v)
     if layout_row is not None:
         L = k.shape[2]
         if block <= 0 or L % block != 0:
