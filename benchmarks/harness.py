@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -52,10 +52,15 @@ def register(factory: Callable[[Settings], Iterator[Case]]) -> Callable[[Setting
     return factory
 
 
-def all_cases(settings: Settings) -> Iterator[Case]:
+GROUPS = ("kernels", "models", "data")  # one per cases_<group>.py module
+
+
+def all_cases(settings: Settings, groups: Optional[Sequence[str]] = None) -> Iterator[Case]:
+    """Every registered case (only those of ``groups``, when given), built one at a time."""
     from . import cases_data, cases_kernels, cases_models  # noqa: F401 (registration side effect)
     for factory in _FACTORIES:
-        yield from factory(settings)
+        if groups is None or factory.__module__.rsplit(".", 1)[-1].removeprefix("cases_") in groups:
+            yield from factory(settings)
 
 
 def synchronize(device: torch.device) -> None:

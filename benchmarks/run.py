@@ -1,9 +1,11 @@
 """Run every benchmark case and write results.json, report.md and PNG plots.
 
-    python -m benchmarks.run [--quick] [--device cpu|cuda] [--out DIR] [--only SUBSTR]
+    python -m benchmarks.run [--quick] [--device cpu|cuda] [--out DIR] [--group G ...] [--only SUBSTR] [--merge]
 
 Each case runs the reference and the fast paths on the same inputs in this process, checks that
-they agree, then times them. The device's matmul rate and copy bandwidth are measured first, and
+they agree, then times them. ``--group``/``--only`` select cases; ``--merge`` adds the rows to an
+existing results.json in ``--out`` (replacing rows of the same case, parameters, dtype and
+implementation), so a time-limited GPU session can measure group by group. The device's matmul rate and copy bandwidth are measured first, and
 each result states its FLOP/s and bytes/s against those ceilings.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .harness import Settings, all_cases, env_info, measure_ceilings, summarize, time_callable
+from .harness import GROUPS, Settings, all_cases, env_info, measure_ceilings, summarize, time_callable
 from .report import write_plots, write_report
 
 log = logging.getLogger("benchmarks")
@@ -74,12 +76,32 @@ def run_case(case, device: torch.device, quick: bool) -> List[Dict[str, Any]]:
     return rows
 
 
+def _row_key(row: Dict[str, Any]) -> str:
+    return json.dumps([row["name"], row["impl"], row["params"], row["dtype"]], sort_keys=True, default=str)
+
+
+def merge_results(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+    """``new``'s rows added to ``old``'s (same case, params, dtype and impl: the new row wins); the
+    environment must name the same device; every command is kept."""
+    if old["env"]["device_name"] != new["env"]["device_name"] or old.get("quick") != new.get("quick"):
+        raise ValueError(f"--merge: results.json holds a run on {old['env']['device_name']} (quick={old.get('quick')}), "
+                         f"this run is on {new['env']['device_name']} (quick={new.get('quick')})")
+    fresh = {_row_key(r) for r in new["rows"]}
+    rows = [r for r in old["rows"] if _row_key(r) not in fresh] + new["rows"]
+    commands = old["env"].get("commands", [old["env"].get("command")]) + [new["env"].get("command")]
+    env = dict(new["env"], commands=commands, command=" && ".join(c for c in commands if c))
+    return dict(new, env=env, rows=rows, wall_s=old.get("wall_s", 0.0) + new["wall_s"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes; finishes on CPU in minutes")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benchmarks/results/latest", help="output folder")
     p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--group", nargs="+", choices=GROUPS, default=None, help="run only these case groups")
+    p.add_argument("--merge", action="store_true",
+                   help="merge into OUT/results.json from an earlier run on the same device instead of replacing it")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -103,7 +125,7 @@ def main(argv=None) -> int:
     rows: List[Dict[str, Any]] = []
     from tqdm import tqdm
     # cases are built one at a time (and freed after running): full-size inputs do not all fit at once
-    for case in tqdm(all_cases(Settings(device, args.quick)), desc="benchmarks", unit="case"):
+    for case in tqdm(all_cases(Settings(device, args.quick), args.group), desc="benchmarks", unit="case"):
         if not args.only or args.only in case.name:
             rows.extend(run_case(case, device, args.quick))
         del case
@@ -114,6 +136,8 @@ def main(argv=None) -> int:
         if "gbps" in row:
             row["pct_copy_bandwidth"] = 100 * row["gbps"] / ceilings["copy_gbps"]
     result = dict(env=env, ceilings=ceilings, quick=args.quick, wall_s=time.time() - t0, rows=rows)
+    if args.merge and (out / "results.json").exists():
+        result = merge_results(json.loads((out / "results.json").read_text()), result)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     write_report(result, out / "report.md")
     plots = write_plots(result, out)

@@ -160,3 +160,27 @@ def test_dense_sdpa_bar_is_named_by_backend():
     q = torch.randn(1, 2, 16, 8)
     assert fn.__name__ == "sdpa_dense_causal"
     torch.testing.assert_close(fn(q, q, q), torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+
+
+def test_merge_results_replaces_same_rows_and_keeps_commands():
+    old = _result()
+    new = _result()
+    new["env"]["command"] = "python -m benchmarks.run --group models --merge"
+    new["rows"] = [dict(r, median_ms=0.5) for r in new["rows"] if r["impl"] == "fast"] + [
+        dict(name="other", group="models", params={}, dtype="float32", impl="reference", status="ok", median_ms=2.0)]
+    new["wall_s"] = 1.0
+    merged = run.merge_results(old, new)
+    fast = [r for r in merged["rows"] if r["impl"] == "fast"]
+    assert len(fast) == 1 and fast[0]["median_ms"] == 0.5
+    assert {r["name"] for r in merged["rows"]} == {"toy", "other"}
+    assert len(merged["rows"]) == len(old["rows"]) + 1
+    assert merged["env"]["commands"] == ["python -m benchmarks.run", "python -m benchmarks.run --group models --merge"]
+    other_device = dict(new, env=dict(new["env"], device_name="NVIDIA H200"))
+    with pytest.raises(ValueError, match="--merge"):
+        run.merge_results(old, other_device)
+
+
+def test_case_groups_select_modules():
+    from benchmarks.harness import Settings, all_cases
+    names = {c.name for c in all_cases(Settings(CPU, quick=True), ["kernels"])}
+    assert names and all(n.startswith(("codebook", "axial", "blocksparse")) for n in names)
