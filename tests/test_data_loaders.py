@@ -61,6 +61,17 @@ def test_hdf5_errors(h5file, tmp_path):
         HDF5Dataset(h5file, 11)[2]
 
 
+def test_file_that_is_not_hdf5_is_a_clear_error(tmp_path):
+    txt = tmp_path / "list.txt"
+    txt.write_text("a.mp4\n")
+    with pytest.raises(ValueError, match=r"not an HDF5 file \(expected one with train_data, train_idx"):
+        HDF5Dataset(str(txt), 8)
+    with pytest.raises(ValueError, match=r"neither a folder nor an HDF5 file \(expected a folder with train/ and test/"):
+        build_dataloader(dict(data_path=str(txt)))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HDF5Dataset(str(tmp_path / "missing.h5"), 8)
+
+
 @pytest.fixture(scope="module")
 def vfolder(tmp_path_factory):
     root = tmp_path_factory.mktemp("vids")

@@ -62,6 +62,12 @@ CASES = [
     ((1, 2, 7, 4, 20), 20, 2, 4),
     ((1, 1, 2, 13, 8), 12, 3, 4),
     ((1, 1, 17, 2, 120), 120, 2, 64),   # fp32 at d=120 caps tiles at 16 positions: two blocks
+    # the GPT's head dim 144 (576 / 4), padded to 256 lanes by masking
+    ((1, 2, 3, 5, 144), 144, 2, 64),
+    ((1, 2, 3, 5, 144), 144, 3, 64),
+    ((1, 2, 4, 3, 144), 120, 3, 64),    # dv != d
+    ((1, 1, 11, 2, 144), 144, 2, 64),   # fp32 at d=144 caps tiles at 8 positions: two blocks, dq kernel
+    ((1, 1, 2, 9, 120), 144, 3, 64),    # d=120 with dv=144: 256-lane tiles, two blocks
 ]
 
 
@@ -96,10 +102,11 @@ def test_strided_inputs_and_output_layout():
     _check(got, want, atol=2e-5, rtol=1e-4, what="head-dim stride")
 
 
+@pytest.mark.parametrize("shape,dim", [((2, 2, 5, 6, 20), 3), ((1, 2, 3, 17, 144), 3)], ids=["d20", "d144"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(dtype):
-    """bf16/fp16: error against float64 at most ~2x that of PyTorch in the same dtype."""
-    shape, dim = (2, 2, 5, 6, 20), 3
+def test_low_precision(dtype, shape, dim):
+    """bf16/fp16: error against float64 at most ~2x that of PyTorch in the same dtype (d=144: 16-row
+    tiles, two blocks along the axis)."""
     q, k, v, grad = (torch.randn(shape, device=DEVICE).to(dtype) for _ in range(4))
     want = _f64_reference(q, k, v, dim, grad)
     got = _run(q, k, v, dim, grad)

@@ -77,6 +77,61 @@ def test_forward_backward_random_layouts(causal, L, block, D, DV, per_head):
     _check(q, k, v, layout, block, causal)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("L,block,D,DV,per_head", [
+    (64, 16, 144, 144, True),    # the GPT's head dim (576 / 4): column chunks 128 + 16
+    (64, 32, 144, 120, False),   # dv != d; 120 runs as one 128-wide chunk
+    (64, 16, 120, 120, True),
+])
+def test_forward_backward_gpt_head_dims(causal, L, block, D, DV, per_head):
+    heads = 2
+    layout = _random_layout(heads if per_head else 0, L // block, seed=D + DV + block + int(causal))
+    q, k, v = _inputs(1, heads, L, D, DV)
+    _check(q, k, v, layout, block, causal)
+
+
+def _strided_layout(shape, heads, causal, block, local):
+    attention = pytest.importorskip("videogpt_fast.attention")
+    return attention.StridedSparsityConfig(shape, n_head=heads, causal=causal, block=block,
+                                           num_local_blocks=local).make_layout()
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("L,block,kind", [
+    (48, 16, "strided"),         # 3 blocks: latent (3, 16), one local block
+    (48, 16, "random_per_head"),
+    (96, 32, "strided"),         # 3 blocks: latent (3, 32)
+    (96, 32, "random_per_head"),
+    (96, 16, "strided"),         # 6 blocks in a (3, 2) block grid: local + strided (global) blocks
+    (96, 16, "random_shared"),
+])
+def test_non_power_of_two_block_counts(causal, L, block, kind):
+    """L / block = 3 or 6 blocks (tables, grids and loops not sized by powers of two)."""
+    heads = 2
+    if kind == "strided":
+        layout = _strided_layout((3, L // 3), heads, causal, block, local=1)
+        assert layout.shape == (heads, L // block, L // block)
+    else:
+        layout = _random_layout(heads if kind == "random_per_head" else 0, L // block, seed=L + block)
+        if causal:
+            layout = layout.tril()
+    dense = torch.ones_like(layout).tril() if causal else torch.ones_like(layout)
+    assert not torch.equal(layout.bool(), dense.bool()), "layout is dense: the test would not exercise sparsity"
+    q, k, v = _inputs(2, heads, L, 24, 16)
+    _check(q, k, v, layout, block, causal)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("L,block,D,per_head", [(64, 16, 16, True), (96, 32, 144, False)])
+def test_bfloat16(causal, L, block, D, per_head):
+    """bf16 on the interpreter (its bf16 tl.dot is patched in kernels/_interpreter.py): forward and
+    gradients against the float64 reference of the bf16-rounded inputs, bf16 tolerance."""
+    layout = _random_layout(2 if per_head else 0, L // block, seed=D + L)
+    q, k, v = _inputs(1, 2, L, D, D, dtype=torch.bfloat16)
+    out = _check(q, k, v, layout, block, causal, tol=3e-2, gtol=5e-2)
+    assert out.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16), (16, 16)])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_sub_tiles(monkeypatch, bm, bn, causal):
@@ -212,6 +267,38 @@ def test_decode_matches_reference_and_full_forward(per_head):
         assert_close(out, full[:, :, pos:pos + 1], msg=f"pos {pos} vs full causal forward")
         out_t = bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE))
         assert torch.equal(out_t, out)
+
+
+@pytest.mark.parametrize("D,DV", [(144, 144), (120, 144), (144, 120)])
+def test_decode_gpt_head_dims(D, DV):
+    """The decode kernel at the GPT's head dim 144 (padded to 256 lanes) and at 120."""
+    B, H, L, block = 1, 2, 96, 32
+    layout = _random_layout(H, L // block, seed=D + DV)
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, DV))
+    with torch.no_grad():
+        full = bsa.blocksparse_attention(q_all, k, v, layout, block, True)
+    for pos in (0, 31, 32, 50, 95):
+        q = q_all[:, :, pos:pos + 1]
+        out = bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE))
+        assert out.shape == (B, H, 1, DV)
+        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), msg=f"pos {pos}")
+        assert_close(out, full[:, :, pos:pos + 1], msg=f"pos {pos} vs full causal forward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_block_64(dtype):
+    """Block 64 (one 64-key sub-tile per block), 3 blocks, per-head layout."""
+    B, H, L, D, DV, block = 2, 2, 192, 24, 40, 64
+    layout = _random_layout(H, L // block, seed=64)
+    layout[0, 2, 1] = 0
+    layout[1, 2, 1] = 1
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, DV, dtype=dtype))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for pos in (0, 63, 64, 100, 128, 191):
+        q = q_all[:, :, pos:pos + 1]
+        out = bsa.blocksparse_decode_attention(q, k, v, layout, block, pos)
+        assert out.dtype == dtype
+        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), rtol=tol, atol=tol, msg=f"pos {pos}")
 
 
 def test_decode_hides_cache_beyond_pos():

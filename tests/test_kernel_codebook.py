@@ -58,6 +58,36 @@ def test_matches_float64_fp32(n, k, d):
     assert check_codes(codes, x, e) <= max(1, n // 100)
 
 
+@pytest.mark.parametrize("d", [256, 512])
+def test_wide_d_equals_float64_argmin_ties_lowest(d):
+    """D = 256 (the paper's) and 512, N and K not powers of two: the codes are exactly the float64
+    argmin (first index on ties); exact duplicate codes in the same and in a later K tile tie at
+    distance 0 and must resolve to the lowest index."""
+    n, k = 37, 19
+    x = torch.randn(n, d, device=DEVICE)
+    e = torch.randn(k, d, device=DEVICE)
+    e[9] = e[4]     # same 16-wide interpreter tile as 4
+    e[17] = e[4]    # a later tile
+    e[18] = e[11]   # a duplicate pair whose lower index is not the tile's first
+    x[:3] = e[17]
+    x[3] = e[18] + 1e-3 * torch.randn(d, device=DEVICE)
+    x[4] = e[4] + 1e-3 * torch.randn(d, device=DEVICE)
+    codes = cb.codebook_nearest(x, e, out=_poisoned(n))
+    x64, e64 = x.double().cpu(), e.double().cpu()
+    dist = ((x64[:, None, :] - e64[None, :, :]) ** 2).sum(-1)   # elementwise: exact ties stay exact
+    want = torch.argmin(dist, dim=1)                             # first minimal index
+    assert torch.equal(want[:5], torch.tensor([4, 4, 4, 11, 4]))
+    assert torch.equal(codes.cpu(), want), f"differ at rows {(codes.cpu() != want).nonzero()[:, 0].tolist()}"
+    assert not ((codes == 9) | (codes == 17) | (codes == 18)).any(), "a higher-index duplicate won a tie"
+    check_codes(codes, x, e)
+    # the fused-statistics kernel at the same D: same codes, sums over D in several column tiles
+    codes2, counts, sums = cb.codebook_nearest_with_stats(x, e, out=_poisoned(n))
+    assert torch.equal(codes2, codes)
+    want_counts, want_sums = cb.ema_stats_reference(x.double(), codes, k)
+    assert torch.equal(counts.double(), want_counts)
+    torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs(dtype):
     """Half inputs: products exact in fp32, so the codes are the float64 argmin of the rounded inputs."""

@@ -26,17 +26,26 @@ def _one_thread():
 
 
 def fixture_model(name: str):
-    """(model, fixture dict, batch) for gpt_full / gpt_sparse / gpt_cond, built once per session."""
+    """(model, fixture dict, batch) for gpt_full / gpt_sparse / gpt_cond, built once per session.
+    ``gpt_cond_sparse`` is gpt_cond's frame- and class-conditional weights with sparse attention
+    (there is no sparse conditional fixture; the attention weights are the same modules)."""
     if name not in _MODELS:
-        ref = load_fixture(f"{name}.pt")
+        sparse_cond = name == "gpt_cond_sparse"
+        ref = load_fixture("gpt_cond.pt" if sparse_cond else f"{name}.pt")
         vq_ref = load_fixture("vqvae.pt")
         vqvae = VQVAE(argparse.Namespace(**vq_ref["args"]))
         vqvae.load_state_dict(vq_ref["state_dict"])
-        model = VideoGPT(ref["args"], vqvae=vqvae)
-        model.load_state_dict(ref["state_dict"])
+        state = ref["state_dict"]
+        args = dict(ref["args"])
+        if sparse_cond:
+            args["attn_type"] = "sparse"
+            # the full-attention causal mask buffers have no counterpart in SparseAttention
+            state = {k: v for k, v in state.items() if not k.endswith(".attn.attn.mask")}
+        model = VideoGPT(args, vqvae=vqvae)
+        model.load_state_dict(state)
         model.eval()
         batch = None
-        if name == "gpt_cond":
+        if name in ("gpt_cond", "gpt_cond_sparse"):
             # the fixture's conditioning frames are the first frames of vqvae.pt's x (whose codes are
             # the fixture targets): test_cond_fixture_frames checks that they reproduce its logits
             batch = {"video": vq_ref["x"], "label": ref["label"]}
@@ -94,17 +103,15 @@ def test_decode_matches_forward_on_other_shapes(attn_type):
 
 @pytest.mark.parametrize("name", ["gpt_full", "gpt_sparse"])
 def test_greedy_sample_is_self_consistent(name):
-    """top_k=1: the teacher-forced argmax of the full forward on the sample is the sample."""
+    """top_k=1: the argmax of the model's own teacher-forced forward (not the decoder that sampled;
+    for gpt_sparse the forward runs ops.blocksparse_attention) on the sample is the sample."""
     model, _, _ = fixture_model(name)
     codes = S.sample_codes(model, 2, top_k=1, progress=False)
     assert codes.shape == (2, *model.shape) and codes.dtype == torch.long
     with torch.no_grad():
         emb = model.vqvae.codebook.dictionary_lookup(codes)
-        if name == "gpt_sparse":
-            logits = S.teacher_forced_decode(model, codes)  # the forward needs the block-sparse op
-            logits = logits.view(*codes.shape, -1)
-        else:
-            _, logits = model(emb, codes, {})
+        _, logits = model(emb, codes, {})
+    assert logits.shape == (*codes.shape, model.vqvae.n_codes)
     assert torch.equal(logits.argmax(-1), codes)
     assert codes.unique().numel() > 1  # not a degenerate constant sample
 
@@ -163,8 +170,10 @@ def test_sample_logits_top_k_top_p_temperature():
             S.sample_logits(logits, **bad)
 
 
-def test_class_and_frame_conditional_sampling_uses_the_batch():
-    model, ref, batch = fixture_model("gpt_cond")
+@pytest.mark.parametrize("name", ["gpt_cond", "gpt_cond_sparse"])
+def test_class_and_frame_conditional_sampling_uses_the_batch(name):
+    model, ref, batch = fixture_model(name)
+    assert model.args.attn_type == ("sparse" if name.endswith("sparse") else "full")
     a = S.sample_codes(model, 2, batch, top_k=1, progress=False)
     assert a.shape == (2, *model.shape)
     # greedy self-consistency under conditioning
@@ -182,6 +191,30 @@ def test_class_and_frame_conditional_sampling_uses_the_batch():
         S.sample_codes(model, 2, None, progress=False)
     with pytest.raises(ValueError, match="holds 2 videos but n=3"):
         S.sample_codes(model, 3, batch, progress=False)
+
+
+def test_sparse_conditional_decode_matches_forward():
+    """Frame- and class-conditional with sparse attention: the decoder's logits (cross-attention to
+    the cached frame features, layout rows of the block-sparse layout) equal the model's forward."""
+    model, ref, batch = fixture_model("gpt_cond_sparse")
+    logits = S.teacher_forced_decode(model, ref["targets"], batch)
+    with torch.no_grad():
+        emb = model.vqvae.codebook.dictionary_lookup(ref["targets"])
+        _, want = model(emb, ref["targets"], model.make_cond(batch))
+    assert_close(logits, want.reshape(logits.shape), rtol=1e-4, atol=1e-5)
+    # sparse attention sees fewer keys than gpt_cond's full attention: the logits must differ
+    assert not torch.allclose(logits, ref["decode_logits"], rtol=1e-3, atol=1e-3)
+
+
+def test_progress_bar_renders(capfd):
+    """progress=True draws tqdm's bar over the positions (on stderr); progress=False draws none."""
+    model = random_model("sparse")
+    L = model.shape[0] * model.shape[1] * model.shape[2]
+    S.sample_codes(model, 1, top_k=1, progress=False)
+    assert f"{L}/{L}" not in capfd.readouterr().err
+    S.sample_codes(model, 1, top_k=1, progress=True)
+    err = capfd.readouterr().err
+    assert "sampling" in err and f"{L}/{L}" in err, err[-500:]
 
 
 def test_cache_is_static_and_logged(caplog):

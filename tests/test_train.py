@@ -1,6 +1,7 @@
 """Training: torchrun DDP on CPU, exact resume, a killed run, clear errors, the sampler."""
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import signal
@@ -226,3 +227,232 @@ def test_compile_trains_both_stages(dataset, vqvae_ckpt, tmp_path):
     for stage in ("vq", "gpt"):
         losses = _losses(tmp_path / stage)
         assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+
+
+# ==============================================================================================
+# video folders, loader choice, precision, TensorBoard, clear errors
+# ==============================================================================================
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory) -> str:
+    """train/{cats,dogs}/ tiny H.264 files plus one corrupt file; test/ one file."""
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    root = tmp_path_factory.mktemp("videos")
+    for rel, n, seed in [("train/cats/a.mp4", 6, 0), ("train/dogs/b.mp4", 7, 1), ("test/c.mp4", 6, 2)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(root / rel), smooth_frames(n, 20, 24, seed=seed))
+    (root / "train/cats/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    return str(root)
+
+
+def _args(stage: str, argv: list) -> argparse.Namespace:
+    args = train.build_parser(stage).parse_args(argv)
+    args.stage = stage
+    return args
+
+
+def test_vqvae_trains_on_video_folder_with_corrupt_file(video_folder, tmp_path, capsys):
+    """End to end on real H.264 files: the corrupt one is skipped, counted and reported at run start."""
+    out = tmp_path / "vq"
+    assert train.main(["vqvae", "--data_path", video_folder, *VQ_FLAGS, "--max_steps", "2", "--device", "cpu",
+                       "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable video file(s) of train/" in printed and "corrupt.mp4" in printed
+    assert "loader: PyTorch DataLoader + PyAV (auto: no CUDA device)" in printed
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    assert any("val/recon_loss" in r for r in train.read_metrics(out / "metrics.jsonl"))
+    assert load_vqvae(out / "last.ckpt").args.sequence_length == 4
+
+
+def test_class_cond_gpt_on_video_folder(video_folder, vqvae_ckpt, tmp_path):
+    out = tmp_path / "gpt"
+    assert train.main(["gpt", "--data_path", video_folder, *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--class_cond",
+                       "--max_steps", "2", "--device", "cpu", "--output", str(out)]) == 0
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    gpt = load_videogpt(out / "last.ckpt")
+    assert gpt.args.class_cond and gpt.args.class_cond_dim == 2  # cats, dogs
+
+
+def test_auto_loader_choice_is_reported_by_trainer(dataset, video_folder, tmp_path, capsys, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="videogpt_fast.train"):
+        train.Trainer(_args("vqvae", ["--data_path", video_folder, *VQ_FLAGS, "--device", "cpu",
+                                      "--output", str(tmp_path / "a")]))
+        train.Trainer(_args("vqvae", ["--data_path", dataset, *VQ_FLAGS, "--output", str(tmp_path / "b")]))
+        train.Trainer(_args("vqvae", ["--data_path", dataset, *VQ_FLAGS, "--loader", "pytorch",
+                                      "--output", str(tmp_path / "c")]))
+    printed = capsys.readouterr().out
+    for msg in ("loader: PyTorch DataLoader + PyAV (auto: no CUDA device)",
+                "loader: PyTorch DataLoader + HDF5 (auto: --data_path is an HDF5 file; DALI reads video folders)",
+                "loader: PyTorch DataLoader + HDF5 (--loader pytorch)"):
+        assert f"[videogpt_fast] {msg}" in printed
+        assert any(r.levelname == "INFO" and r.getMessage() == msg for r in caplog.records)
+
+
+def test_loader_choice_on_cuda(monkeypatch):
+    """The auto/dali decision on a CUDA device, with DALI usable or not (no GPU needed)."""
+    import types
+    from videogpt_fast.data import dali as dali_mod
+
+    def choose(kind, path="videos"):
+        fake = types.SimpleNamespace(args=types.SimpleNamespace(loader=kind, data_path=path),
+                                     device=torch.device("cuda", 0))
+        return train.Trainer._choose_loader(fake)
+
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == "videos")
+    monkeypatch.setattr(dali_mod, "dali_status", lambda device="gpu": (True, "NVIDIA DALI 1.50"))
+    assert choose("auto") == (True, "auto: CUDA device and NVIDIA DALI 1.50")
+    assert choose("dali") == (True, "--loader dali")
+    assert choose("auto", "d.hdf5")[0] is False
+    monkeypatch.setattr(dali_mod, "dali_status", lambda device="gpu": (False, "pip install nvidia-dali"))
+    assert choose("auto") == (False, "auto: DALI unavailable: pip install nvidia-dali")
+    with pytest.raises(ValueError, match="--loader dali: pip install nvidia-dali"):
+        choose("dali")
+
+
+def test_loader_dali_without_cuda_is_a_clear_error(video_folder, tmp_path, capsys):
+    assert train.main(["vqvae", "--data_path", video_folder, *VQ_FLAGS, "--loader", "dali", "--device", "cpu",
+                       "--output", str(tmp_path)]) == 2
+    assert "--loader dali decodes on the GPU: it needs a CUDA device" in capsys.readouterr().err
+
+
+def test_loader_help_describes_auto():
+    text = " ".join(train.build_parser("vqvae").format_help().split())
+    assert "auto: DALI for a video folder when a CUDA device and NVIDIA DALI are there, else the PyTorch " \
+           "DataLoader" in text
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "clip.mp4"])
+def test_data_path_file_that_is_not_hdf5(name, tmp_path, capsys):
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    path = tmp_path / name
+    if name.endswith(".mp4"):
+        write_video_file(str(path), smooth_frames(4, 16, 16))
+    else:
+        path.write_text("not a dataset\n")
+    assert train.main(["vqvae", "--data_path", str(path), *VQ_FLAGS, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and repr(str(path)) in err and "not an HDF5 file" in err
+    assert "train/ and test/" in err and "train_data, train_idx, test_data and test_idx" in err
+    assert "Traceback" not in err
+
+
+def test_precision_16_on_cpu(dataset, tmp_path):
+    """fp16 autocast + GradScaler (with clipping after unscaling) runs on CPU with finite losses."""
+    args = _args("vqvae", ["--data_path", dataset, *VQ_FLAGS, "--max_steps", "3", "--precision", "16",
+                           "--gradient_clip_val", "1.0", "--device", "cpu", "--output", str(tmp_path)])
+    trainer = train.Trainer(args)
+    assert trainer.autocast_dtype == torch.float16 and trainer.scaler.is_enabled()
+    hist = trainer.fit()
+    assert [r["step"] for r in hist if "loss" in r] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in hist if "loss" in r)
+    assert safe_load(tmp_path / "last.ckpt")["videogpt_fast"]["scaler"]["scale"] > 0
+
+
+def test_sync_batchnorm_on_cpu(tmp_path, capsys, monkeypatch):
+    """One process: a logged no-op; under DDP on CPU: a clear error (SyncBatchNorm needs CUDA)."""
+    from videogpt_fast.synthetic import MovingShapesDataset
+    flags = ["--data_path", "-", *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1", "--sync_batchnorm",
+             "--device", "cpu", "--output", str(tmp_path)]
+    hist = train.Trainer(_args("vqvae", flags), MovingShapesDataset(2, 4, 16)).fit()
+    assert [r["step"] for r in hist] == [1]
+    assert "--sync_batchnorm has no effect here (one process: nothing to synchronise)" in capsys.readouterr().out
+    monkeypatch.setattr(train, "_setup_distributed", lambda flag: (torch.device("cpu"), 0, 2))
+    with pytest.raises(ValueError, match="--sync_batchnorm needs CUDA"):
+        train.Trainer(_args("vqvae", flags), MovingShapesDataset(2, 4, 16))
+
+
+class _FakeSummaryWriter:
+    instances: list = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        _FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_tensorboard(monkeypatch):
+    import types
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = _FakeSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    _FakeSummaryWriter.instances = []
+    return _FakeSummaryWriter.instances
+
+
+def test_metrics_writer_tensorboard_scalars(fake_tensorboard, tmp_path):
+    w = train.MetricsWriter(tmp_path, enabled=True, resume_step=None)
+    w.write({"step": 3, "epoch": 0, "loss": 1.5, "lr": 3e-4})
+    w.write({"step": 4, "epoch": 1, "val/recon_loss": 0.25, "note": "text"})
+    w.close()
+    (tb,) = fake_tensorboard
+    assert tb.log_dir == str(tmp_path / "tensorboard") and tb.closed
+    assert tb.scalars == [("loss", 1.5, 3), ("lr", 3e-4, 3), ("val/recon_loss", 0.25, 4)]
+    assert [r["step"] for r in train.read_metrics(tmp_path / "metrics.jsonl")] == [3, 4]
+    train.MetricsWriter(tmp_path / "rank1", enabled=False, resume_step=None).write({"step": 1, "loss": 1.0})
+    assert len(fake_tensorboard) == 1 and not (tmp_path / "rank1").exists()  # only rank 0 writes
+
+
+def test_trainer_writes_tensorboard(fake_tensorboard, tmp_path):
+    from videogpt_fast.synthetic import MovingShapesDataset
+    args = _args("vqvae", ["--data_path", "-", *VQ_FLAGS, "--max_steps", "2", "--device", "cpu",
+                           "--output", str(tmp_path)])
+    train.Trainer(args, MovingShapesDataset(4, 4, 16), MovingShapesDataset(2, 4, 16, seed=1)).fit()
+    (tb,) = fake_tensorboard
+    assert tb.closed and tb.log_dir == str(tmp_path / "tensorboard")
+    steps = lambda tag: [s for t, _, s in tb.scalars if t == tag]  # noqa: E731
+    assert steps("loss") == steps("recon_loss") == steps("lr") == [1, 2]
+    assert steps("val/recon_loss") and all(math.isfinite(v) for _, v, _ in tb.scalars)
+    assert not {"step", "epoch"} & {t for t, _, _ in tb.scalars}
+
+
+def test_metrics_writer_without_tensorboard(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
+    w = train.MetricsWriter(tmp_path, enabled=True, resume_step=None)
+    assert w.tb is None
+    w.write({"step": 1, "epoch": 0, "loss": 2.0})
+    w.close()
+    assert train.read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "epoch": 0, "loss": 2.0}]
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_rank0_builds_the_clip_index_first(video_folder, tmp_path, monkeypatch):
+    """Under a process group rank 0 indexes (and caches) first; other ranks wait, then read the cache."""
+    import shutil
+    import torch.distributed as dist
+    import videogpt_fast.data.video_index as vi
+    root = tmp_path / "data"
+    shutil.copytree(video_folder, root, ignore=shutil.ignore_patterns(vi.INDEX_NAME))
+    events = []
+    real_barrier, real_probe = dist.barrier, vi._probe_entry
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append("barrier") or real_barrier(*a, **k))
+    monkeypatch.setattr(vi, "_probe_entry", lambda t: events.append("probe") or real_probe(t))
+    args = _args("vqvae", ["--data_path", str(root), *VQ_FLAGS])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        with pytest.warns(RuntimeWarning, match="skipping unreadable video"):
+            train.open_datasets(args)
+        assert events == ["probe"] * 4 + ["barrier"]  # 3 train files + 1 test file, then release the others
+        events.clear()
+        monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+        tr, te = train.open_datasets(args)
+        assert events == ["barrier"]  # waited for rank 0, then read its cache: nothing probed
+        assert tr.skipped == 1 and len(tr) == 3 + 4 and len(te) == 3
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.undo()
+    events.clear()
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append("barrier"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 0)
+    with pytest.raises(KeyError):
+        with train.rank0_first():
+            raise KeyError("indexing failed")
+    assert events == ["barrier"]  # rank 0 still releases the waiting ranks when it fails

@@ -17,8 +17,9 @@ step 0 and attends over a dense mask. Here the work of one step is reduced to wh
   position; on CPU (no graphs) it runs the same step eagerly. Which mode ran is logged at INFO.
 
 :func:`decode_attention` routes through :func:`videogpt_fast.backends.resolve`: ``cuda`` runs
-``torch.ops.videogpt_fast.decode_attention`` (split-K flash-decoding in ``csrc/``), ``torch`` runs
-PyTorch SDPA with a boolean key mask.
+``torch.ops.videogpt_fast.decode_attention`` (split-K flash-decoding in ``csrc/``), ``triton`` the
+block-sparse decode kernel of ``kernels/blocksparse_attention.py`` (the whole layout on device; an
+all-ones layout for dense priors), ``torch`` PyTorch SDPA with a boolean key mask.
 
 :func:`sample_codes_reference` is the original algorithm (the per-position loop through the
 module's KV-cache ``forward``), kept for tests and benchmarks.

@@ -52,6 +52,7 @@ import torch.utils.data as data
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 
 log = logging.getLogger("videogpt_fast.train")
+_PRINTED = "videogpt_fast_printed"  # log-record attribute: the message was also printed (see Trainer.announce)
 
 STAGES = ("vqvae", "gpt")
 #: hyper-parameters that define each stage's architecture (taken from the checkpoint on --resume)
@@ -88,7 +89,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     d.add_argument("--batch_size", type=int, default=32 if stage == "vqvae" else 8, help="per process")
     d.add_argument("--num_workers", type=int, default=8)
     d.add_argument("--loader", choices=("auto", "pytorch", "dali"), default="auto",
-                   help="auto: the PyTorch DataLoader (exact resume); dali: GPU decoding of a video folder")
+                   help="auto: DALI for a video folder when a CUDA device and NVIDIA DALI are there, else the "
+                        "PyTorch DataLoader (the run says which, and why); pytorch: the DataLoader (PyAV or "
+                        "HDF5; exact --resume); dali: GPU decoding of a video folder (needs CUDA and DALI)")
     t = parser.add_argument_group("training")
     t.add_argument("--max_steps", type=int, default=None,
                    help=f"optimiser steps (default {VQVAE_MAX_STEPS} for vqvae; required for gpt: "
@@ -295,23 +298,48 @@ class ResumableSampler(data.Sampler):
         return self.per_rank - self.start
 
 
+DATA_PATH_FORMS = ("a folder with train/ and test/ sub-folders of videos (.mp4/.avi/.webm, optionally in class "
+                   "sub-folders), or an HDF5 file with train_data, train_idx, test_data and test_idx")
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Under an initialised process group, run the block on rank 0 first, then on the other ranks
+    (which wait at a barrier): rank 0 builds and caches the clip index, the others read the cache."""
+    if not dist.is_initialized():
+        yield
+        return
+    if dist.get_rank() != 0:
+        dist.barrier()
+        yield
+        return
+    try:
+        yield
+    finally:  # also on an error, so that the other ranks fail on their own instead of waiting forever
+        dist.barrier()
+
+
 def open_datasets(args: argparse.Namespace) -> Tuple[data.Dataset, data.Dataset]:
     """Train and test datasets for ``--data_path`` as the original ``VideoData``: a folder gives a
-    ``VideoDataset``, a file an ``HDF5Dataset`` (raises a clear error for a missing path)."""
+    ``VideoDataset``, an HDF5 file an ``HDF5Dataset``; anything else raises a clear error. Under a
+    process group rank 0 indexes a video folder first (see :func:`rank0_first`)."""
     path = args.data_path
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--data_path {path!r} does not exist (expected an .hdf5/.h5 file or a folder "
-                                "with train/ and test/ sub-folders of videos)")
+        raise FileNotFoundError(f"--data_path {path!r} does not exist (expected {DATA_PATH_FORMS})")
     if os.path.isdir(path):
         for split in ("train", "test"):
             if not os.path.isdir(os.path.join(path, split)):
-                raise FileNotFoundError(f"--data_path folder {path!r} has no {split}/ sub-folder (a video "
-                                        "dataset folder needs train/ and test/)")
+                raise FileNotFoundError(f"--data_path folder {path!r} has no {split}/ sub-folder (expected "
+                                        f"{DATA_PATH_FORMS})")
         from .data.video_dataset import VideoDataset as Dataset
     else:
+        import h5py
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"--data_path {path!r} is a file but not an HDF5 file (expected {DATA_PATH_FORMS})")
         from .data.hdf5_dataset import HDF5Dataset as Dataset  # type: ignore[no-redef]
     kw = dict(sequence_length=args.sequence_length, resolution=args.resolution)
-    return Dataset(path, train=True, **kw), Dataset(path, train=False, **kw)
+    with rank0_first() if os.path.isdir(path) else contextlib.nullcontext():
+        return Dataset(path, train=True, **kw), Dataset(path, train=False, **kw)
 
 
 def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse.Namespace,
@@ -476,12 +504,16 @@ class Trainer:
         self.dali_loader = None
         if train_set is None:
             train_set, val_set = open_datasets(args)
-            if self._use_dali():
+            self._report_skipped(train_set, val_set)
+            use_dali, reason = self._choose_loader()
+            if use_dali:
                 from .data import make_loader as make_data_loader
                 self.dali_loader, _ = make_data_loader("dali", args, train=True)
-                if self.is_main:
-                    log.info("training batches from DALI (GPU decoding); --resume continues at the same step "
-                             "and data position but not bit-exactly (DALI's own shuffling and crops)")
+                self.announce(f"loader: DALI, GPU decoding ({reason}); --resume continues at the same step and "
+                              "data position but not bit-exactly (DALI's own shuffling and crops)")
+            else:
+                source = "PyAV" if os.path.isdir(args.data_path) else "HDF5"
+                self.announce(f"loader: PyTorch DataLoader + {source} ({reason})")
         if len(train_set) == 0:
             raise ValueError(f"the training set of {args.data_path!r} is empty (no clip of "
                              f"sequence_length={args.sequence_length} frames)")
@@ -502,6 +534,9 @@ class Trainer:
             self.model.load_state_dict(ckpt["state_dict"], strict=True)
 
         net: nn.Module = LossModule(self.model, args.stage)
+        if args.sync_batchnorm and (args.stage != "vqvae" or self.world == 1):
+            why = "it applies to the VQ-VAE stage" if args.stage != "vqvae" else "one process: nothing to synchronise"
+            self.announce(f"--sync_batchnorm has no effect here ({why})")
         if self.world > 1:
             if args.sync_batchnorm and args.stage == "vqvae":
                 if self.device.type != "cuda":
@@ -544,20 +579,45 @@ class Trainer:
         self._last_save_step = self._last_val_step = self.global_step if ckpt is not None else -1
 
     # ------------------------------------------------------------------------------------------
-    def _use_dali(self) -> bool:
+    def announce(self, msg: str, level: int = logging.INFO) -> None:
+        """A run-start message: logged, and printed on rank 0 so that it shows without logging set up."""
+        if self.is_main:
+            log.log(level, msg, extra={_PRINTED: True})
+            print(f"[videogpt_fast] {msg}", flush=True)
+
+    def _report_skipped(self, *datasets: Optional[data.Dataset]) -> None:
+        """Say how many video files indexing skipped as unreadable (they are only warned about there)."""
+        for ds in datasets:
+            files = getattr(ds, "skipped_files", None)
+            if not files:
+                continue
+            shown = "; ".join(f"{p} ({err})" for p, err in files[:3]) + ("; ..." if len(files) > 3 else "")
+            split = "train" if getattr(ds, "train", True) else "test"
+            self.announce(f"skipped {len(files)} unreadable video file(s) of {split}/: {shown}", logging.WARNING)
+
+    def _choose_loader(self) -> Tuple[bool, str]:
+        """``(use DALI, why)`` for ``--loader``; raises ValueError when ``dali`` cannot run here."""
         kind = self.args.loader
         if kind == "pytorch":
-            return False
+            return False, "--loader pytorch"
         from .data import dali as dali_mod
+        is_folder = os.path.isdir(self.args.data_path)
         if kind == "dali":
             if self.device.type != "cuda":
-                raise ValueError("--loader dali decodes on the GPU: it needs a CUDA device")
-            if not os.path.isdir(self.args.data_path):
+                raise ValueError("--loader dali decodes on the GPU: it needs a CUDA device "
+                                 f"(this run is on {self.device}); use --loader pytorch or auto")
+            if not is_folder:
                 raise ValueError(f"--loader dali reads a video folder; {self.args.data_path!r} is not one")
-            dali_mod.require_dali("gpu")
-            return True
-        return (self.device.type == "cuda" and os.path.isdir(self.args.data_path)
-                and dali_mod.dali_status("gpu")[0])
+            ok, why = dali_mod.dali_status("gpu")
+            if not ok:
+                raise ValueError(f"--loader dali: {why}")
+            return True, "--loader dali"
+        if not is_folder:
+            return False, "auto: --data_path is an HDF5 file; DALI reads video folders"
+        if self.device.type != "cuda":
+            return False, "auto: no CUDA device"
+        ok, why = dali_mod.dali_status("gpu")
+        return ok, f"auto: CUDA device and {why}" if ok else f"auto: DALI unavailable: {why}"
 
     def _epoch_batches(self) -> Iterator[Dict[str, Any]]:
         """This epoch's remaining training batches."""
@@ -793,8 +853,13 @@ class Trainer:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m videogpt_fast.train {vqvae,gpt} [flags]``."""
     args = parse_args(argv)
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=logging.INFO if _env_world()[0] == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for h in root.handlers:
+        if h not in before:  # messages Trainer.announce printed are not logged a second time
+            h.addFilter(lambda record: not getattr(record, _PRINTED, False))
     try:
         Trainer(args).fit()
     except (ValueError, FileNotFoundError) as e:

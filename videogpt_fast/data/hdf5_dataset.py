@@ -34,6 +34,11 @@ class HDF5Dataset(data.Dataset):
         self.resolution = resolution
         self.data_file = data_file
         self.prefix = "train" if train else "test"
+        if not os.path.isfile(data_file):
+            raise FileNotFoundError(f"HDF5 file {data_file!r} does not exist or is not a file")
+        if not h5py.is_hdf5(data_file):
+            raise ValueError(f"{data_file!r} is not an HDF5 file (expected one with train_data, train_idx, "
+                             "test_data and test_idx, the original's format)")
         with h5py.File(data_file, "r") as f:
             for key in (f"{self.prefix}_data", f"{self.prefix}_idx"):
                 if key not in f:

@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any, Iterable
 
+import h5py
 import torch
 import torch.distributed as dist
 import torch.utils.data as data
@@ -48,8 +49,10 @@ def build_dataset(data_path: str, sequence_length: int, train: bool = True, reso
     """``VideoDataset`` for a folder, ``HDF5Dataset`` for a file (the original's rule)."""
     if os.path.isdir(data_path):
         return VideoDataset(data_path, sequence_length, train=train, resolution=resolution, **kwargs)
-    if not os.path.isfile(data_path):
-        raise ValueError(f"data_path {data_path!r} is neither a folder nor an HDF5 file")
+    if not os.path.isfile(data_path) or not h5py.is_hdf5(data_path):
+        raise ValueError(f"data_path {data_path!r} is neither a folder nor an HDF5 file (expected a folder with "
+                         "train/ and test/ sub-folders of videos, or an HDF5 file with train_data, train_idx, "
+                         "test_data and test_idx)")
     return HDF5Dataset(data_path, sequence_length, train=train, resolution=resolution)
 
 
