@@ -15,6 +15,12 @@ def interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def autotune() -> bool:
+    """Autotune kernel configs: on GPU, unless ``VIDEOGPT_FAST_AUTOTUNE=0`` (fixed heuristic configs;
+    always so under the interpreter, where timing means nothing)."""
+    return not interpret() and os.environ.get("VIDEOGPT_FAST_AUTOTUNE", "1") != "0"
+
+
 def fix_triton_interpreter() -> None:
     """Work around two bugs of Triton's (<= 3.6) CPU interpreter; a no-op for compiled kernels.
 

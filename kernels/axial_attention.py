@@ -22,6 +22,10 @@ exact-fp32 FMA dots of this shape spill registers and overflow shared memory on 
 ``"high"``/``"medium"`` allow plain TF32. fp32 tiles are capped at half the 16-bit tile size. The forward stores the row log-sum-exp for the
 backward, which recomputes the probabilities (FlashAttention-2 style); when the axis fits in one
 block, dq, dk and dv come from a single kernel.
+
+Configs: the tile (``SEG`` x ``R`` rows, padded head dims) comes from the register budget above;
+on GPU the warps and pipeline stages of each kernel are autotuned per shape (``_WARP_CONFIGS``),
+under the interpreter or with ``VIDEOGPT_FAST_AUTOTUNE=0`` the heuristic's choice is launched.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import triton.language as tl
 
 from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
 
-from . import _interpreter  # noqa: F401  (applies the interpreter fixes under TRITON_INTERPRET=1)
+from ._interpreter import autotune  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
 
 __all__ = ["axial_attention", "reference", "reference_explicit"]
 
@@ -213,6 +217,24 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
 _empty_fn = torch.empty
 
 
+# --------------------------------------------------------------------------------------------
+# configs: warps and stages autotuned on GPU (the tile is fixed by _Config), heuristic otherwise
+# --------------------------------------------------------------------------------------------
+_WARP_CONFIGS = [triton.Config({}, num_warps=w, num_stages=st) for w in (4, 8) for st in (1, 2, 3)]
+_KEY = ["S", "D", "DVD", "SEG", "R", "BLOCK_D", "BLOCK_DV", "PRECISION"]
+_fwd_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY)(_fwd_kernel)
+_bwd_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY + ["FUSED_DQ"])(_bwd_kernel)
+_bwd_dq_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY)(_bwd_dq_kernel)
+
+
+def _launch(kernel, tuned, grid, args: tuple, meta: dict) -> None:
+    """``kernel`` with the heuristic's warps, or its autotuned twin (same tile) on GPU."""
+    if autotune():
+        tuned[grid](*args, **{k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")})
+    else:
+        kernel[grid](*args, **meta)
+
+
 def _empty_in_order(like: torch.Tensor, last: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A dense tensor of ``like``'s shape with the last dim ``last``, whose dims are laid out in
     the order of ``like``'s strides (head dim innermost), so that e.g. an output of a q that is a
@@ -285,8 +307,8 @@ def _forward(q, k, v, cfg: _Config):
     o = _empty_in_order(q, cfg.dv)
     lse = _empty_fn((cfg.groups * cfg.seq,), dtype=torch.float32, device=q.device)
     offs = [_group_offsets(t, cfg.axis) for t in (q, k, v, o)]
-    _fwd_kernel[cfg.grid](q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv,
-                          *cfg.strides(q, k, v, o), cfg.sm_scale * _LOG2E, **cfg.meta())
+    _launch(_fwd_kernel, _fwd_tuned, cfg.grid, (q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv,
+                                                *cfg.strides(q, k, v, o), cfg.sm_scale * _LOG2E), cfg.meta())
     return o, lse
 
 
@@ -296,15 +318,14 @@ def _backward(q, k, v, o, lse, do, cfg: _Config):
             dict(q=q, k=k, v=v, o=o, do=do, dq=dq, dk=dk, dv=dv).items()}
     scales = (cfg.sm_scale, cfg.sm_scale * _LOG2E)
     fused = cfg.n_blocks == 1
-    _bwd_kernel[cfg.grid](q, k, v, o, do, dq, dk, dv, lse, *offs.values(),
-                          cfg.groups, cfg.seq, cfg.d, cfg.dv,
-                          *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales,
-                          FUSED_DQ=fused, **cfg.meta(backward=True))
+    _launch(_bwd_kernel, _bwd_tuned, cfg.grid,
+            (q, k, v, o, do, dq, dk, dv, lse, *offs.values(), cfg.groups, cfg.seq, cfg.d, cfg.dv,
+             *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales), dict(FUSED_DQ=fused, **cfg.meta(backward=True)))
     if not fused:
-        _bwd_dq_kernel[cfg.grid](q, k, v, o, do, dq, lse,
-                                 *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
-                                 cfg.groups, cfg.seq, cfg.d, cfg.dv,
-                                 *cfg.strides(q, k, v, o, do, dq), *scales, **cfg.meta(backward=True))
+        _launch(_bwd_dq_kernel, _bwd_dq_tuned, cfg.grid,
+                (q, k, v, o, do, dq, lse, *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
+                 cfg.groups, cfg.seq, cfg.d, cfg.dv, *cfg.strides(q, k, v, o, do, dq), *scales),
+                cfg.meta(backward=True))
     return dq, dk, dv
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import threading
 from typing import Optional, Tuple, Union
 
@@ -34,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import interpret as _interpret
+from ._interpreter import autotune, interpret as _interpret
 from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
                                check_layout)
 
@@ -519,7 +518,7 @@ def _fixed_config(block: int, dpad: int) -> dict:
 
 def _launch(kernel, tuned, grid_rows: int, bh: int, args: tuple, meta: dict, block: int, dpad: int):
     """Launch ``kernel`` with a fixed config, or its autotuned twin on GPU."""
-    if _FORCED_CONFIG is None and not _interpret() and os.environ.get("VIDEOGPT_FAST_AUTOTUNE", "1") != "0":
+    if _FORCED_CONFIG is None and autotune():
         tuned[lambda m: (grid_rows // m["BLOCK_M" if kernel is not _bwd_dkdv_kernel else "BLOCK_N"], bh)](
             *args, **meta)
         return

@@ -187,3 +187,33 @@ def test_paper_sizes_gpu(latent, dtype):
             err = (g.double() - w).abs().max().item()
             err_torch = (b.double() - w).abs().max().item()
             assert err <= 2 * err_torch + 1e-3, f"{dtype} {latent} dim={dim} {name}: {err:.3g} vs {err_torch:.3g}"
+
+
+def test_gpu_launch_goes_through_the_autotuner_with_the_same_tile(monkeypatch):
+    """On GPU every kernel launch goes to its autotuned twin (warps/stages tuned, tile kept); the
+    interpreter and VIDEOGPT_FAST_AUTOTUNE=0 launch the heuristic config."""
+    launched = []
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append((self.name, grid, meta))
+
+    for name in ("_fwd_kernel", "_fwd_tuned", "_bwd_kernel", "_bwd_tuned", "_bwd_dq_kernel", "_bwd_dq_tuned"):
+        monkeypatch.setattr(ax, name, Spy(name))
+    q = torch.randn(2, 2, 3, 80, 24, device=DEVICE, requires_grad=True)
+    for tuned in (True, False):
+        launched.clear()
+        monkeypatch.setattr(ax, "autotune", lambda tuned=tuned: tuned)
+        cfg = ax._Config(q, q, 3, 64, 16)  # 80 > 64 positions: separate dq kernel in the backward
+        o, lse = ax._forward(q, q, q, cfg)
+        ax._backward(q, q, q, o, lse, torch.ones_like(o), cfg)
+        names = [n for n, _, _ in launched]
+        suffix = "_tuned" if tuned else "_kernel"
+        assert names == ["_fwd" + suffix, "_bwd" + suffix, "_bwd_dq" + suffix]
+        for _, grid, meta in launched:
+            assert grid == cfg.grid and meta["SEG"] == cfg.seg and meta["R"] == cfg.r
+            assert ("num_warps" in meta) is not tuned
+    assert [c.num_warps for c in ax._WARP_CONFIGS].count(4) and [c.num_warps for c in ax._WARP_CONFIGS].count(8)
