@@ -214,16 +214,28 @@ def _place(model: torch.nn.Module, device) -> torch.nn.Module:
     return model.eval()
 
 
+_KINDS = {"vqvae": ("a VQ-VAE", "load_vqvae", PRETRAINED_VQVAE),
+          "videogpt": ("a VideoGPT prior", "load_videogpt", PRETRAINED_VIDEOGPT)}
+
+
+def _read(name_or_path: PathLike, want: str):
+    """``(path, args, state_dict)`` of a ``want`` ("vqvae" or "videogpt") checkpoint, safely
+    loaded; a checkpoint of the other kind is a clear error naming the right loader."""
+    what, _, table = _KINDS[want]
+    path = _resolve(name_or_path, table)
+    args, state_dict = _split(safe_load(path), path)
+    kind = checkpoint_kind(state_dict)
+    if kind != want:
+        raise ValueError(f"{path} is a {kind} checkpoint, not {what}"
+                         + (f"; load it with {_KINDS[kind][1]}" if kind in _KINDS else ""))
+    return path, args, state_dict
+
+
 def load_vqvae(name_or_path: PathLike, device: Optional[Union[str, torch.device]] = None):
     """Load a VQ-VAE from an original checkpoint path or a pretrained name (in eval mode)."""
     from .vqvae import VQVAE
 
-    path = _resolve(name_or_path, PRETRAINED_VQVAE)
-    args, state_dict = _split(safe_load(path), path)
-    kind = checkpoint_kind(state_dict)
-    if kind != "vqvae":
-        raise ValueError(f"{path} is a {kind} checkpoint, not a VQ-VAE"
-                         + ("; load it with load_videogpt" if kind == "videogpt" else ""))
+    path, args, state_dict = _read(name_or_path, "vqvae")
     model = VQVAE(args)
     model.load_state_dict(state_dict, strict=True)
     return _place(model, device)
@@ -257,12 +269,7 @@ def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
     from .gpt import VideoGPT
     from .vqvae import VQVAE
 
-    path = _resolve(name_or_path, PRETRAINED_VIDEOGPT)
-    args, state_dict = _split(safe_load(path), path)
-    kind = checkpoint_kind(state_dict)
-    if kind != "videogpt":
-        raise ValueError(f"{path} is a {kind} checkpoint, not a VideoGPT prior"
-                         + ("; load it with load_vqvae" if kind == "vqvae" else ""))
+    path, args, state_dict = _read(name_or_path, "videogpt")
     if vqvae is None:
         stored = getattr(args, "vqvae", None)
         if stored and (os.path.isfile(str(stored)) or _cached(str(stored))):

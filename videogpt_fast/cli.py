@@ -109,15 +109,20 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reconstruct(a: argparse.Namespace) -> int:
-    """Encode and decode one video file; writes the original and its reconstruction side by side."""
+def _vqvae_and_clip_size(a: argparse.Namespace):
+    """(device, VQ-VAE from --vqvae, clip length, resolution): --sequence_length/--resolution, or
+    the VQ-VAE's own."""
     from .checkpoint import load_vqvae
-    from .utils import save_video_grid
-
     device = _device(a.device)
     vqvae = load_vqvae(a.vqvae, device=device)
-    seq = a.sequence_length or vqvae.args.sequence_length
-    res = a.resolution or vqvae.args.resolution
+    return device, vqvae, a.sequence_length or vqvae.args.sequence_length, a.resolution or vqvae.args.resolution
+
+
+def cmd_reconstruct(a: argparse.Namespace) -> int:
+    """Encode and decode one video file; writes the original and its reconstruction side by side."""
+    from .utils import save_video_grid
+
+    device, vqvae, seq, res = _vqvae_and_clip_size(a)
     x = _clip(a.video, seq, res, a.start).unsqueeze(0).to(device)
     with torch.no_grad():
         recon = vqvae.decode(vqvae.encode(x)).clamp(-0.5, 0.5)
@@ -130,12 +135,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
 def cmd_encode(a: argparse.Namespace) -> int:
     """Encode videos into VQ-VAE codes; ``.pt`` (torch) or ``.npz`` (NumPy) with codes and file names."""
-    from .checkpoint import load_vqvae
-
-    device = _device(a.device)
-    vqvae = load_vqvae(a.vqvae, device=device)
-    seq = a.sequence_length or vqvae.args.sequence_length
-    res = a.resolution or vqvae.args.resolution
+    device, vqvae, seq, res = _vqvae_and_clip_size(a)
     files = list_videos(a.inputs)
     if not files:
         raise ValueError(f"no video files ({', '.join(VIDEO_EXTS)}) in {a.inputs}")

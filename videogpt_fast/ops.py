@@ -59,6 +59,13 @@ def codebook_nearest_torch(x: torch.Tensor, codebook: torch.Tensor, chunk: int =
     return torch.cat(out) if len(out) != 1 else out[0]
 
 
+def _check_codebook_inputs(op: str, x: torch.Tensor, codebook: torch.Tensor) -> None:
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"{op}: expected x (N, D) and codebook (K, D) with equal D, "
+                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    _check_tensors(op, "x, codebook", x, codebook)
+
+
 def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row for each row of ``x``.
 
@@ -68,10 +75,7 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     Returns:
         int64 tensor (N,).
     """
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"codebook_nearest: expected x (N, D) and codebook (K, D) with equal D, "
-                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    _check_tensors("codebook_nearest", "x, codebook", x, codebook)
+    _check_codebook_inputs("codebook_nearest", x, codebook)
     backend = resolve("codebook_nearest", x.device, _IMPLEMENTED["codebook_nearest"])
     if backend == "triton":
         return _kernel("codebook").codebook_nearest(x, codebook)
@@ -95,10 +99,7 @@ def codebook_nearest_with_stats(x: torch.Tensor, codebook: torch.Tensor):
         codes int64 (N,), counts (K,) and sums (K, D) (see :func:`codebook_stats_torch`); the
         Triton backend computes all three in one kernel (fp32 statistics).
     """
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"codebook_nearest_with_stats: expected x (N, D) and codebook (K, D) with equal D, "
-                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    _check_tensors("codebook_nearest_with_stats", "x, codebook", x, codebook)
+    _check_codebook_inputs("codebook_nearest_with_stats", x, codebook)
     backend = resolve("codebook_nearest_with_stats", x.device, _IMPLEMENTED["codebook_nearest_with_stats"])
     if backend == "triton":
         codes, counts, sums = _kernel("codebook").codebook_nearest_with_stats(x, codebook)
