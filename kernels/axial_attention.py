@@ -81,31 +81,37 @@ def _store_rows(ptr, val, base, pos, s_a, s_d, row_ok, BLOCK: tl.constexpr, D):
 
 
 @triton.jit
+def _tile_rows(G, S, SEG: tl.constexpr, R: tl.constexpr):
+    """This program's R * SEG rows: group index (clamped, int64), group-valid mask, position on the
+    axis (block ``program_id(1)``), row-valid mask, the block-diagonal same-group mask, and each
+    row's offset within its block (for the positions of other blocks)."""
+    r = tl.arange(0, R * SEG)
+    grp = tl.program_id(0) * R + r // SEG
+    g_ok = grp < G
+    grp = tl.where(g_ok, grp, 0).to(tl.int64)
+    pos = (tl.program_id(1) * SEG + r % SEG).to(tl.int64)
+    same = (r // SEG)[:, None] == (r // SEG)[None, :]
+    return grp, g_ok, pos, g_ok & (pos < S), same, r % SEG
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
                 G, S, D, DVD,
                 s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od,
                 qk_scale,
                 SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 PRECISION: tl.constexpr):
-    pid_g = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    r = tl.arange(0, R * SEG)
-    grp = pid_g * R + r // SEG
-    g_ok = grp < G
-    grp = tl.where(g_ok, grp, 0).to(tl.int64)
-    qpos = (pid_b * SEG + r % SEG).to(tl.int64)
-    q_ok = g_ok & (qpos < S)
+    grp, g_ok, qpos, q_ok, same, off = _tile_rows(G, S, SEG, R)
     q_base = tl.load(QOFF + grp)
     k_base = tl.load(KOFF + grp)
     v_base = tl.load(VOFF + grp)
-    same = (r // SEG)[:, None] == (r // SEG)[None, :]
 
     q = _load_rows(Q, q_base, qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
     m_i = tl.full([R * SEG], float("-inf"), tl.float32)
     l_i = tl.zeros([R * SEG], tl.float32)
     acc = tl.zeros([R * SEG, BLOCK_DV], tl.float32)
     for kb in range(0, tl.cdiv(S, SEG)):
-        kpos = (kb * SEG + r % SEG).to(tl.int64)
+        kpos = (kb * SEG + off).to(tl.int64)
         k_ok = g_ok & (kpos < S)
         k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
         v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
@@ -134,15 +140,7 @@ def _bwd_kernel(Q, K, V, O, DO, DQ, DK, DV, LSE,
                 SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr):
     """dk, dv of one key block (and dq when the axis is a single block) of R groups."""
-    pid_g = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    r = tl.arange(0, R * SEG)
-    grp = pid_g * R + r // SEG
-    g_ok = grp < G
-    grp = tl.where(g_ok, grp, 0).to(tl.int64)
-    same = (r // SEG)[:, None] == (r // SEG)[None, :]
-    kpos = (pid_b * SEG + r % SEG).to(tl.int64)
-    k_ok = g_ok & (kpos < S)
+    grp, g_ok, kpos, k_ok, same, off = _tile_rows(G, S, SEG, R)
     q_base = tl.load(QOFF + grp)
     o_base = tl.load(OOFF + grp)
     do_base = tl.load(DOOFF + grp)
@@ -151,7 +149,7 @@ def _bwd_kernel(Q, K, V, O, DO, DQ, DK, DV, LSE,
     dk = tl.zeros([R * SEG, BLOCK_D], tl.float32)
     dv = tl.zeros([R * SEG, BLOCK_DV], tl.float32)
     for ib in range(0, tl.cdiv(S, SEG)):
-        qpos = (ib * SEG + r % SEG).to(tl.int64)
+        qpos = (ib * SEG + off).to(tl.int64)
         q_ok = g_ok & (qpos < S)
         q = _load_rows(Q, q_base, qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
         o = _load_rows(O, o_base, qpos, s_oa, s_od, q_ok, BLOCK_DV, DVD)
@@ -180,15 +178,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
                    SEG: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                    PRECISION: tl.constexpr):
     """dq of one query block of R groups, looping over the key blocks (axes longer than SEG)."""
-    pid_g = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    r = tl.arange(0, R * SEG)
-    grp = pid_g * R + r // SEG
-    g_ok = grp < G
-    grp = tl.where(g_ok, grp, 0).to(tl.int64)
-    same = (r // SEG)[:, None] == (r // SEG)[None, :]
-    qpos = (pid_b * SEG + r % SEG).to(tl.int64)
-    q_ok = g_ok & (qpos < S)
+    grp, g_ok, qpos, q_ok, same, off = _tile_rows(G, S, SEG, R)
     k_base = tl.load(KOFF + grp)
     v_base = tl.load(VOFF + grp)
     q = _load_rows(Q, tl.load(QOFF + grp), qpos, s_qa, s_qd, q_ok, BLOCK_D, D)
@@ -198,7 +188,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     dq = tl.zeros([R * SEG, BLOCK_D], tl.float32)
     for kb in range(0, tl.cdiv(S, SEG)):
-        kpos = (kb * SEG + r % SEG).to(tl.int64)
+        kpos = (kb * SEG + off).to(tl.int64)
         k_ok = g_ok & (kpos < S)
         k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
         v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
