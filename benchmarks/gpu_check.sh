@@ -8,8 +8,12 @@
 #        data    - benchmark group "data" (PyAV vs DALI vs torchvision clips/s)
 #        all     - every phase in turn
 # Results go to OUT_DIR (default benchmarks/results/<gpu>-<date>): env.txt, logs, results.json
-# (benchmark phases merge into it), report.md and plots. Then, on the dev machine:
-#   python -m benchmarks.report OUT_DIR/results.json --readme README.md
+# (benchmark phases merge into it), report.md and plots. With GPU_CHECK_ARCHIVE=FILE.tar.gz the
+# whole folder is also packed into one file (the device tool returns at most 8 files), e.g.
+#   GPU_CHECK_ARCHIVE=$OUT/results.tar.gz bash benchmarks/gpu_check.sh kernels /tmp/gpu/H100-2026-11-23
+# (keep OUT_DIR outside the repo so later phases on the same warm machine merge into it). Then, on
+# the dev machine, unpack it under benchmarks/results/ and run
+#   python -m benchmarks.report benchmarks/results/<dir>/results.json --readme README.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:-all}
@@ -50,4 +54,7 @@ case "$phase" in
   all) tests; bench kernels; bench models; bench data ;;
   *) echo "unknown phase $phase (tests|kernels|models|data|all)"; exit 2 ;;
 esac
+if [ -n "${GPU_CHECK_ARCHIVE:-}" ]; then
+  tar czf "$GPU_CHECK_ARCHIVE" -C "$(dirname "$out")" "$(basename "$out")" && echo "packed $out into $GPU_CHECK_ARCHIVE"
+fi
 exit $rc
