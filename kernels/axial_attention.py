@@ -95,6 +95,18 @@ def _tile_rows(G, S, SEG: tl.constexpr, R: tl.constexpr):
 
 
 @triton.jit
+def _key_block(q, K, V, k_base, v_base, kb, off, g_ok, S, s_ka, s_kd, s_va, s_vd, D, DVD, qk_scale,
+               SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Key block ``kb`` of this program's groups: k, v, their row mask, and the scaled scores q k^T
+    (base-2 units)."""
+    kpos = (kb * SEG + off).to(tl.int64)
+    k_ok = g_ok & (kpos < S)
+    k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
+    v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
+    return k, v, k_ok, tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
                 G, S, D, DVD,
                 s_qa, s_qd, s_ka, s_kd, s_va, s_vd, s_oa, s_od,
@@ -111,11 +123,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, KOFF, VOFF, OOFF,
     l_i = tl.zeros([R * SEG], tl.float32)
     acc = tl.zeros([R * SEG, BLOCK_DV], tl.float32)
     for kb in range(0, tl.cdiv(S, SEG)):
-        kpos = (kb * SEG + off).to(tl.int64)
-        k_ok = g_ok & (kpos < S)
-        k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
-        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        k, v, k_ok, s = _key_block(q, K, V, k_base, v_base, kb, off, g_ok, S, s_ka, s_kd, s_va, s_vd, D, DVD,
+                                   qk_scale, SEG, BLOCK_D, BLOCK_DV, PRECISION)
         s = tl.where(same & q_ok[:, None] & k_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
@@ -188,11 +197,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     dq = tl.zeros([R * SEG, BLOCK_D], tl.float32)
     for kb in range(0, tl.cdiv(S, SEG)):
-        kpos = (kb * SEG + off).to(tl.int64)
-        k_ok = g_ok & (kpos < S)
-        k = _load_rows(K, k_base, kpos, s_ka, s_kd, k_ok, BLOCK_D, D)
-        v = _load_rows(V, v_base, kpos, s_va, s_vd, k_ok, BLOCK_DV, DVD)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        k, v, k_ok, s = _key_block(q, K, V, k_base, v_base, kb, off, g_ok, S, s_ka, s_kd, s_va, s_vd, D, DVD,
+                                   qk_scale, SEG, BLOCK_D, BLOCK_DV, PRECISION)
         p = tl.where(same & q_ok[:, None] & k_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
