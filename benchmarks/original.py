@@ -62,11 +62,10 @@ def videogpt(pkg: ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
     """The original VideoGPT with ``ours``' weights. Its constructor loads the VQ-VAE from a
     Lightning checkpoint path, so ours is written to a temporary one first."""
     from videogpt_fast.checkpoint import save_checkpoint
-    tmp = Path(tempfile.mkdtemp(prefix="videogpt_fast_original_"))
-    path = save_checkpoint(tmp / "vqvae.ckpt", ours.vqvae)
     args = argparse.Namespace(**vars(ours.args))
-    args.vqvae = str(path)
-    model = pkg.gpt.VideoGPT(args)
+    with tempfile.TemporaryDirectory(prefix="videogpt_fast_original_") as tmp:
+        args.vqvae = str(save_checkpoint(Path(tmp) / "vqvae.ckpt", ours.vqvae))
+        model = pkg.gpt.VideoGPT(args)
     model.load_state_dict(ours.state_dict(), strict=True)
     model.vqvae.codebook._need_init = False
     return model.to(next(ours.parameters()).device).train(ours.training)

@@ -298,10 +298,6 @@ class ResumableSampler(data.Sampler):
         return self.per_rank - self.start
 
 
-DATA_PATH_FORMS = ("a folder with train/ and test/ sub-folders of videos (.mp4/.avi/.webm, optionally in class "
-                   "sub-folders), or an HDF5 file with train_data, train_idx, test_data and test_idx")
-
-
 @contextlib.contextmanager
 def rank0_first():
     """Under an initialised process group, run the block on rank 0 first, then on the other ranks
@@ -323,6 +319,7 @@ def open_datasets(args: argparse.Namespace) -> Tuple[data.Dataset, data.Dataset]
     """Train and test datasets for ``--data_path`` as the original ``VideoData``: a folder gives a
     ``VideoDataset``, an HDF5 file an ``HDF5Dataset``; anything else raises a clear error. Under a
     process group rank 0 indexes a video folder first (see :func:`rank0_first`)."""
+    from .data.loaders import DATA_PATH_FORMS, build_dataset
     path = args.data_path
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data_path {path!r} does not exist (expected {DATA_PATH_FORMS})")
@@ -331,15 +328,9 @@ def open_datasets(args: argparse.Namespace) -> Tuple[data.Dataset, data.Dataset]
             if not os.path.isdir(os.path.join(path, split)):
                 raise FileNotFoundError(f"--data_path folder {path!r} has no {split}/ sub-folder (expected "
                                         f"{DATA_PATH_FORMS})")
-        from .data.video_dataset import VideoDataset as Dataset
-    else:
-        import h5py
-        if not h5py.is_hdf5(path):
-            raise ValueError(f"--data_path {path!r} is a file but not an HDF5 file (expected {DATA_PATH_FORMS})")
-        from .data.hdf5_dataset import HDF5Dataset as Dataset  # type: ignore[no-redef]
     kw = dict(sequence_length=args.sequence_length, resolution=args.resolution)
     with rank0_first() if os.path.isdir(path) else contextlib.nullcontext():
-        return Dataset(path, train=True, **kw), Dataset(path, train=False, **kw)
+        return build_dataset(path, train=True, **kw), build_dataset(path, train=False, **kw)
 
 
 def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse.Namespace,

@@ -44,15 +44,20 @@ def _options(args: Any = None, **overrides) -> dict:
     return opts
 
 
+#: what a data path may be (for error messages)
+DATA_PATH_FORMS = ("a folder with train/ and test/ sub-folders of videos (.mp4/.avi/.webm, optionally in class "
+                   "sub-folders), or an HDF5 file with train_data, train_idx, test_data and test_idx")
+
+
 def build_dataset(data_path: str, sequence_length: int, train: bool = True, resolution: int = 64,
                   **kwargs) -> data.Dataset:
     """``VideoDataset`` for a folder, ``HDF5Dataset`` for a file (the original's rule)."""
     if os.path.isdir(data_path):
         return VideoDataset(data_path, sequence_length, train=train, resolution=resolution, **kwargs)
     if not os.path.isfile(data_path) or not h5py.is_hdf5(data_path):
-        raise ValueError(f"data_path {data_path!r} is neither a folder nor an HDF5 file (expected a folder with "
-                         "train/ and test/ sub-folders of videos, or an HDF5 file with train_data, train_idx, "
-                         "test_data and test_idx)")
+        what = "a file but not an HDF5 file, so " if os.path.isfile(data_path) else ""
+        raise ValueError(f"data_path {data_path!r} is {what}neither a folder nor an HDF5 file "
+                         f"(expected {DATA_PATH_FORMS})")
     return HDF5Dataset(data_path, sequence_length, train=train, resolution=resolution)
 
 
