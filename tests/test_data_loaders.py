@@ -13,6 +13,12 @@ from videogpt_fast.data import dali as dali_mod
 from videogpt_fast.data.synthetic import smooth_frames, write_video_file
 
 
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path, monkeypatch):
+    """Index caches go to a per-test $VIDEOGPT_FAST_HOME, never to the user's ~/.cache."""
+    monkeypatch.setenv("VIDEOGPT_FAST_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture
 def h5file(tmp_path):
     rng = np.random.default_rng(0)
@@ -57,8 +63,9 @@ def test_hdf5_errors(h5file, tmp_path):
         with h5py.File(tmp_path / "e.h5", "w") as f:
             f["x"] = np.zeros(3)
         HDF5Dataset(str(tmp_path / "e.h5"), 8)
-    with pytest.raises(ValueError, match="sequence_length=11"):
-        HDF5Dataset(h5file, 11)[2]
+    with pytest.raises(ValueError, match=r"2 train video\(s\) in .*d\.h5.* shorter than sequence_length=11: "
+                                        r"video 0 \(10 frames\), video 2 \(8 frames\)"):
+        HDF5Dataset(h5file, 11)  # at open, not at the item
 
 
 def test_file_that_is_not_hdf5_is_a_clear_error(tmp_path):

@@ -35,34 +35,14 @@ def _device(flag: str) -> torch.device:
 
 def read_video(path: str, max_frames: Optional[int] = None, start: int = 0) -> np.ndarray:
     """Decode a video file into uint8 (T, H, W, 3) RGB frames (``start`` .. ``start + max_frames``)."""
-    import av
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file {path!r} does not exist")
-    frames: List[np.ndarray] = []
-    with av.open(path) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i < start:
-                continue
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
-    if not frames:
-        raise ValueError(f"{path!r} has no decodable video frames after frame {start}")
-    return np.stack(frames)
+    from .data.video_reader import read_video as read
+    return read(path, max_frames, start)
 
 
 def list_videos(paths: Sequence[str]) -> List[str]:
     """Video files among ``paths``: files as given, folders searched recursively (sorted)."""
-    out: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            out += sorted(str(f) for f in Path(p).rglob("*") if f.suffix.lower() in VIDEO_EXTS)
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p!r} is neither a video file nor a folder")
-    return out
+    from .data.video_reader import video_files
+    return video_files(paths)
 
 
 def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> torch.Tensor:

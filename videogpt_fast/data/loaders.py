@@ -14,7 +14,7 @@ import torch.utils.data as data
 from .hdf5_dataset import HDF5Dataset
 from .video_dataset import VideoDataset
 
-__all__ = ["build_dataset", "build_dataloader", "VideoData", "make_loader", "cpu_count"]
+__all__ = ["build_dataset", "build_dataloader", "VideoData", "make_loader", "cpu_count", "require_clips"]
 
 logger = logging.getLogger("videogpt_fast.data")
 
@@ -45,8 +45,17 @@ def _options(args: Any = None, **overrides) -> dict:
 
 
 #: what a data path may be (for error messages)
-DATA_PATH_FORMS = ("a folder with train/ and test/ sub-folders of videos (.mp4/.avi/.webm, optionally in class "
-                   "sub-folders), or an HDF5 file with train_data, train_idx, test_data and test_idx")
+DATA_PATH_FORMS = ("a folder with train/ and test/ sub-folders of videos (.mp4/.avi/.mkv/.mov/.webm/.gif, optionally "
+                   "in class sub-folders), or an HDF5 file with train_data, train_idx, test_data and test_idx")
+
+
+def require_clips(dataset: data.Dataset, what: str = "the dataset") -> None:
+    """``ValueError`` when ``dataset`` has no item, saying why (for a ``VideoDataset``: the clip length
+    needed and the longest videos found) instead of PyTorch's "num_samples should be a positive integer"."""
+    if len(dataset) > 0:
+        return
+    reason = dataset.empty_reason() if hasattr(dataset, "empty_reason") else f"{type(dataset).__name__} is empty"
+    raise ValueError(f"{what} has no clip to load: {reason}")
 
 
 def build_dataset(data_path: str, sequence_length: int, train: bool = True, resolution: int = 64,
@@ -70,19 +79,21 @@ def build_dataloader(args: Any = None, train: bool = True, dataset: data.Dataset
     the local world size), ``shuffle`` (default True for both splits, as the original), ``drop_last``
     (default False), ``pin_memory`` (default: CUDA is available), ``seed``.
 
+    Raises ``ValueError`` (``require_clips``) when the split has no clip.
     Under an initialised ``torch.distributed`` the sampler is a ``DistributedSampler`` (call
     ``loader.sampler.set_epoch(epoch)`` each epoch to reshuffle).
     """
     opts = _options(args, **overrides)
-    if dataset is None:
-        dataset = build_dataset(opts["data_path"], opts["sequence_length"], train=train,
-                                resolution=opts["resolution"])
     num_workers = opts["num_workers"]
     if num_workers in (-1, "all"):
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         num_workers = max(1, cpu_count() // max(1, local_world))
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, -1 or 'all', got {num_workers!r}")
+    if dataset is None:
+        dataset = build_dataset(opts["data_path"], opts["sequence_length"], train=train,
+                                resolution=opts["resolution"])
+    require_clips(dataset, f"the {'train' if train else 'test'} split of {opts['data_path']!r}")
     shuffle = opts.get("shuffle", True)
     if dist.is_available() and dist.is_initialized():
         sampler = data.distributed.DistributedSampler(dataset, num_replicas=dist.get_world_size(),

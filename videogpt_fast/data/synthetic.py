@@ -1,7 +1,6 @@
-"""Small synthetic videos for tests and benchmarks, written with PyAV."""
+"""Small synthetic videos for tests and benchmarks, written with PyAV (imported when writing)."""
 from __future__ import annotations
 
-import av
 import numpy as np
 
 __all__ = ["smooth_frames", "write_video_file"]
@@ -23,6 +22,8 @@ def smooth_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np
 def write_video_file(path: str, frames: np.ndarray, codec: str = "libx264", fps: int = 25,
                      options: dict | None = None) -> str:
     """Encode uint8 (T, H, W, 3) RGB ``frames`` to ``path`` (container from the extension)."""
+    import av
+
     t, h, w, c = frames.shape
     if c != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")

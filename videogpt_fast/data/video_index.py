@@ -1,16 +1,15 @@
-"""Scanning a video folder, probing files with PyAV, caching the result on disk, reading clips.
+"""Indexing the video files of a folder once (``probe_video``) and caching the index on disk.
 
-The index holds, for every file of a split folder, its frame presentation timestamps (the role of
-torchvision ``VideoClips`` metadata in the original), frame rate and size. It is stored as JSON
-(never pickle) and re-used entry by entry: a file whose relative path, size and mtime are unchanged
-is not probed again, so re-opening a large dataset only lists and ``stat``s the folder.
-
-Frame timestamps follow torchvision's ``read_video_timestamps`` (the original's path): packet
-timestamps when the stream was written by libavcodec (``b"Lavc"`` in the extradata), decoded frame
-timestamps otherwise; sorted; no frame-rate resampling (the original passes ``frame_rate=None``).
+The index holds, for every file of a split folder, the decoded timestamp and pixel CRC of each frame
+of a straight decode (see ``video_reader``), its frame rate and size, or why it could not be read.
+It is stored as JSON (never pickle) in a cache folder outside the data, ``$VIDEOGPT_FAST_HOME/
+video_index/`` (default ``~/.cache/videogpt_fast/video_index/``), one file per split folder named by
+a hash of the folder's absolute path, and re-used entry by entry: a file whose relative path, size and
+mtime are unchanged is not decoded again, so re-opening a large dataset only lists and ``stat``s it.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -20,31 +19,34 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 
-__all__ = ["VIDEO_EXTS", "VideoEntry", "VideoIndex", "ClipReadError", "list_videos", "probe_video", "read_clip",
+from .video_reader import VIDEO_EXTS, ClipReadError, list_videos, probe_video, read_video, timestamps_ordered
+
+__all__ = ["VIDEO_EXTS", "VideoEntry", "VideoIndex", "ClipReadError", "list_videos", "probe_video",
            "default_cache_dir"]
 
 logger = logging.getLogger("videogpt_fast.data")
 
-VIDEO_EXTS = ("avi", "mp4", "webm")
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: name of the in-folder index file that versions before 2 wrote (now only reported, never read)
 INDEX_NAME = ".videogpt_fast_index.json"
-
-
-class ClipReadError(RuntimeError):
-    """A clip could not be decoded completely."""
 
 
 @dataclass
 class VideoEntry:
-    """One file of a split folder: where it is, its stat key and either its timestamps or an error."""
+    """One file of a split folder: where it is, its stat key and either its frame record or an error.
+
+    ``pts[i]``/``digests[i]``: decoded timestamp / pixel CRC-32 of frame ``i`` of a straight decode
+    (see ``video_reader.probe_video``); ``keyframes``: indices of key frames.
+    """
 
     path: str  # relative to the split folder, '/'-separated
     size: int
     mtime_ns: int
-    pts: list[int] = field(default_factory=list)
+    pts: list = field(default_factory=list)
+    digests: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    keyframes: list = field(default_factory=list)
     fps: float | None = None
     width: int = 0
     height: int = 0
@@ -54,12 +56,18 @@ class VideoEntry:
     def num_frames(self) -> int:
         return len(self.pts)
 
+    @property
+    def seekable(self) -> bool:
+        """Whether decoded timestamps identify frames, so reads may seek (else they decode from the start)."""
+        return timestamps_ordered(self.pts)
+
     def to_json(self) -> dict:
         d = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "fps": self.fps,
-             "width": self.width, "height": self.height, "error": self.error}
+             "width": self.width, "height": self.height, "error": self.error, "keyframes": list(self.keyframes),
+             "digests": base64.b64encode(np.asarray(self.digests, "<u4").tobytes()).decode("ascii")}
         p = self.pts
         # Constant-frame-rate videos (the common case) are stored as start/step/count.
-        if len(p) >= 2 and all(p[i + 1] - p[i] == p[1] - p[0] for i in range(len(p) - 1)):
+        if len(p) >= 2 and self.seekable and all(p[i + 1] - p[i] == p[1] - p[0] for i in range(len(p) - 1)):
             d["pts_range"] = [p[0], p[1] - p[0], len(p)]
         else:
             d["pts"] = list(p)
@@ -71,43 +79,13 @@ class VideoEntry:
             start, step, n = d["pts_range"]
             pts = [start + i * step for i in range(n)]
         else:
-            pts = [int(x) for x in d["pts"]]
-        return cls(path=d["path"], size=int(d["size"]), mtime_ns=int(d["mtime_ns"]), pts=pts, fps=d["fps"],
-                   width=int(d["width"]), height=int(d["height"]), error=d["error"])
-
-
-def list_videos(folder: str, exts: tuple[str, ...] = VIDEO_EXTS) -> list[str]:
-    """Relative paths of ``*.{ext}`` files under ``folder`` (recursive, sorted).
-
-    Like the original's ``glob(folder/**/*.ext, recursive=True)``: case-sensitive extensions, hidden
-    files and folders (leading dot) are not matched.
-    """
-    suffixes = tuple(f".{e}" for e in exts)
-    out = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.endswith(suffixes) and not name.startswith("."):
-                out.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
-    return sorted(out)
-
-
-def probe_video(path: str) -> dict:
-    """Frame timestamps, fps and size of the first video stream of ``path`` (raises on failure)."""
-    with av.open(path, metadata_errors="ignore") as container:
-        if not container.streams.video:
-            raise ClipReadError("no video stream")
-        stream = container.streams.video[0]
-        extradata = stream.codec_context.extradata
-        if extradata is not None and b"Lavc" in bytes(extradata):
-            pts = [p.pts for p in container.demux(stream) if p.pts is not None]
-        else:
-            pts = [f.pts for f in container.decode(stream) if f.pts is not None]
-        fps = float(stream.average_rate) if stream.average_rate else None
-        width, height = stream.codec_context.width, stream.codec_context.height
-    if not pts:
-        raise ClipReadError("no decodable frames")
-    return {"pts": sorted(set(int(p) for p in pts)), "fps": fps, "width": int(width), "height": int(height)}
+            pts = [None if x is None else int(x) for x in d["pts"]]
+        digests = np.frombuffer(base64.b64decode(d["digests"]), "<u4").astype(np.uint32)
+        if len(digests) != len(pts):
+            raise ValueError(f"entry {d['path']!r}: {len(digests)} digests for {len(pts)} frames")
+        return cls(path=d["path"], size=int(d["size"]), mtime_ns=int(d["mtime_ns"]), pts=pts, digests=digests,
+                   keyframes=[int(k) for k in d["keyframes"]], fps=d["fps"], width=int(d["width"]),
+                   height=int(d["height"]), error=d["error"])
 
 
 def _probe_entry(args: tuple[str, str, int, int]) -> VideoEntry:
@@ -115,27 +93,30 @@ def _probe_entry(args: tuple[str, str, int, int]) -> VideoEntry:
     entry = VideoEntry(path=rel, size=size, mtime_ns=mtime_ns)
     try:
         info = probe_video(os.path.join(folder, rel))
-        entry.pts, entry.fps, entry.width, entry.height = info["pts"], info["fps"], info["width"], info["height"]
+        for k in ("pts", "digests", "keyframes", "fps", "width", "height"):
+            setattr(entry, k, info[k])
     except Exception as e:  # corrupt, truncated, empty, unsupported: recorded, never raised
         entry.error = f"{type(e).__name__}: {e}".strip()
     return entry
 
 
 def default_cache_dir() -> str:
-    """``$VIDEOGPT_FAST_CACHE`` or ``$XDG_CACHE_HOME/videogpt_fast`` (default ``~/.cache/videogpt_fast``)."""
-    if os.environ.get("VIDEOGPT_FAST_CACHE"):
-        return os.environ["VIDEOGPT_FAST_CACHE"]
-    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "videogpt_fast")
+    """``$VIDEOGPT_FAST_HOME`` (default ``~/.cache/videogpt_fast``), where pretrained files live too."""
+    return os.path.expanduser(os.environ.get("VIDEOGPT_FAST_HOME") or "~/.cache/videogpt_fast")
 
 
 class VideoIndex:
-    """The probed files of one split folder, loaded from and saved to a JSON cache.
+    """The indexed files of one split folder, loaded from and saved to a JSON cache.
 
     Args:
         folder: the split folder (``<data_folder>/train`` or ``/test``).
-        cache_dir: where to keep the index. ``None``: ``<folder>/.videogpt_fast_index.json`` when the
-            folder is writable, else ``default_cache_dir()/index-<sha1(folder)>.json``. ``False``: no cache.
-        num_workers: threads that probe new files (default: one per usable core; 1: no pool).
+        cache_dir: folder of the index cache. ``None``: ``default_cache_dir()``; ``False``: no cache.
+            The index of ``folder`` is ``<cache_dir>/video_index/<sha1(abspath(folder))[:16]>.json``
+            (``cache_path``); where it is gets logged (logger ``videogpt_fast.data``, INFO).
+        num_workers: threads that decode new files (default: one per usable core; 1: no pool).
+
+    Raises ``ValueError`` when ``folder`` is not a directory. Unreadable files are recorded (``unreadable``)
+    and warned about (``RuntimeWarning``) when first indexed, never raised.
     """
 
     def __init__(self, folder: str, cache_dir: str | None | bool = None, num_workers: int | None = None):
@@ -163,17 +144,23 @@ class VideoIndex:
                               RuntimeWarning, stacklevel=3)
         if self.cache_path and (todo or set(cached) != set(entries)):
             self._save_cache()
+        if os.path.exists(os.path.join(self.folder, INDEX_NAME)):
+            logger.info("%s was written by an older videogpt_fast and is no longer used (delete it freely)",
+                        os.path.join(self.folder, INDEX_NAME))
+        unordered = sum(1 for e in self.readable if not e.seekable)
+        logger.info("video index of %s: %d files (%d decoded now, %d unreadable), cache %s%s", self.folder,
+                    len(self.entries), len(todo), len(self.unreadable), self.cache_path or "disabled",
+                    f"; {unordered} file(s) have decoded timestamps out of presentation order (e.g. AVI with "
+                    "B-frames) and are read by decoding from their start" if unordered else "")
 
     # -- cache -------------------------------------------------------------------------------
     def _cache_path(self, cache_dir: str | None | bool) -> str | None:
         if cache_dir is False:
             return None
-        if cache_dir is None:
-            if os.access(self.folder, os.W_OK):
-                return os.path.join(self.folder, INDEX_NAME)
+        if cache_dir is None or cache_dir is True:
             cache_dir = default_cache_dir()
         key = hashlib.sha1(self.folder.encode()).hexdigest()[:16]
-        return os.path.join(str(cache_dir), f"index-{key}.json")
+        return os.path.join(str(cache_dir), "video_index", f"{key}.json")
 
     def _load_cache(self) -> dict[str, VideoEntry]:
         if not self.cache_path or not os.path.exists(self.cache_path):
@@ -185,11 +172,12 @@ class VideoIndex:
                 return {}
             return {e["path"]: VideoEntry.from_json(e) for e in d["entries"]}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("ignoring unreadable video index %s (%s)", self.cache_path, e)
+            logger.warning("ignoring unreadable video index %s (%s); indexing again", self.cache_path, e)
             return {}
 
     def _save_cache(self) -> None:
         d = {"version": INDEX_VERSION, "folder": self.folder, "entries": [e.to_json() for e in self.entries]}
+        tmp = None
         try:
             os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.cache_path), suffix=".tmp")
@@ -197,18 +185,21 @@ class VideoIndex:
                 json.dump(d, f, separators=(",", ":"))
             os.replace(tmp, self.cache_path)  # atomic: concurrent ranks never read half a file
         except OSError as e:
-            logger.warning("could not write video index %s (%s)", self.cache_path, e)
+            logger.warning("could not write the video index %s (%s): the folder is indexed again next time "
+                           "(set $VIDEOGPT_FAST_HOME to a writable folder)", self.cache_path, e)
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
 
     @staticmethod
     def _probe_all(todo: list, num_workers: int | None) -> list[VideoEntry]:
         if num_workers is None:
             num_workers = min(len(todo), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                               else (os.cpu_count() or 1))
+        logger.info("indexing %d video file(s) (decoding each once)", len(todo))
         if num_workers <= 1 or len(todo) < 4:
             return [_probe_entry(t) for t in todo]
         # Threads, not processes: PyAV releases the GIL while demuxing/decoding, and threads need no
         # ``if __name__ == "__main__"`` guard in the calling script.
-        logger.info("probing %d videos with %d threads", len(todo), num_workers)
         with ThreadPoolExecutor(num_workers) as ex:
             return list(ex.map(_probe_entry, todo))
 
@@ -224,35 +215,21 @@ class VideoIndex:
     def abspath(self, entry: VideoEntry) -> str:
         return os.path.join(self.folder, entry.path)
 
+    def read(self, entry: VideoEntry, start: int, num_frames: int) -> np.ndarray:
+        """Frames ``start .. start + num_frames - 1`` of ``entry`` as uint8 (T, H, W, 3) (see ``read_video``).
 
-def read_clip(path: str, pts: list[int]) -> np.ndarray:
-    """Decode the frames whose timestamps are ``pts`` (sorted) as a uint8 (T, H, W, 3) RGB array.
-
-    Seeks to the key frame at or before ``pts[0]`` and decodes forward, like torchvision's
-    ``read_video(path, pts[0], pts[-1])``; raises ``ClipReadError`` unless exactly those frames came out.
-    """
-    start, end = pts[0], pts[-1]
-    wanted = set(pts)
-    frames: dict[int, np.ndarray] = {}
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        for attempt in range(2):
-            # Second attempt: the seek overshot (sparse or missing index), decode from the start.
-            container.seek(start if attempt == 0 else (stream.start_time or 0), stream=stream,
-                           backward=True, any_frame=False)
-            overshot = False
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                if not frames and frame.pts > start and attempt == 0:
-                    overshot = True
-                    break
-                if frame.pts > end:
-                    break
-                if frame.pts in wanted:
-                    frames[frame.pts] = frame.to_ndarray(format="rgb24")
-            if not overshot:
-                break
-    if len(frames) != len(pts):
-        raise ClipReadError(f"decoded {len(frames)} of {len(pts)} frames in pts [{start}, {end}] of {path}")
-    return np.stack([frames[p] for p in pts])
+        Raises ``ClipReadError`` naming the file when it changed since it was indexed (size or mtime)
+        or fewer frames than asked could be decoded.
+        """
+        path = self.abspath(entry)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ClipReadError(f"{path} was indexed but cannot be read now ({e})") from e
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            raise ClipReadError(f"{path} changed since it was indexed (size or mtime); open the dataset again "
+                                "to re-index it")
+        frames = read_video(path, num_frames, start, pts=entry.pts, digests=entry.digests, keyframes=entry.keyframes)
+        if len(frames) != num_frames:
+            raise ClipReadError(f"decoded {len(frames)} of {num_frames} frames from frame {start} of {path}")
+        return frames
