@@ -95,7 +95,9 @@ def _probe_entry(args: tuple[str, str, int, int]) -> VideoEntry:
         info = probe_video(os.path.join(folder, rel))
         for k in ("pts", "digests", "keyframes", "fps", "width", "height"):
             setattr(entry, k, info[k])
-    except Exception as e:  # corrupt, truncated, empty, unsupported: recorded, never raised
+    except ClipReadError as e:  # corrupt, truncated, empty, no video: recorded, never raised
+        entry.error = e.reason
+    except Exception as e:  # anything else PyAV raises on a bad file
         entry.error = f"{type(e).__name__}: {e}".strip()
     return entry
 

@@ -31,7 +31,17 @@ VIDEO_EXTS = (".avi", ".gif", ".mkv", ".mov", ".mp4", ".webm")
 
 
 class ClipReadError(ValueError):
-    """A video file, or some of its frames, could not be decoded (the message names the file)."""
+    """A video file, or some of its frames, could not be decoded (the message names the file;
+    ``reason`` is the message without it)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _why(e: Exception) -> str:
+    """An FFmpeg error's text without the file name PyAV appends."""
+    return getattr(e, "strerror", None) or str(e)
 
 
 def _is_video(name: str) -> bool:
@@ -87,7 +97,7 @@ def _open(path: str):
     try:
         return av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise ClipReadError(f"cannot open {path}: {type(e).__name__}: {e}") from e
+        raise ClipReadError(f"cannot open {path}: {_why(e)}", f"cannot open: {_why(e)}") from e
 
 
 def probe_video(path: str) -> dict:
@@ -105,7 +115,7 @@ def probe_video(path: str) -> dict:
     keyframes: list[int] = []
     with _open(path) as container:
         if not container.streams.video:
-            raise ClipReadError(f"{path} has no video stream")
+            raise ClipReadError(f"{path} has no video stream", "no video stream")
         stream = container.streams.video[0]
         width = height = 0
         try:
@@ -117,10 +127,11 @@ def probe_video(path: str) -> dict:
                 if frame.key_frame:
                     keyframes.append(i)
         except av.FFmpegError as e:
-            raise ClipReadError(f"decoding {path} failed after {len(pts)} frames: {type(e).__name__}: {e}") from e
+            why = f"decoding failed after {len(pts)} frames: {_why(e)}"
+            raise ClipReadError(f"{path}: {why}", why) from e
         fps = float(stream.average_rate) if stream.average_rate else None
     if not pts:
-        raise ClipReadError(f"{path} has no decodable video frames")
+        raise ClipReadError(f"{path} has no decodable video frames", "no decodable video frames")
     return {"pts": pts, "digests": np.asarray(digests, np.uint32), "keyframes": keyframes, "fps": fps,
             "width": int(width), "height": int(height)}
 
@@ -179,8 +190,7 @@ def _read_from_start(path: str, start: int, stop: int | None, digests: np.ndarra
                                         "file changed? it is indexed again when its size or mtime changes)")
                 frames.append(frame.to_ndarray(format="rgb24"))
         except av.FFmpegError as e:
-            raise ClipReadError(f"decoding {path} failed at frame {start + len(frames)}: "
-                                f"{type(e).__name__}: {e}") from e
+            raise ClipReadError(f"decoding {path} failed at frame {start + len(frames)}: {_why(e)}") from e
     return frames
 
 
