@@ -100,11 +100,30 @@ def test_issue_avi_with_b_frames(tmp_path):
     (root / "test").mkdir()
     ds = VideoDataset(str(root), 16, resolution=32)
     entry = ds.videos[0]
-    assert not entry.seekable  # decoded timestamps come in decode order here
+    assert not entry.ordered_timestamps  # decoded timestamps come in decode order here
     assert entry.num_frames == 30 and len(ds) == 15 and ds.skipped == 0
     red = ds.get_clip(0)[0][..., 0].float().mean(dim=(1, 2)).numpy()
     assert np.abs(red - 7 * np.arange(16)).max() < 3.5 and np.all(np.diff(red) > 0)
     assert np.array_equal(ds.get_clip(14)[0].numpy(), decode_video(clip)[14:30])  # the last clip is whole
+
+
+def test_avi_out_of_order_timestamps_seek_by_key_frame_crc(tmp_path, monkeypatch):
+    path = str(_write(tmp_path / "v.avi", np.concatenate([_ramp(), _ramp()]), "libx264", {"bf": "3", "g": "12"}))
+    ref = decode_video(path)
+    info = video_reader.probe_video(path)
+    assert not video_reader.timestamps_ordered(info["pts"]) and info["keyframes"][:3] == [0, 12, 24]
+    rec = dict(pts=info["pts"], digests=info["digests"], keyframes=info["keyframes"])
+    from_start = []
+    real = video_reader._read_from_start
+    monkeypatch.setattr(video_reader, "_read_from_start", lambda *a: from_start.append(a[1]) or real(*a))
+    for start in (5, 12, 13, 30, 44):
+        assert np.array_equal(video_reader.read_video(path, 16, start, **rec), ref[start:start + 16])
+    assert from_start == [5]  # before the first key frame after 0; the others seek
+    # a key frame whose recorded CRC is not what the seek decodes: an earlier key frame is used instead
+    wrong = info["digests"].copy()
+    wrong[24] ^= 1
+    assert np.array_equal(video_reader.read_video(path, 4, 26, **dict(rec, digests=wrong)), ref[26:30])
+    assert from_start == [5]
 
 
 def test_seeking_is_checked_and_falls_back(tmp_path, monkeypatch):

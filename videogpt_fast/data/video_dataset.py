@@ -64,7 +64,7 @@ class VideoDataset(data.Dataset):
         num_index_workers: threads that decode new files when building the index.
     """
 
-    exts = list(VIDEO_EXTS)
+    exts = [e.lstrip(".") for e in VIDEO_EXTS]  # the original's attribute (without dots)
 
     def __init__(self, data_folder: str, sequence_length: int, train: bool = True, resolution: int = 64,
                  cache_dir: str | None | bool = None, num_index_workers: int | None = None):

@@ -57,8 +57,8 @@ class VideoEntry:
         return len(self.pts)
 
     @property
-    def seekable(self) -> bool:
-        """Whether decoded timestamps identify frames, so reads may seek (else they decode from the start)."""
+    def ordered_timestamps(self) -> bool:
+        """Whether the decoded timestamps identify frames (see ``video_reader.timestamps_ordered``)."""
         return timestamps_ordered(self.pts)
 
     def to_json(self) -> dict:
@@ -67,7 +67,7 @@ class VideoEntry:
              "digests": base64.b64encode(np.asarray(self.digests, "<u4").tobytes()).decode("ascii")}
         p = self.pts
         # Constant-frame-rate videos (the common case) are stored as start/step/count.
-        if len(p) >= 2 and self.seekable and all(p[i + 1] - p[i] == p[1] - p[0] for i in range(len(p) - 1)):
+        if len(p) >= 2 and self.ordered_timestamps and all(p[i + 1] - p[i] == p[1] - p[0] for i in range(len(p) - 1)):
             d["pts_range"] = [p[0], p[1] - p[0], len(p)]
         else:
             d["pts"] = list(p)
@@ -149,11 +149,11 @@ class VideoIndex:
         if os.path.exists(os.path.join(self.folder, INDEX_NAME)):
             logger.info("%s was written by an older videogpt_fast and is no longer used (delete it freely)",
                         os.path.join(self.folder, INDEX_NAME))
-        unordered = sum(1 for e in self.readable if not e.seekable)
+        unordered = sum(1 for e in self.readable if not e.ordered_timestamps)
         logger.info("video index of %s: %d files (%d decoded now, %d unreadable), cache %s%s", self.folder,
                     len(self.entries), len(todo), len(self.unreadable), self.cache_path or "disabled",
                     f"; {unordered} file(s) have decoded timestamps out of presentation order (e.g. AVI with "
-                    "B-frames) and are read by decoding from their start" if unordered else "")
+                    "B-frames): their frames are numbered by decoding order from key frames" if unordered else "")
 
     # -- cache -------------------------------------------------------------------------------
     def _cache_path(self, cache_dir: str | None | bool) -> str | None:

@@ -4,11 +4,13 @@ The frame order is the decoder's output order of a straight decode (every frame 
 the first video stream): frame ``i`` is the ``i``-th frame the decoder returns. Container and
 decoded timestamps are never trusted to order frames: in AVI, for example, H.264 B-frames come back
 with timestamps in decode order. ``probe_video`` records, for each frame of a straight decode, its
-decoded timestamp and a CRC-32 of its decoded (native pixel format) planes; ``read_video`` with that
-record may seek to a key frame to skip the start, but accepts the frames only when their timestamps
-form a consecutive run of the record and their CRCs match, and otherwise decodes from the start. So a
-clip always equals consecutive frames of a straight decode, in any container (MP4, MKV, AVI, WebM,
-MOV, GIF) and codec, with or without B-frames.
+decoded timestamp and a CRC-32 of its decoded (native pixel format) pixels. ``read_video`` with that
+record may seek to a key frame to skip the start; it numbers the frames after the seek by their
+timestamps (when the record's are strictly increasing) or from the key frame whose CRC it finds first
+(otherwise), and keeps them only when they come consecutively and every kept frame's CRC matches the
+record; any failed check means decoding from the start. So a clip always equals consecutive frames of
+a straight decode, in any container (MP4, MKV, MOV, AVI, WebM, GIF) and codec, with or without
+B-frames, open or closed GOPs.
 
 ``import av`` happens inside the functions (the GPU machines may lack PyAV).
 """
@@ -163,7 +165,7 @@ def read_video(path: str, max_frames: int | None = None, start: int = 0, *, pts:
     stop = None if max_frames is None else start + max_frames
     if pts is not None and digests is not None:
         stop = len(pts) if stop is None else min(stop, len(pts))
-        if start > 0 and timestamps_ordered(pts):
+        if start > 0:
             frames = _read_by_seeking(path, start, stop, pts, digests, keyframes)
             if frames is not None:
                 return frames
@@ -194,36 +196,49 @@ def _read_from_start(path: str, start: int, stop: int | None, digests: np.ndarra
     return frames
 
 
-def _read_by_seeking(path: str, start: int, stop: int, pts: Sequence[int], digests: np.ndarray,
+def _read_by_seeking(path: str, start: int, stop: int, pts: Sequence[int | None], digests: np.ndarray,
                      keyframes: Iterable[int]) -> np.ndarray | None:
-    """Frames ``start .. stop - 1`` after a seek, or ``None`` when any check fails."""
+    """Frames ``start .. stop - 1`` after a seek, or ``None`` when a check fails (see the module docstring).
+
+    Ordered timestamps: seek to ``pts[start]`` (the demuxer goes back to a key frame) and number the
+    decoded frames by their timestamps. Out-of-order timestamps: seek to a key frame ``k <= start``
+    and number the decoded frames ``k, k + 1, ...`` once the first one's CRC is that of frame ``k``.
+    Either way, frames must come consecutively and every kept frame's CRC must match the record.
+    When the seek lands after ``start``, up to two earlier key frames are tried.
+    """
     import av
-    pts_arr = np.asarray(pts, dtype=np.int64)
-    keys = sorted(k for k in keyframes if k <= start)
-    targets = [start] + [k for k in reversed(keys) if k < start][:2]  # then up to two earlier key frames
+    ordered = timestamps_ordered(pts)
+    pts_arr = np.asarray(pts if ordered else [-1 if p is None else p for p in pts], dtype=np.int64)
+    earlier = [k for k in sorted(keyframes, reverse=True) if 0 < k <= start and pts[k] is not None][:3]
+    targets = ([start] + [k for k in earlier if k < start][:2]) if ordered else earlier
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
             for target in targets:
-                if target == 0:
-                    return None  # decoding from the start is the fallback itself
                 container.seek(int(pts_arr[target]), stream=stream, backward=True, any_frame=False)
-                frames, expect = [], None
+                frames, i = [], None
                 for frame in container.decode(stream):
-                    if frame.pts is None:
-                        return None
-                    i = int(np.searchsorted(pts_arr, frame.pts))
-                    if i >= len(pts_arr) or pts_arr[i] != frame.pts or (expect is not None and i != expect):
-                        return None  # timestamps after the seek do not follow the straight decode
-                    if expect is None and i > start:
-                        break  # landed after start: try an earlier key frame
-                    expect = i + 1
+                    if i is None:  # the first frame after the seek: which one is it?
+                        if ordered:
+                            i = int(np.searchsorted(pts_arr, frame.pts)) if frame.pts is not None else len(pts_arr)
+                            if i >= len(pts_arr) or pts_arr[i] != frame.pts:
+                                return None
+                        elif frame_digest(frame) == int(digests[target]):
+                            i = target
+                        else:
+                            break  # not the key frame aimed at: try an earlier one
+                        if i > start:
+                            break  # landed after start: try an earlier key frame
+                    else:
+                        i += 1
+                        if i >= len(pts_arr) or (ordered and frame.pts != pts_arr[i]):
+                            return None  # timestamps after the seek do not follow the straight decode
                     if i >= start:
                         if frame_digest(frame) != int(digests[i]):
                             return None
                         frames.append(frame.to_ndarray(format="rgb24"))
-                    if i + 1 >= stop:
-                        return np.stack(frames)
+                        if i + 1 >= stop:
+                            return np.stack(frames)
                 else:
                     return None  # the stream ended early
     except (av.FFmpegError, ClipReadError, IndexError) as e:
