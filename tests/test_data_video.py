@@ -63,6 +63,7 @@ CODECS = [  # container, encoder, options: B-frames (bf) and a key frame every g
     ("avi", "libx264", {"bf": "3", "g": "12"}),
     ("mp4", "libx264", {"bf": "3", "g": "12"}),
     ("mkv", "libx264", {"bf": "3", "g": "12"}),
+    ("mkv", "libx264", {"bf": "3", "g": "12", "x264-params": "open-gop=1"}),
     ("mov", "libx264", {"bf": "2", "g": "7"}),
     ("mp4", "libx264", {"bf": "0", "g": "12"}),
     ("avi", "mpeg4", {"bf": "2", "g": "12", "qmax": "2"}),
@@ -72,7 +73,7 @@ CODECS = [  # container, encoder, options: B-frames (bf) and a key frame every g
 ]
 
 
-@pytest.mark.parametrize("ext,codec,options", CODECS, ids=[f"{e}-{c}-bf{o.get('bf', 0)}" for e, c, o in CODECS])
+@pytest.mark.parametrize("ext,codec,options", CODECS, ids=[f"{e}-{c}-bf{o.get('bf', 0)}{'-opengop' if 'x264-params' in o else ''}" for e, c, o in CODECS])
 def test_every_clip_equals_consecutive_frames_of_a_straight_decode(tmp_path, ext, codec, options):
     root = tmp_path / "data"
     clip = _write(root / "train" / f"clip.{ext}", _ramp(), codec, options)
@@ -91,6 +92,28 @@ def test_every_clip_equals_consecutive_frames_of_a_straight_decode(tmp_path, ext
         assert v == 0 and np.array_equal(frames.numpy(), ref[i:i + 16]), f"clip {i}"
     other = decode_video(root / "train" / "other.mp4")
     assert np.array_equal(ds.get_clip(16)[0].numpy(), other[1:17])
+
+
+@pytest.mark.parametrize("ext,codec,pix_fmt", [("webm", "libvpx-vp9", "yuv420p"), ("gif", "gif", "rgb8")])
+def test_odd_sizes_and_gif(tmp_path, ext, codec, pix_fmt):
+    """Odd frame sizes (PyAV cannot export odd-width yuv420p as it is) and palette GIFs read right too."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV/FFmpeg has no {codec} encoder")
+    path = tmp_path / "train" / f"odd.{ext}"
+    path.parent.mkdir(parents=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=10, options={"g": "5"} if codec != "gif" else {})
+        s.width, s.height, s.pix_fmt = 47, 33, pix_fmt
+        for img in smooth_frames(20, 33, 47):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format=pix_fmt)):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    ds = VideoDataset(str(tmp_path), 8, resolution=16)
+    ref = decode_video(path)
+    assert ds.skipped == 0 and len(ds) == 13 and ref.shape == (20, 33, 47, 3)
+    for i in (0, 6, 12):
+        assert np.array_equal(ds.get_clip(i)[0].numpy(), ref[i:i + 8])
 
 
 def test_issue_avi_with_b_frames(tmp_path):

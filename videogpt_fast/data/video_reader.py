@@ -84,7 +84,7 @@ def frame_digest(frame) -> int:
     export that format); equal for equal decoded frames, so it tells whether two decodes agree."""
     try:
         arr = frame.to_ndarray()
-    except (ValueError, TypeError, NotImplementedError):
+    except Exception:  # formats or sizes PyAV cannot export as they are (e.g. odd-width yuv420p)
         arr = frame.to_ndarray(format="rgb24")
     if isinstance(arr, tuple):  # palette formats: (indices, palette)
         crc = 0
