@@ -24,12 +24,15 @@ def _class_of(rel: str) -> str | None:
     return os.path.basename(os.path.dirname(rel)) or None
 
 
+def _root_class(train_folder: str) -> str:
+    """Class of the files directly in ``train_folder``: its name (``"train"``), as the original names it."""
+    return os.path.basename(os.path.normpath(train_folder))
+
+
 def class_names(train_folder: str) -> list[str]:
     """The class list of a dataset: sorted parent-folder names of the video files of ``train_folder``
-    (readable or not, so labels never shift); files directly in it form the class named after it
-    (``"train"``, as the original names a flat folder's class)."""
-    root = os.path.basename(os.path.normpath(train_folder))
-    return sorted({_class_of(rel) or root for rel in list_videos(train_folder)})
+    (readable or not, so labels never shift); files directly in it form the class ``_root_class``."""
+    return sorted({_class_of(rel) or _root_class(train_folder) for rel in list_videos(train_folder)})
 
 
 class VideoDataset(data.Dataset):
@@ -81,7 +84,7 @@ class VideoDataset(data.Dataset):
                                 num_workers=num_index_workers)
         self.classes = class_names(train_folder)
         self.class_to_label = {c: i for i, c in enumerate(self.classes)}
-        root_class = os.path.basename(os.path.normpath(train_folder))
+        root_class = _root_class(train_folder)
         unknown = sorted({_class_of(e.path) for e in self.index.entries if _class_of(e.path) is not None}
                          - set(self.classes))
         if unknown:
