@@ -234,10 +234,10 @@ def test_compile_trains_both_stages(dataset, vqvae_ckpt, tmp_path):
 # ==============================================================================================
 @pytest.fixture(scope="module")
 def video_folder(tmp_path_factory) -> str:
-    """train/{cats,dogs}/ tiny H.264 files plus one corrupt file; test/ one file."""
+    """train/{cats,dogs}/ tiny H.264 files plus one corrupt file; test/cats/ one file."""
     from videogpt_fast.data.synthetic import smooth_frames, write_video_file
     root = tmp_path_factory.mktemp("videos")
-    for rel, n, seed in [("train/cats/a.mp4", 6, 0), ("train/dogs/b.mp4", 7, 1), ("test/c.mp4", 6, 2)]:
+    for rel, n, seed in [("train/cats/a.mp4", 6, 0), ("train/dogs/b.mp4", 7, 1), ("test/cats/c.mp4", 6, 2)]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         write_video_file(str(root / rel), smooth_frames(n, 20, 24, seed=seed))
     (root / "train/cats/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
