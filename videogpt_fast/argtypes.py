@@ -7,6 +7,7 @@ any work starts. :func:`check_output_path` validates an output file the same way
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 from typing import Sequence
@@ -75,6 +76,13 @@ def check_output_path(path: str, extensions: Sequence[str], flag: str = "--outpu
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``-h`` shows each flag's default, except where its help already says it, for switches and
     required flags, and where the default is None (nothing to show)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and action.default is not None \
+                and action.default is not False and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)  # a flag without help still shows its default
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
