@@ -57,12 +57,12 @@ def check_output_path(path: str, extensions: Sequence[str], flag: str = "--outpu
     folder (or the nearest existing parent, when the folder is still to be created) is a writable
     folder. Raises ValueError naming ``flag``, the path and the supported extensions otherwise."""
     out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name ending in {', '.join(extensions)}")
     ext = out.suffix.lower()
     if ext not in extensions:
         raise ValueError(f"{flag} {path}: unsupported extension {ext or '(none)'!r}; supported: "
                          f"{', '.join(extensions)}")
-    if out.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name ending in {', '.join(extensions)}")
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent

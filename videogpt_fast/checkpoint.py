@@ -160,8 +160,10 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
         raise CorruptCheckpointError(
             f"checkpoint {path} is corrupt or not a PyTorch checkpoint (its pickle data cannot be read: "
             f"{_unpickler_reason(e)})") from None
-    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, TypeError, AttributeError,
-            UnicodeDecodeError, MemoryError, OverflowError, zipfile.BadZipFile) as e:
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, TypeError, AttributeError, OSError,
+            UnicodeDecodeError, MemoryError, OverflowError, zipfile.BadZipFile) as e:  # OSError: EINVAL on a cut zip
         what = ("ends early (truncated)" if isinstance(e, EOFError) else "holds unreadable pickle data"
                 if isinstance(e, KeyError) else f"cannot be read ({_short(e)})")
         raise CorruptCheckpointError(
