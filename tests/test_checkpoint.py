@@ -167,7 +167,8 @@ def write_bad_checkpoint(kind: str, path: Path) -> Path:
     elif kind == "truncated":
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     elif kind == "random":
-        path.write_bytes(torch.randint(0, 256, (1 << 16,), dtype=torch.uint8, generator=torch.Generator().manual_seed(252)).numpy().tobytes())
+        g = torch.Generator().manual_seed(252)
+        path.write_bytes(torch.randint(0, 256, (1 << 16,), dtype=torch.uint8, generator=g).numpy().tobytes())
     elif kind == "text":
         path.write_text("hello world\n")
     elif kind == "plain_pickle":
