@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -245,30 +246,24 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 def link_or_copy(src: PathLike, dst: PathLike) -> str:
     """Make ``dst`` the same file as ``src`` without a second copy on disk: a hard link, put in place
-    atomically (link to a temporary name, rename over ``dst``). Where the filesystem has no hard links
-    it falls back to an atomic copy. Returns ``"hard link"`` or ``"copy"``."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.parent / f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}"
-    try:
+    atomically by :func:`atomic_write`. Where the filesystem has no hard links it falls back to an
+    (atomic) copy. Returns ``"hard link"`` or ``"copy"``; raises :class:`CheckpointWriteError`."""
+    how: List[str] = []
+
+    def put(tmp: str) -> None:
+        os.unlink(tmp)  # os.link needs a free name
         try:
             os.link(src, tmp)
-            how = "hard link"
+            how.append("hard link")
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK,
                                errno.ENOSYS, errno.EACCES):
                 raise
-            import shutil
             shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            how = "copy"
-        os.replace(tmp, dst)
-    except OSError as e:
-        raise (e if isinstance(e, CheckpointWriteError) else _write_error(dst, e)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return how
+            how.append("copy")
+
+    atomic_write(dst, put)
+    return how[0]
 
 
 def lightning_checkpoint(model: torch.nn.Module, *, global_step: int = 0, epoch: int = 0,

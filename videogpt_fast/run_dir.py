@@ -48,9 +48,13 @@ class OutputLock:
         self._file = None
 
     def acquire(self) -> "OutputLock":
-        import fcntl
-
         self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            log.warning("cannot lock --output %s: no fcntl on this platform; make sure no other training "
+                        "writes there", self.folder)
+            return self
         f = open(self.path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
