@@ -143,7 +143,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse ``{vqvae,gpt} [flags]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="videogpt-fast train", description=__doc__.split("\n\n")[0].replace("``", ""),
+    top = argparse.ArgumentParser(prog="videogpt-fast train",
+                                  description=__doc__.split("\n\n")[0].replace("``", ""),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("stage", choices=STAGES, help="vqvae: the VQ-VAE; gpt: the VideoGPT prior")
     if not argv or argv[0] in ("-h", "--help"):
