@@ -504,6 +504,9 @@ def test_output_lock_and_fresh_output(dataset, tmp_path, capsys):
     assert f"--output {out} is not empty" in err and "--resume auto" in err and err.count("\n") == 1
     before = safe_load(out / "last.ckpt")["global_step"]
     assert before == 1  # untouched
+    (tmp_path / "file").write_text("x")
+    assert train.main(argv[:-1] + [str(tmp_path / "file")]) == 2
+    assert f"--output {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_resume_after_a_killed_save(dataset, tmp_path, caplog):

@@ -48,6 +48,8 @@ class OutputLock:
         self._file = None
 
     def acquire(self) -> "OutputLock":
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"--output {self.folder} is a file, not a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
