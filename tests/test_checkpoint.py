@@ -273,6 +273,11 @@ def test_prior_args_are_checked_against_weights(tmp_path):
     torch.save(raw, bad)
     with pytest.raises(ckpt_mod.CheckpointMismatchError, match="gpt.ckpt.*do not match its weights"):
         load_videogpt(str(bad))
+    raw = safe_load(path)
+    del raw["state_dict"]["attn_stack.pos_embd.emb.d_0"]  # its stored VQ-VAE path is stale: rebuilt from weights
+    torch.save(raw, bad)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"gpt.ckpt: .*lacks \['attn_stack.pos_embd.emb.d_0'\]"):
+        load_videogpt(str(bad))
 
 
 def test_link_or_copy(tmp_path, monkeypatch):

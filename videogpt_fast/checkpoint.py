@@ -421,12 +421,21 @@ def load_vqvae(name_or_path: PathLike, device: Optional[Union[str, torch.device]
     return _place(model, device)
 
 
-def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor]) -> argparse.Namespace:
+def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor],
+                     path: Optional[PathLike] = None) -> argparse.Namespace:
     """Rebuild the VQ-VAE hyper-parameters from the ``vqvae.*`` weights a prior checkpoint holds
-    and the prior's data arguments (``resolution``, ``sequence_length``)."""
+    and the prior's data arguments (``resolution``, ``sequence_length``). Raises
+    :class:`CheckpointMismatchError` (naming ``path`` when given) when the weights lack them."""
+    where = f"{path}: " if path is not None else ""
     sd = {k[len("vqvae."):]: v for k, v in state_dict.items() if k.startswith("vqvae.")}
     if "codebook.embeddings" not in sd:
-        raise ValueError("the prior checkpoint holds no VQ-VAE weights (vqvae.*) to rebuild it from")
+        raise CheckpointMismatchError(f"{where}the prior checkpoint holds no VQ-VAE weights (vqvae.*) to rebuild "
+                                      "it from")
+    missing = [k for k in ("vqvae.encoder.convs.0.conv.weight", *(f"attn_stack.pos_embd.emb.d_{i}" for i in range(3)))
+               if k not in state_dict] + [a for a in ("sequence_length", "resolution") if not hasattr(gpt_args, a)]
+    if missing or sd["codebook.embeddings"].dim() != 2:
+        raise CheckpointMismatchError(f"{where}the prior checkpoint cannot describe its VQ-VAE: it lacks {missing} "
+                                      f"or its codebook is not 2-D")
     n_codes, embedding_dim = sd["codebook.embeddings"].shape
     n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.res_stack\.(\d+)\.block\.", k))})
     latent = [int(state_dict[f"attn_stack.pos_embd.emb.d_{i}"].shape[0]) for i in range(3)]
@@ -456,7 +465,7 @@ def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
             vqvae = load_vqvae(stored)
         else:
             log.info("VQ-VAE %r of %s not found: rebuilding it from the weights in the checkpoint", stored, path)
-            vqvae = VQVAE(infer_vqvae_args(args, state_dict))
+            vqvae = VQVAE(infer_vqvae_args(args, state_dict, path))
     elif not isinstance(vqvae, torch.nn.Module):
         vqvae = load_vqvae(vqvae)
     check_fits(lambda: VideoGPT(args, vqvae=vqvae), state_dict, path)
