@@ -533,6 +533,31 @@ def test_resume_after_a_killed_save(dataset, tmp_path, caplog):
     assert (out / "last.ckpt").stat().st_ino == (out / "epoch=1-step=5.ckpt").stat().st_ino
 
 
+def test_metrics_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    w = train.MetricsWriter(tmp_path, enabled=True, resume_step=None)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
+                        if str(p) == str(w.path) else real_open(p, mode, *a, **k))
+    with pytest.raises(OSError, match=f"could not append to {w.path}: No space left on device"):
+        w.write({"step": 1, "loss": 1.0})
+
+
 def test_read_metrics_rejects_a_bad_line_in_the_middle(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"m\.jsonl line 2 is not a metrics record"):

@@ -500,8 +500,11 @@ class MetricsWriter:
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file (--resume auto drops the torn line it may leave)
+            raise OSError(e.errno, f"could not append to {self.path}: {e.strerror or e}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
