@@ -1,5 +1,6 @@
 """Safe loading of original (Lightning 1.x) checkpoints, pretrained names, atomic saving."""
 import argparse
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -145,3 +146,160 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(safe_load(target)["a"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# unreadable files: one clear CheckpointError naming the file (issue 15, item 6)
+# ----------------------------------------------------------------------------------------------
+BAD_KINDS = ["empty", "truncated", "random", "text", "plain_pickle", "legacy_unsafe", "zip_unsafe",
+             "truncated_legacy"]
+
+
+def write_bad_checkpoint(kind: str, path: Path) -> Path:
+    """A checkpoint file of one broken ``kind`` at ``path`` (small, made from scratch)."""
+    good = path.with_suffix(".good")
+    torch.save({"state_dict": {"w": torch.arange(2000.0)}, "hyper_parameters": {"args": argparse.Namespace(a=1)}},
+               good)
+    exploit = _Exploit()
+    exploit.marker = path.parent / "pwned"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "random":
+        g = torch.Generator().manual_seed(252)
+        path.write_bytes(torch.randint(0, 256, (1 << 16,), dtype=torch.uint8, generator=g).numpy().tobytes())
+    elif kind == "text":
+        path.write_text("hello world\n")
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}}))
+    elif kind == "legacy_unsafe":
+        torch.save({"x": exploit}, path, _use_new_zipfile_serialization=False)
+    elif kind == "zip_unsafe":
+        torch.save({"state_dict": {}, "hyper_parameters": {"args": exploit}}, path)
+    elif kind == "truncated_legacy":
+        torch.save({"state_dict": {"w": torch.ones(3)}}, good, _use_new_zipfile_serialization=False)
+        path.write_bytes(good.read_bytes()[:300])
+    good.unlink()
+    return path
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_unreadable_checkpoint_is_one_clear_error(kind, tmp_path):
+    path = write_bad_checkpoint(kind, tmp_path / "bad.ckpt")
+    with pytest.raises(ckpt_mod.CheckpointError) as info:
+        load_vqvae(str(path))
+    msg = str(info.value)
+    want = ckpt_mod.UnsafeCheckpointError if kind.endswith("_unsafe") else ckpt_mod.CorruptCheckpointError
+    assert type(info.value) is want
+    assert str(path) in msg and "\n" not in msg
+    for leak in ("weights_only", "see below", "trust", "add_safe_globals"):
+        assert leak not in msg, msg
+    if want is ckpt_mod.UnsafeCheckpointError:
+        assert "posix.system" in msg or "os.system" in msg
+    assert not (tmp_path / "pwned").exists()
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC after ``room`` bytes (a full disk)."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_while_saving_names_the_path(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    ckpt_mod.atomic_save({"a": torch.ones(1)}, target)
+    real_open = open
+    monkeypatch.setattr(ckpt_mod, "open", lambda p, mode="r", *a, **k: _FullDisk(real_open(p, mode, *a, **k), 200)
+                        if "w" in mode else real_open(p, mode, *a, **k), raising=False)
+    with pytest.raises(ckpt_mod.CheckpointWriteError) as info:
+        ckpt_mod.atomic_save({"a": torch.zeros(10_000)}, target)  # goes through torch's zip writer
+    msg = str(info.value)
+    assert info.value.errno == errno.ENOSPC and str(target) in msg and "No space left on device" in msg
+    assert "inline_container" not in msg and "PytorchStreamWriter" not in msg
+    monkeypatch.undo()
+    assert torch.equal(safe_load(target)["a"], torch.ones(1))  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial temporary left
+
+
+def test_args_are_checked_against_weights_before_building(tmp_path, monkeypatch):
+    """A tiny file whose args say n_codes=2**25 fails at once, without building the model for real."""
+    from videogpt_fast.vqvae import VQVAE
+    vq = VQVAE(argparse.Namespace(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2],
+                                  sequence_length=4, resolution=8))
+    path = save_checkpoint(tmp_path / "liar.ckpt", vq)
+    raw = safe_load(path)
+    raw["hyper_parameters"]["args"].n_codes = 2 ** 25
+    torch.save(raw, path)
+    built = []
+    real_init = VQVAE.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(VQVAE, "__init__", spy)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"liar\.ckpt.*codebook\.embeddings.*\(8, 4\).*"
+                                                               r"\(33554432, 4\)"):
+        load_vqvae(path)
+    assert built == ["meta"]  # only the shape check ran, on the meta device
+    raw["hyper_parameters"]["args"].n_hiddens = 7  # args that build no model at all
+    torch.save(raw, path)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match="do not describe a model.*n_hiddens"):
+        load_vqvae(path)
+
+
+def test_prior_args_are_checked_against_weights(tmp_path):
+    path = load_fixture("gpt_full_lightning.ckpt")
+    raw = safe_load(path)
+    raw["hyper_parameters"]["args"].hidden_dim *= 2
+    bad = tmp_path / "gpt.ckpt"
+    torch.save(raw, bad)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match="gpt.ckpt.*do not match its weights"):
+        load_videogpt(str(bad))
+    raw = safe_load(path)
+    del raw["state_dict"]["attn_stack.pos_embd.emb.d_0"]  # its stored VQ-VAE path is stale: rebuilt from weights
+    torch.save(raw, bad)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"gpt.ckpt: .*lacks \['attn_stack.pos_embd.emb.d_0'\]"):
+        load_videogpt(str(bad))
+
+
+def test_link_or_copy(tmp_path, monkeypatch):
+    src = ckpt_mod.atomic_save({"a": torch.arange(5)}, tmp_path / "epoch=0-step=1.ckpt")
+    assert ckpt_mod.link_or_copy(src, tmp_path / "last.ckpt") == "hard link"
+    assert (tmp_path / "last.ckpt").stat().st_ino == src.stat().st_ino
+    src2 = ckpt_mod.atomic_save({"a": torch.arange(6)}, tmp_path / "epoch=0-step=2.ckpt")
+
+    def no_links(a, b):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(ckpt_mod.os, "link", no_links)  # a filesystem without hard links
+    assert ckpt_mod.link_or_copy(src2, tmp_path / "last.ckpt") == "copy"
+    assert (tmp_path / "last.ckpt").stat().st_ino != src2.stat().st_ino
+    assert torch.equal(safe_load(tmp_path / "last.ckpt")["a"], torch.arange(6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
+
+
+def test_temporary_names():
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".tmp.ckpt")
+    os.close(fd)
+    os.unlink(tmp)
+    assert ckpt_mod.is_temporary(Path(tmp).name) and ckpt_mod.is_temporary(".last.ckpt.x1y2.tmp")
+    assert not any(ckpt_mod.is_temporary(n) for n in ("last.ckpt", "epoch=1-step=2.ckpt", "metrics.jsonl", ".hidden"))

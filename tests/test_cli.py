@@ -163,3 +163,116 @@ def test_fvd_between_folders(videos, tmp_path, monkeypatch, capsys):
     assert "--resolution" in capsys.readouterr().err
     assert cli.main(["fvd", "--real", str(videos), "--fake", str(other), "--sequence_length", "8",
                      "--resolution", "24", "--device", "cpu"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 15: bad checkpoints, flags, outputs, help
+# ----------------------------------------------------------------------------------------------
+from test_checkpoint import BAD_KINDS, write_bad_checkpoint  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_checkpoint_is_one_line_exit_2(kind, videos, tmp_path, capsys):
+    bad = write_bad_checkpoint(kind, tmp_path / "r.ckpt")
+    for argv in (["reconstruct", str(videos / "v0.mp4"), "--vqvae", str(bad)], ["sample", "--ckpt", str(bad)],
+                 ["encode", str(videos), "--vqvae", str(bad)]):
+        assert cli.main(argv + ["--output", str(tmp_path / ("o.pt" if argv[0] == "encode" else "o.mp4")),
+                                "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"videogpt-fast {argv[0]}: error: ") and str(bad) in err
+        assert "Traceback" not in err and "weights_only" not in err and "see below" not in err
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_random_bytes_checkpoint_in_a_real_process(videos, tmp_path):
+    bad = write_bad_checkpoint("random", tmp_path / "r.ckpt")
+    r = subprocess.run([sys.executable, "-m", "videogpt_fast.cli", "reconstruct", "--vqvae", str(bad),
+                        str(videos / "v0.mp4"), "--output", str(tmp_path / "o.mp4")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(bad) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "KeyError" not in r.stderr
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["sample", "--ckpt", "x", "--fps", "0"], "--fps"),
+    (["sample", "--ckpt", "x", "--n", "0"], "--n"),
+    (["reconstruct", "v.mp4", "--vqvae", "x", "--start", "-1"], "--start"),
+    (["reconstruct", "v.mp4", "--vqvae", "x", "--fps", "-5"], "--fps"),
+    (["encode", "v.mp4", "--vqvae", "x", "--batch_size", "0"], "--batch_size"),
+    (["encode", "v.mp4", "--vqvae", "x", "--sequence_length", "0"], "--sequence_length"),
+    (["fvd", "--real", "a", "--fake", "b", "--resolution", "0"], "--resolution"),
+])
+def test_flags_are_checked_up_front(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: must be" in err and "Traceback" not in err
+
+
+def test_output_is_validated_before_any_model_work(models, videos, tmp_path, monkeypatch, capsys):
+    import videogpt_fast.checkpoint as ckpt_mod
+    _, vq_path, gpt_path = models
+    loaded = []
+    for name in ("load_vqvae", "load_videogpt"):
+        monkeypatch.setattr(ckpt_mod, name, lambda *a, _n=name, **k: loaded.append(_n))
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["sample", "--ckpt", str(gpt_path), "--output", str(tmp_path / "s.avi")], "unsupported extension '.avi'; "
+                                                                                   "supported: .mp4, .gif"),
+        (["reconstruct", str(videos / "v0.mp4"), "--vqvae", str(vq_path), "--output", str(tmp_path / "r.webm")],
+         "supported: .mp4, .gif"),
+        (["encode", str(videos), "--vqvae", str(vq_path), "--output", str(tmp_path / "c.mp4")],
+         "supported: .pt, .npz"),
+        (["sample", "--ckpt", str(gpt_path), "--output", str(tmp_path / "file" / "s.mp4")], "is not a folder"),
+        (["sample", "--ckpt", str(gpt_path), "--output", str(tmp_path)], "is a folder"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv + ["--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    monkeypatch.setattr("videogpt_fast.argtypes.os.access", lambda path, mode: False)  # root ignores chmod
+    assert cli.main(["sample", "--ckpt", str(gpt_path), "--output", str(tmp_path / "new" / "s.gif")]) == 2
+    assert f"folder {tmp_path} is not writable" in capsys.readouterr().err
+    assert loaded == []  # no model was loaded (let alone sampled) for any of them
+
+
+def test_full_disk_leaves_no_partial_video(models, videos, tmp_path, monkeypatch, capsys):
+    import errno
+    import videogpt_fast.utils as utils
+    _, vq_path, _ = models
+
+    def full_disk(frames, fname, fps=5):
+        Path(fname).write_bytes(b"\x00" * 100)  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils, "write_video", full_disk)
+    out = tmp_path / "r.mp4"
+    assert cli.main(["reconstruct", str(videos / "v0.mp4"), "--vqvae", str(vq_path), "--output", str(out),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {out}: No space left on device" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_sample_no_progress(models, tmp_path, capsys):
+    _, _, gpt_path = models
+    argv = ["sample", "--ckpt", str(gpt_path), "--n", "1", "--output", str(tmp_path / "s.gif"), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    assert "sampling" in capsys.readouterr().err  # the tqdm bar
+    assert cli.main(argv + ["--no_progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["s.gif"]  # the temporary file was renamed
+
+
+def test_help_shows_defaults_and_no_backticks(capsys):
+    for argv in (["sample", "-h"], ["train", "gpt", "-h"], ["-h"], ["train", "-h"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+    out = capsys.readouterr().out
+    sample_help, gpt_help, top_help, train_help = out.split("usage: ")[1:]
+    assert "(default: 5)" in " ".join(sample_help.split()) and "--no_progress" in sample_help
+    gpt_help = " ".join(gpt_help.split())
+    assert "download" not in gpt_help.replace("never downloaded", "") and "never downloaded" in gpt_help
+    assert "--lr LR default: 0.0003" in gpt_help and "(default: 100)" in gpt_help
+    assert "`" not in top_help and "`" not in train_help

@@ -456,3 +456,178 @@ def test_rank0_builds_the_clip_index_first(video_folder, tmp_path, monkeypatch):
         with train.rank0_first():
             raise KeyError("indexing failed")
     assert events == ["barrier"]  # rank 0 still releases the waiting ranks when it fails
+
+
+# ==============================================================================================
+# issue 15: flags up front, the output lock, fresh folders, leftovers of a killed run, checkpoints
+# ==============================================================================================
+@pytest.mark.parametrize("flags, flag", [
+    (["--log_every", "0"], "--log_every"), (["--keep_checkpoints", "-1"], "--keep_checkpoints"),
+    (["--num_workers", "-1"], "--num_workers"), (["--save_every", "-1"], "--save_every"),
+    (["--lr", "0"], "--lr"), (["--limit_val_batches", "-1"], "--limit_val_batches"),
+    (["--val_every", "-2"], "--val_every"), (["--max_steps", "0"], "--max_steps"),
+    (["--gradient_clip_val", "-1"], "--gradient_clip_val"), (["--batch_size", "0"], "--batch_size"),
+])
+def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
+    """Checked before anything else: the data path does not even exist, and nothing is written."""
+    with pytest.raises(SystemExit) as e:
+        train.main(["vqvae", "--data_path", str(tmp_path / "missing.hdf5"), *flags, "--output", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: must be" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_flags_are_checked_up_front(tmp_path, capsys):
+    for flags, message in ((["--downsample", "3", "2", "2"], "powers of two"), (["--n_hiddens", "7"], "n_hiddens"),
+                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads")):
+        with pytest.raises(SystemExit):
+            train.main(["vqvae" if "--heads" not in flags else "gpt", "--data_path", "x", "--max_steps", "1", *flags])
+        assert message in capsys.readouterr().err
+
+
+def test_output_lock_and_fresh_output(dataset, tmp_path, capsys):
+    from videogpt_fast.run_dir import LOCK_NAME, OutputLock
+    out = tmp_path / "run"
+    argv = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1",
+            "--output", str(out)]
+    with OutputLock(out):  # another training holds the folder
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--output {out} is in use by another training (pid {os.getpid()} on host" in err
+        assert err.count("\n") == 1
+    assert not (set(os.listdir(out)) - {LOCK_NAME})  # the refused run wrote nothing
+    assert train.main(argv) == 0
+    assert OutputLock(out).acquire().release() is None  # released at the end of the run
+    assert train.main(argv) == 2  # a second fresh run into the same folder
+    err = capsys.readouterr().err
+    assert f"--output {out} is not empty" in err and "--resume auto" in err and err.count("\n") == 1
+    before = safe_load(out / "last.ckpt")["global_step"]
+    assert before == 1  # untouched
+    (tmp_path / "file").write_text("x")
+    assert train.main(argv[:-1] + [str(tmp_path / "file")]) == 2
+    assert f"--output {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_resume_after_a_killed_save(dataset, tmp_path, caplog):
+    """Leftovers of a killed run: stale temporaries are removed, the keep list comes from disk, a torn
+    metrics line is dropped; last.ckpt is the newest periodic checkpoint's file, not a copy."""
+    import logging
+    out = tmp_path / "run"
+    base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--save_every", "1", "--keep_checkpoints", "2",
+            "--val_every", "-1", "--output", str(out)]
+    assert train.main(base + ["--max_steps", "3"]) == 0
+    assert sorted(p.name for p in out.glob("epoch=*")) == ["epoch=0-step=2.ckpt", "epoch=1-step=3.ckpt"]
+    assert (out / "last.ckpt").stat().st_ino == (out / "epoch=1-step=3.ckpt").stat().st_ino
+    (out / ".last.x8k2.tmp.ckpt").write_bytes(b"half a checkpoint")  # a save killed by SIGKILL
+    (out / ".epoch=1-step=4.ckpt.ab12.tmp").write_bytes(b"")  # the naming of earlier versions
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "epoch": 1, "lo')  # a disk filled mid-line
+    with caplog.at_level(logging.WARNING):
+        assert train.main(base + ["--max_steps", "5", "--resume", "auto"]) == 0
+    assert not [p for p in out.iterdir() if "tmp" in p.name]
+    assert any("removed 2 temporary file(s)" in r.getMessage() for r in caplog.records)
+    assert any("torn last line" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in out.glob("epoch=*")) == ["epoch=1-step=4.ckpt", "epoch=1-step=5.ckpt"]
+    assert [r["step"] for r in train.read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert (out / "last.ckpt").stat().st_ino == (out / "epoch=1-step=5.ckpt").stat().st_ino
+
+
+def test_metrics_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    w = train.MetricsWriter(tmp_path, enabled=True, resume_step=None)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
+                        if str(p) == str(w.path) else real_open(p, mode, *a, **k))
+    with pytest.raises(OSError, match=f"could not append to {w.path}: No space left on device"):
+        w.write({"step": 1, "loss": 1.0})
+
+
+def test_read_metrics_rejects_a_bad_line_in_the_middle(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl line 2 is not a metrics record"):
+        train.read_metrics(tmp_path / "m.jsonl")
+
+
+def test_resume_checks_args_against_weights_first(dataset, vqvae_ckpt, tmp_path, capsys):
+    raw = safe_load(vqvae_ckpt)
+    raw["hyper_parameters"]["args"].n_codes = 2 ** 25
+    liar = tmp_path / "liar.ckpt"
+    torch.save(raw, liar)
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "5", "--resume", str(liar),
+                       "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(liar) in err and "do not match its weights" in err and "codebook.embeddings" in err
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 64)
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "5", "--resume",
+                       str(tmp_path / "junk.ckpt"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "junk.ckpt" in err and err.count("\n") == 1
+
+
+def test_disk_full_while_training_saves(dataset, tmp_path, monkeypatch, capsys):
+    import errno
+    from videogpt_fast import checkpoint as ckpt_mod
+
+    def full(obj, f, *a, **k):
+        f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full)
+    out = tmp_path / "o"
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1",
+                       "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {out / 'epoch=0-step=1.ckpt'}: No space left on device" in err
+    assert err.count("\n") == 1 and not list(out.glob("*.ckpt")) and not list(out.glob(".*tmp*"))
+
+
+def test_num_workers_default_follows_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert train.default_num_workers() == 2
+    assert train.build_parser("vqvae").parse_args(["--data_path", "x"]).num_workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert train.default_num_workers() == 8
+
+
+def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
+    from videogpt_fast.synthetic import MovingShapesDataset
+    flags = [f for f in VQ_FLAGS if f != "--no_progress"]
+    args = _args("vqvae", ["--data_path", "-", *flags, "--max_steps", "1", "--device", "cpu",
+                           "--output", str(tmp_path)])
+    assert args.limit_val_batches == train.VAL_BATCHES > 0  # bounded by default
+    args.limit_val_batches = 2
+    trainer = train.Trainer(args, MovingShapesDataset(2, 4, 16), MovingShapesDataset(10, 4, 16, seed=1))
+    batches = list(trainer.val_loader)
+    served = []
+
+    class Counting:
+        def __len__(self):
+            return len(batches)
+
+        def __iter__(self):
+            for b in batches:
+                served.append(1)
+                yield b
+
+    trainer.val_loader = Counting()
+    capsys.readouterr()
+    assert "val/recon_loss" in trainer.validate()
+    assert len(served) == 3  # 2 batches used, the loop stops at the third
+    err = capsys.readouterr().err
+    assert "validate" in err and "2/2" in err

@@ -11,13 +11,17 @@ Pretrained names resolve in a local cache and are never downloaded: ``$VIDEOGPT_
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -44,8 +48,28 @@ PRETRAINED_I3D: Dict[str, tuple] = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and why (one line). Base of
+    :class:`UnsafeCheckpointError`, :class:`CorruptCheckpointError` and :class:`CheckpointMismatchError`;
+    a checkpoint of the wrong kind (a prior given as a VQ-VAE) raises it directly."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The checkpoint holds objects outside the allow-list; it was not loaded."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is empty, truncated, corrupt or not a PyTorch checkpoint at all."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's hyper-parameters (``args``) do not describe its own weights (keys or shapes),
+    or the model they describe cannot be built."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or another output file) failed, e.g. a full disk; the message names the
+    path, and no partial file was left behind. ``errno`` is the underlying error's."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,44 +99,171 @@ def _allowed_globals() -> List[Any]:
     return allowed
 
 
+_ALLOWED_NAMES = {"argparse.Namespace", *_LIGHTNING_CLASSES, "pytorch_lightning.utilities.parsing.AttributeDict"}
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def _referenced_globals(message: str) -> List[str]:
+    """Global names (``module.name``) a refused ``weights_only`` load reports; garbage names (a
+    truncated pickle stops mid-name) are left out."""
+    names = [n.rstrip(".") for n in re.findall(r"GLOBAL (\S+)", message)]
+    return list(dict.fromkeys(n for n in names if re.fullmatch(rf"{_IDENT}(\.{_IDENT})+", n)))
+
+
+def _short(e: BaseException) -> str:
+    """The first sentence of an error message (torch appends advice after it)."""
+    text = " ".join(str(e).split())
+    text = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else ""
+    return text.rstrip(".:") or type(e).__name__
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    """What torch's weights-only unpickler stumbled on (e.g. 'Unsupported operand 24')."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", str(e), flags=re.S)
+    lines = [l.strip() for l in (m.group(1) if m else "").splitlines() if l.strip()]
+    reason = lines[0] if lines else _short(e)
+    return re.split(r"\s(?:Please|Check|Re-running|You can)\b", reason)[0].rstrip(". ")
+
+
 def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load`` restricted to tensors, containers and the allow-list above."""
+    """``torch.load`` restricted to tensors, containers and the allow-list above.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UnsafeCheckpointError: the file references a global outside the allow-list (named in the
+            message); nothing of it was executed.
+        CorruptCheckpointError: the file is empty, truncated, corrupt or not a PyTorch checkpoint.
+    Both are :class:`CheckpointError` (a ``ValueError``) with a one-line message naming ``path``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): not a PyTorch checkpoint")
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+            # a plain pickle (not a checkpoint) makes torch warn about its protocol before failing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = [g for g in _referenced_globals(str(e)) if g not in _ALLOWED_NAMES]
+        if not refused:
+            try:
+                refused = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                           if g not in _ALLOWED_NAMES]
+            except Exception:  # not a zip checkpoint (legacy format) or unreadable: nothing more to name
+                refused = []
+        if refused:
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it references {', '.join(refused)}, outside videogpt_fast's "
+                f"allow-list of checkpoint contents (tensors, containers, argparse.Namespace, Lightning's "
+                f"callback keys); unpickling it could execute code, so it was not loaded") from None
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch checkpoint (its pickle data cannot be read: "
+            f"{_unpickler_reason(e)})") from None
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, TypeError, AttributeError, OSError,
+            UnicodeDecodeError, MemoryError, OverflowError, zipfile.BadZipFile) as e:  # OSError: EINVAL on a cut zip
+        what = ("ends early (truncated)" if isinstance(e, EOFError) else "holds unreadable pickle data"
+                if isinstance(e, KeyError) else f"cannot be read ({_short(e)})")
+        raise CorruptCheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint: it {what}") from None
+
+
+def _write_error(path: Path, e: BaseException) -> CheckpointWriteError:
+    code = getattr(e, "errno", None) or errno.EIO
+    reason = os.strerror(code) if getattr(e, "errno", None) else _short(e)
+    hint = "; free some space or choose another folder" if code == errno.ENOSPC else ""
+    return CheckpointWriteError(code, f"could not write {path}: {reason}{hint} (nothing was written; an "
+                                      f"existing file of that name is unchanged)")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_write` / :func:`link_or_copy` (left by a
+    process killed while writing)."""
+    return bool(re.fullmatch(r"\..+\.tmp(\.[A-Za-z0-9]+)?", name))
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp)`` for a temporary file ``tmp`` in ``path``'s folder (``.STEM.*.tmp.EXT``: the
+    extension still picks the format), fsync it, then rename it over ``path``: a crash or a full disk
+    never leaves a partial ``path``, and the temporary file is removed on any error.
+
+    Raises:
+        CheckpointWriteError: writing failed with an ``OSError`` (a full disk, no permission); the
+            message names ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise (e if isinstance(e, CheckpointWriteError) else _write_error(path, e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class _WriteRecorder:
+    """File wrapper that remembers the first ``OSError`` a write raised: ``torch.save`` turns it into
+    an unrelated ``inline_container`` RuntimeError, which :func:`atomic_save` replaces with it."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # not a zip checkpoint (legacy format): name nothing
-            unsafe = []
-        allowed = {"argparse.Namespace", *_LIGHTNING_CLASSES, "pytorch_lightning.utilities.parsing.AttributeDict"}
-        refused = [g for g in unsafe if g not in allowed]
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it references objects outside videogpt_fast's allow-list "
-            f"({', '.join(refused) or 'see below'}); unpickling them could execute code. "
-            f"Original error: {str(e).splitlines()[0] if str(e) else e!r}") from None
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash never leaves a half-written checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save`` through :func:`atomic_write`: a crash never leaves a half-written checkpoint,
+    and a failed write (a full disk) raises :class:`CheckpointWriteError` naming ``path``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            recorder = _WriteRecorder(f)
+            try:
+                torch.save(obj, recorder)
+            except RuntimeError:
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise
+    return atomic_write(path, write)
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> str:
+    """Make ``dst`` the same file as ``src`` without a second copy on disk: a hard link, put in place
+    atomically by :func:`atomic_write`. Where the filesystem has no hard links it falls back to an
+    (atomic) copy. Returns ``"hard link"`` or ``"copy"``; raises :class:`CheckpointWriteError`."""
+    how: List[str] = []
+
+    def put(tmp: str) -> None:
+        os.unlink(tmp)  # os.link needs a free name
+        try:
+            os.link(src, tmp)
+            how.append("hard link")
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK,
+                               errno.ENOSYS, errno.EACCES):
+                raise
+            shutil.copyfile(src, tmp)
+            how.append("copy")
+
+    atomic_write(dst, put)
+    return how[0]
 
 
 def lightning_checkpoint(model: torch.nn.Module, *, global_step: int = 0, epoch: int = 0,
@@ -190,13 +341,41 @@ def as_namespace(args: Any) -> argparse.Namespace:
 
 def _split(ckpt: Any, path: Path):
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a model checkpoint: expected a dict with 'state_dict' "
+        raise CheckpointError(f"{path} is not a model checkpoint: expected a dict with 'state_dict' "
                          f"(and 'hyper_parameters' with 'args'), got {type(ckpt).__name__}")
     hp = ckpt.get("hyper_parameters") or {}
     args = hp.get("args", ckpt.get("args"))
     if args is None:
-        raise ValueError(f"{path} has no hyper_parameters['args']: cannot rebuild the model")
+        raise CheckpointError(f"{path} has no hyper_parameters['args']: cannot rebuild the model")
+    if not isinstance(args, (argparse.Namespace, dict)) or not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path} is not a model checkpoint: its args are a {type(args).__name__} and its "
+                              f"state_dict a {type(ckpt['state_dict']).__name__}")
     return as_namespace(args), ckpt["state_dict"]
+
+
+def check_fits(build: Callable[[], torch.nn.Module], state_dict: Dict[str, Any], path: PathLike) -> None:
+    """Build the model ``build()`` describes on the meta device (no memory is allocated, whatever its
+    size) and compare its state-dict keys and shapes with ``state_dict`` -- before the real model is
+    built, so that a small file whose ``args`` say ``n_codes=2**25`` fails at once.
+
+    Raises:
+        CheckpointMismatchError: keys are missing or unexpected, a shape differs, or ``build`` fails
+            (the args do not describe a model); the message names ``path`` and the first differences.
+    """
+    try:
+        with torch.device("meta"):
+            want = build().state_dict()
+    except Exception as e:  # invalid hyper-parameters: the constructor's own message
+        raise CheckpointMismatchError(f"{path}: its hyper-parameters do not describe a model that can be "
+                                      f"built ({type(e).__name__}: {_short(e)})") from None
+    problems = [f"missing {k}" for k in want if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in want]
+    problems += [f"{k} is {tuple(getattr(state_dict[k], 'shape', ()))} in the file but "
+                 f"{tuple(v.shape)} by its args" for k, v in want.items()
+                 if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise CheckpointMismatchError(f"{path}: its hyper-parameters (args) do not match its weights: {shown}")
 
 
 def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -226,7 +405,7 @@ def _read(name_or_path: PathLike, want: str):
     args, state_dict = _split(safe_load(path), path)
     kind = checkpoint_kind(state_dict)
     if kind != want:
-        raise ValueError(f"{path} is a {kind} checkpoint, not {what}"
+        raise CheckpointError(f"{path} is a {kind} checkpoint, not {what}"
                          + (f"; load it with {_KINDS[kind][1]}" if kind in _KINDS else ""))
     return path, args, state_dict
 
@@ -236,17 +415,27 @@ def load_vqvae(name_or_path: PathLike, device: Optional[Union[str, torch.device]
     from .vqvae import VQVAE
 
     path, args, state_dict = _read(name_or_path, "vqvae")
+    check_fits(lambda: VQVAE(args), state_dict, path)
     model = VQVAE(args)
     model.load_state_dict(state_dict, strict=True)
     return _place(model, device)
 
 
-def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor]) -> argparse.Namespace:
+def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor],
+                     path: Optional[PathLike] = None) -> argparse.Namespace:
     """Rebuild the VQ-VAE hyper-parameters from the ``vqvae.*`` weights a prior checkpoint holds
-    and the prior's data arguments (``resolution``, ``sequence_length``)."""
+    and the prior's data arguments (``resolution``, ``sequence_length``). Raises
+    :class:`CheckpointMismatchError` (naming ``path`` when given) when the weights lack them."""
+    where = f"{path}: " if path is not None else ""
     sd = {k[len("vqvae."):]: v for k, v in state_dict.items() if k.startswith("vqvae.")}
     if "codebook.embeddings" not in sd:
-        raise ValueError("the prior checkpoint holds no VQ-VAE weights (vqvae.*) to rebuild it from")
+        raise CheckpointMismatchError(f"{where}the prior checkpoint holds no VQ-VAE weights (vqvae.*) to rebuild "
+                                      "it from")
+    missing = [k for k in ("vqvae.encoder.convs.0.conv.weight", *(f"attn_stack.pos_embd.emb.d_{i}" for i in range(3)))
+               if k not in state_dict] + [a for a in ("sequence_length", "resolution") if not hasattr(gpt_args, a)]
+    if missing or sd["codebook.embeddings"].dim() != 2:
+        raise CheckpointMismatchError(f"{where}the prior checkpoint cannot describe its VQ-VAE: it lacks {missing} "
+                                      f"or its codebook is not 2-D")
     n_codes, embedding_dim = sd["codebook.embeddings"].shape
     n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.res_stack\.(\d+)\.block\.", k))})
     latent = [int(state_dict[f"attn_stack.pos_embd.emb.d_{i}"].shape[0]) for i in range(3)]
@@ -276,9 +465,10 @@ def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
             vqvae = load_vqvae(stored)
         else:
             log.info("VQ-VAE %r of %s not found: rebuilding it from the weights in the checkpoint", stored, path)
-            vqvae = VQVAE(infer_vqvae_args(args, state_dict))
+            vqvae = VQVAE(infer_vqvae_args(args, state_dict, path))
     elif not isinstance(vqvae, torch.nn.Module):
         vqvae = load_vqvae(vqvae)
+    check_fits(lambda: VideoGPT(args, vqvae=vqvae), state_dict, path)
     model = VideoGPT(args, vqvae=vqvae)
     model.load_state_dict(state_dict, strict=True)
     return _place(model, device)

@@ -18,7 +18,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .argtypes import DefaultsHelpFormatter, check_output_path, nonneg_int, positive_int
+
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
+#: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
+GRID_EXTS = (".mp4", ".gif")
+CODE_EXTS = (".pt", ".npz")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,14 +61,25 @@ def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> t
     return preprocess(torch.from_numpy(frames), resolution)
 
 
+def _save_grid(video: torch.Tensor, out: Path, fps: int, nrow: Optional[int] = None) -> None:
+    """A (B, C, T, H, W) batch in [0, 1] as one grid video at ``out``, written to a temporary file in
+    the same folder and renamed (a full disk never leaves a partial video)."""
+    from .checkpoint import atomic_write
+    from .utils import make_video_grid, write_video
+
+    grid = make_video_grid(video, nrow)
+    atomic_write(out, lambda tmp: write_video(grid, tmp, fps=fps))
+    print("saved videos to", out)
+
+
 # ----------------------------------------------------------------------------------------------
 # subcommands
 # ----------------------------------------------------------------------------------------------
 def cmd_sample(a: argparse.Namespace) -> int:
     """Sample ``--n`` videos from a prior checkpoint (or pretrained name) into an MP4/GIF grid."""
     from .checkpoint import load_videogpt
-    from .utils import save_video_grid
 
+    out = check_output_path(a.output, GRID_EXTS)  # before any model work: samples are never lost
     device = _device(a.device)
     gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
     torch.manual_seed(a.seed)
@@ -84,8 +100,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if gpt.args.class_cond:
             batch["label"] = torch.tensor([it["label"] for it in items], device=device)
     with torch.no_grad():
-        samples = gpt.sample(a.n, batch)
-    save_video_grid(samples.cpu(), a.output, fps=a.fps)
+        samples = gpt.sample(a.n, batch, progress=not a.no_progress)
+    _save_grid(samples.cpu(), out, fps=a.fps)
     return 0
 
 
@@ -100,25 +116,25 @@ def _vqvae_and_clip_size(a: argparse.Namespace):
 
 def cmd_reconstruct(a: argparse.Namespace) -> int:
     """Encode and decode one video file; writes the original and its reconstruction side by side."""
-    from .utils import save_video_grid
-
+    out = check_output_path(a.output, GRID_EXTS)
     device, vqvae, seq, res = _vqvae_and_clip_size(a)
     x = _clip(a.video, seq, res, a.start).unsqueeze(0).to(device)
     with torch.no_grad():
         recon = vqvae.decode(vqvae.encode(x)).clamp(-0.5, 0.5)
     mse = torch.mean((recon - x) ** 2).item()
     pair = torch.cat([x, recon], dim=-1) + 0.5
-    save_video_grid(pair.cpu(), a.output, fps=a.fps)
+    _save_grid(pair.cpu(), out, fps=a.fps)
     print(f"reconstruction MSE {mse:.5f} (videos in [-0.5, 0.5]); left: input, right: reconstruction")
     return 0
 
 
 def cmd_encode(a: argparse.Namespace) -> int:
     """Encode videos into VQ-VAE codes; ``.pt`` (torch) or ``.npz`` (NumPy) with codes and file names."""
-    device, vqvae, seq, res = _vqvae_and_clip_size(a)
+    out = check_output_path(a.output, CODE_EXTS)
     files = list_videos(a.inputs)
     if not files:
         raise ValueError(f"no video files ({', '.join(VIDEO_EXTS)}) in {a.inputs}")
+    device, vqvae, seq, res = _vqvae_and_clip_size(a)
     from tqdm.auto import tqdm
     codes: List[torch.Tensor] = []
     kept: List[str] = []
@@ -129,13 +145,13 @@ def cmd_encode(a: argparse.Namespace) -> int:
             codes.append(vqvae.encode(x).cpu())
         kept += chunk
     all_codes = torch.cat(codes)
-    out = Path(a.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        np.savez(out, codes=all_codes.numpy(), files=np.array(kept), latent_shape=np.array(all_codes.shape[1:]))
+    from .checkpoint import atomic_save, atomic_write
+    if out.suffix.lower() == ".npz":
+        atomic_write(out, lambda tmp: np.savez(tmp, codes=all_codes.numpy(), files=np.array(kept),
+                                               latent_shape=np.array(all_codes.shape[1:])))
     else:
-        torch.save({"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq,
-                    "resolution": res}, out)
+        atomic_save({"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq,
+                     "resolution": res}, out)
     print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}")
     return 0
 
@@ -177,58 +193,67 @@ def cmd_fvd(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{train,demo,sample,reconstruct,encode,fvd}")
     sub.required = True
     # train and demo forward their arguments to their own parsers (so `-h` shows their flags)
-    sub.add_parser("train", add_help=False, help="train the VQ-VAE or the prior (`train vqvae -h`, `train gpt -h`)")
+    sub.add_parser("train", add_help=False, help="train the VQ-VAE or the prior (train vqvae -h, train gpt -h)")
     sub.add_parser("demo", add_help=False, help="train tiny models on synthetic videos on CPU and write videos")
+    defaults = DefaultsHelpFormatter
+    grid = f"{' or '.join(GRID_EXTS)}; written to a temporary file in the same folder, then renamed"
 
-    p = sub.add_parser("sample", help="sample videos from a VideoGPT checkpoint into an MP4/GIF grid")
+    p = sub.add_parser("sample", help="sample videos from a VideoGPT checkpoint into an MP4/GIF grid",
+                       formatter_class=defaults)
     p.add_argument("--ckpt", required=True, help="prior checkpoint path or pretrained name (bair_gpt, ...)")
     p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
-    p.add_argument("--n", type=int, default=8, help="number of videos")
-    p.add_argument("--output", default="samples.mp4", help=".mp4 or .gif")
+    p.add_argument("--n", type=positive_int, default=8, help="number of videos")
+    p.add_argument("--output", default="samples.mp4", help=grid)
     p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors "
                                                       "(default: the prior's own data_path)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("reconstruct", help="encode+decode a video with a VQ-VAE, side by side with the input")
+    p = sub.add_parser("reconstruct", help="encode+decode a video with a VQ-VAE, side by side with the input",
+                       formatter_class=defaults)
     p.add_argument("video", help="input video file")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
-    p.add_argument("--output", default="reconstruction.mp4", help=".mp4 or .gif")
-    p.add_argument("--sequence_length", type=int, default=None, help="frames (default: the VQ-VAE's)")
-    p.add_argument("--resolution", type=int, default=None, help="default: the VQ-VAE's")
-    p.add_argument("--start", type=int, default=0, help="first frame")
-    p.add_argument("--fps", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--output", default="reconstruction.mp4", help=grid)
+    p.add_argument("--sequence_length", type=positive_int, default=None, help="frames (default: the VQ-VAE's)")
+    p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
+    p.add_argument("--start", type=nonneg_int, default=0, help="first frame")
+    p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", help="encode videos (files or folders) into VQ-VAE codes")
+    p = sub.add_parser("encode", help="encode videos (files or folders) into VQ-VAE codes", formatter_class=defaults)
     p.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
-    p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz")
-    p.add_argument("--sequence_length", type=int, default=None, help="frames per video (default: the VQ-VAE's)")
-    p.add_argument("--resolution", type=int, default=None, help="default: the VQ-VAE's")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz; written to a temporary "
+                                                        "file in the same folder, then renamed")
+    p.add_argument("--sequence_length", type=positive_int, default=None,
+                   help="frames per video (default: the VQ-VAE's)")
+    p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="videos per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("fvd", help="Frechet Video Distance between a folder of real and one of generated videos")
+    p = sub.add_parser("fvd", help="Frechet Video Distance between a folder of real and one of generated videos",
+                       formatter_class=defaults)
     p.add_argument("--real", required=True, help="folder of real videos")
     p.add_argument("--fake", required=True, help="folder of generated videos")
     p.add_argument("--i3d", default=None, help="i3d_pretrained_400.pt file or its folder (default: the local "
                                                "cache; never downloaded)")
-    p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the paper: 16)")
-    p.add_argument("--resolution", type=int, default=None, help="resize+crop every video to this size first")
-    p.add_argument("--batch_size", type=int, default=10)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--sequence_length", type=positive_int, default=16, help="frames per video (the paper: 16)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="resize+crop every video to this size first")
+    p.add_argument("--batch_size", type=positive_int, default=10, help="videos per I3D forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_fvd)
     return parser
 
@@ -244,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
         print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -259,7 +259,7 @@ class VideoGPT(nn.Module):
         """The original's command-line flags and defaults."""
         parser = argparse.ArgumentParser(parents=[parent_parser], add_help=False)
         parser.add_argument("--vqvae", type=str, default="kinetics_stride4x4x4",
-                            help="path to vqvae ckpt, or model name to download pretrained")
+                            help="VQ-VAE checkpoint path, or a pretrained name in the local cache (never downloaded)")
         parser.add_argument("--n_cond_frames", type=int, default=0)
         parser.add_argument("--class_cond", action="store_true")
         # VideoGPT hyperparameters

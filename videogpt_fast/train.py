@@ -49,7 +49,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.utils.data as data
 
+from .argtypes import DefaultsHelpFormatter
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
+from .checkpoint import _split, check_fits, link_or_copy
+from .run_dir import OutputLock, check_fresh_output, periodic_checkpoints, remove_stale_temporaries
 
 log = logging.getLogger("videogpt_fast.train")
 _PRINTED = "videogpt_fast_printed"  # log-record attribute: the message was also printed (see Trainer.announce)
@@ -63,6 +66,16 @@ MODEL_ARGS = {
             "dropout", "attn_type", "attn_dropout", "sequence_length", "resolution"),
 }
 VQVAE_MAX_STEPS = 200000  # scripts/train_vqvae.py hard-codes Trainer(max_steps=200000)
+VAL_BATCHES = 100  # default --limit_val_batches: a validation never sits silent over a whole large test split
+
+
+def default_num_workers() -> int:
+    """min(8, CPU cores this process may use): more workers than cores only contend (and PyTorch warns)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return min(8, cores)
 
 
 # ==============================================================================================
@@ -78,7 +91,7 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"videogpt-fast train {stage}", add_help=False)
     parser = (VQVAE if stage == "vqvae" else VideoGPT).add_model_specific_args(parser)
     parser = argparse.ArgumentParser(
-        prog=f"videogpt-fast train {stage}", parents=[parser],
+        prog=f"videogpt-fast train {stage}", parents=[parser], formatter_class=DefaultsHelpFormatter,
         description=f"Train the {'VQ-VAE' if stage == 'vqvae' else 'VideoGPT prior'} (one process, or "
                     "torchrun --nproc_per_node=N for DDP).")
     d = parser.add_argument_group("data (as the original scripts)")
@@ -87,7 +100,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     d.add_argument("--sequence_length", type=int, default=16)
     d.add_argument("--resolution", type=int, default=64 if stage == "vqvae" else 128)
     d.add_argument("--batch_size", type=int, default=32 if stage == "vqvae" else 8, help="per process")
-    d.add_argument("--num_workers", type=int, default=8)
+    d.add_argument("--num_workers", type=int, default=default_num_workers(),
+                   help="DataLoader worker processes per rank (default: min(8, CPU cores this process may use))")
     d.add_argument("--loader", choices=("auto", "pytorch", "dali"), default="auto",
                    help="auto: DALI for a video folder when a CUDA device and NVIDIA DALI are there, else the "
                         "PyTorch DataLoader (the run says which, and why); pytorch: the DataLoader (PyAV or "
@@ -108,15 +122,19 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
     t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
     o = parser.add_argument_group("output")
-    o.add_argument("--output", type=str, default=f"runs/{stage}", help="folder for checkpoints and metrics")
+    o.add_argument("--output", type=str, default=f"runs/{stage}",
+                   help="folder for checkpoints and metrics; locked while a run writes there, and it must be new "
+                        "or empty unless --resume is given")
     o.add_argument("--resume", type=str, default=None,
-                   help="checkpoint to continue from ('auto': OUTPUT/last.ckpt when it exists)")
+                   help="checkpoint to continue from ('auto': OUTPUT/last.ckpt when it exists); allows a non-empty "
+                        "--output")
     o.add_argument("--save_every", type=int, default=1000, help="checkpoint every N steps (0: only at the end)")
     o.add_argument("--keep_checkpoints", type=int, default=0,
                    help="keep only the newest N periodic checkpoints (0: keep all); last.ckpt is always kept")
     o.add_argument("--val_every", type=int, default=0,
                    help="validate every N steps (0: at the end of every epoch, as Lightning; -1: never)")
-    o.add_argument("--limit_val_batches", type=int, default=0, help="validation batches per rank (0: all)")
+    o.add_argument("--limit_val_batches", type=int, default=VAL_BATCHES,
+                   help="validation batches per rank at each validation (0: the whole test split)")
     o.add_argument("--log_every", type=int, default=10, help="write training metrics every N steps")
     o.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     return parser
@@ -125,17 +143,56 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse ``{vqvae,gpt} [flags]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="videogpt-fast train", description=__doc__.split("\n\n")[0],
+    top = argparse.ArgumentParser(prog="videogpt-fast train",
+                                  description=__doc__.split("\n\n")[0].replace("``", ""),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("stage", choices=STAGES, help="vqvae: the VQ-VAE; gpt: the VideoGPT prior")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
-        print("\nrun `videogpt-fast train vqvae -h` or `videogpt-fast train gpt -h` for the flags")
+        print("\nrun 'videogpt-fast train vqvae -h' or 'videogpt-fast train gpt -h' for the flags")
         raise SystemExit(0 if argv else 2)
     stage = top.parse_args(argv[:1]).stage
-    args = build_parser(stage).parse_args(argv[1:])
+    parser = build_parser(stage)
+    args = parser.parse_args(argv[1:])
     args.stage = stage
+    try:
+        check_flag_values(args)
+    except ValueError as e:
+        parser.error(str(e))  # usage and "error: argument --flag: ...", exit status 2
     return args
+
+
+_POSITIVE = ("max_steps", "batch_size", "sequence_length", "resolution", "log_every", "lr", "hidden_dim", "heads",
+             "layers")
+_NON_NEGATIVE = ("num_workers", "gradient_clip_val", "save_every", "keep_checkpoints", "limit_val_batches")
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """Range checks of every numeric flag, before any data or model work; raises ValueError
+    (``argument --flag: must be ..., got V``). The VQ-VAE's own constraints (powers-of-two strides
+    that divide the clip size, an even --n_hiddens, ...) are checked by building it on the meta
+    device, which allocates nothing."""
+    def bad(name: str, what: str) -> ValueError:
+        return ValueError(f"argument --{name}: must be {what}, got {getattr(args, name)}")
+
+    for name in _POSITIVE:
+        v = getattr(args, name, None)
+        if v is not None and not 0 < v < float("inf"):
+            raise bad(name, "positive")
+    for name in _NON_NEGATIVE:
+        v = getattr(args, name, None)
+        if v is not None and not 0 <= v < float("inf"):
+            raise bad(name, ">= 0")
+    if getattr(args, "val_every", 0) < -1:
+        raise bad("val_every", ">= -1 (-1: never, 0: every epoch)")
+    for name in ("dropout", "attn_dropout"):
+        v = getattr(args, name, None)
+        if v is not None and not 0 <= v < 1:
+            raise bad(name, "in [0, 1)")
+    if args.stage == "vqvae":
+        from .vqvae import VQVAE
+        with torch.device("meta"):
+            VQVAE(_model_namespace(args)).latent_shape  # noqa: B018 (raises on clip sizes the strides do not divide)
 
 
 def _validate_args(args: argparse.Namespace) -> None:
@@ -144,17 +201,9 @@ def _validate_args(args: argparse.Namespace) -> None:
             raise ValueError("--max_steps is required for the prior (its CosineAnnealingLR schedule runs over "
                              "max_steps), as in the original scripts/train_videogpt.py")
         args.max_steps = VQVAE_MAX_STEPS
-    for name in ("max_steps", "batch_size", "sequence_length", "resolution"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.num_workers < 0:
-        raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.gradient_clip_val < 0:
-        raise ValueError(f"--gradient_clip_val must be >= 0, got {args.gradient_clip_val}")
+    check_flag_values(args)
     if args.stage == "vqvae":
         args.downsample = [int(d) for d in args.downsample]
-        if len(args.downsample) != 3:
-            raise ValueError(f"--downsample takes 3 strides (T H W), got {args.downsample}")
 
 
 # ==============================================================================================
@@ -437,9 +486,9 @@ class MetricsWriter:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            # drop what a killed run logged after the checkpoint we resume from
-            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            # drop what a killed run logged after the checkpoint we resume from (and a torn last line)
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif self.path.exists():
             self.path.unlink()
         try:
@@ -451,8 +500,11 @@ class MetricsWriter:
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file (--resume auto drops the torn line it may leave)
+            raise OSError(e.errno, f"could not append to {self.path}: {e.strerror or e}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
@@ -464,8 +516,23 @@ class MetricsWriter:
 
 
 def read_metrics(path: os.PathLike) -> List[Dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file."""
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    """The records of a ``metrics.jsonl`` file. A torn last line (a run killed, or a disk filled,
+    mid-write) is dropped with a warning; a malformed line elsewhere raises ValueError naming the
+    file and line."""
+    lines = [(i, l) for i, l in enumerate(Path(path).read_text(errors="replace").splitlines(), 1) if l.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if i == lines[-1][0]:
+                log.warning("%s: dropping its torn last line %d (%s)", path, i, line[:60])
+                break
+            raise ValueError(f"{path} line {i} is not a metrics record ({e}): {line[:60]!r}") from None
+        records.append(rec)
+    return records
 
 
 # ==============================================================================================
@@ -514,6 +581,7 @@ class Trainer:
         ckpt = safe_load(resume_path) if resume_path else None
         if ckpt is not None:
             self._adopt_checkpoint_args(ckpt, resume_path)
+            check_fits(lambda: build_model(args, train_set, ckpt), ckpt["state_dict"], resume_path)
 
         torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         np.random.seed(args.seed)
@@ -564,9 +632,16 @@ class Trainer:
         random.seed(args.seed + self.rank)
         if ckpt is not None:
             self._restore(ckpt)
+        if self.is_main:
+            stale = remove_stale_temporaries(self.output)
+            if stale:
+                self.announce(f"removed {len(stale)} temporary file(s) an interrupted save left in {self.output}: "
+                              + ", ".join(p.name for p in stale), logging.WARNING)
         self.metrics = MetricsWriter(self.output, self.is_main, self.global_step if ckpt is not None else None)
         self.history: List[Dict[str, Any]] = []
-        self.saved: List[Path] = []
+        # --keep_checkpoints counts the periodic checkpoints on disk, also those of the run resumed
+        self.saved: List[Path] = periodic_checkpoints(self.output) if ckpt is not None else []
+        self._copy_logged = False
         self._last_save_step = self._last_val_step = self.global_step if ckpt is not None else -1
 
     # ------------------------------------------------------------------------------------------
@@ -633,6 +708,7 @@ class Trainer:
         return p
 
     def _adopt_checkpoint_args(self, ckpt: Dict[str, Any], path: Path) -> None:
+        _split(ckpt, path)  # a dict with state_dict and args, or a clear CheckpointError
         kind = checkpoint_kind(ckpt.get("state_dict", {}))
         want = "vqvae" if self.args.stage == "vqvae" else "videogpt"
         if kind != want:
@@ -714,9 +790,15 @@ class Trainer:
             self.model.eval()
             sums: Dict[str, torch.Tensor] = {}
             count = torch.zeros((), dtype=torch.float64, device=self.device)
+            limit = self.args.limit_val_batches
+            total = min(len(self.val_loader), limit) if limit else len(self.val_loader)
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc="validate", leave=False, dynamic_ncols=True,
+                       disable=not self.is_main or self.args.no_progress)
             for i, batch in enumerate(self.val_loader):
-                if self.args.limit_val_batches and i >= self.args.limit_val_batches:
+                if limit and i >= limit:
                     break
+                bar.update(1)
                 batch = self._to_device(batch)
                 with self._autocast():
                     if self.args.stage == "vqvae":
@@ -728,6 +810,7 @@ class Trainer:
                 for k, v in vals.items():
                     sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v.double()
                 count += 1
+            bar.close()
             self.model.train()
         keys = sorted(sums)
         packed = torch.stack([sums[k] for k in keys] + [count]) if keys else count.reshape(1)
@@ -757,14 +840,19 @@ class Trainer:
             ckpt["lr_schedulers"] = [self.scheduler.state_dict()] if self.scheduler is not None else []
             if periodic:
                 path = atomic_save(ckpt, self.output / f"epoch={self.epoch}-step={self.global_step}.ckpt")
-                self.saved.append(path)
+                self.saved = [p for p in self.saved if p != path] + [path]
                 keep = self.args.keep_checkpoints
                 while keep and len(self.saved) > keep:
                     old = self.saved.pop(0)
                     if old.exists():
                         old.unlink()
-            last = atomic_save(ckpt, self.output / "last.ckpt")
-            path = path or last
+                # last.ckpt: the same file, not a second full copy (a copy where hard links are missing)
+                if link_or_copy(path, self.output / "last.ckpt") == "copy" and not self._copy_logged:
+                    self._copy_logged = True
+                    log.warning("%s has no hard links: last.ckpt is written as a full copy of each periodic "
+                                "checkpoint", self.output)
+            else:
+                path = atomic_save(ckpt, self.output / "last.ckpt")
         self._last_save_step = self.global_step
         _barrier()
         return path
@@ -851,12 +939,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for h in root.handlers:
         if h not in before:  # messages Trainer.announce printed are not logged a second time
             h.addFilter(lambda record: not getattr(record, _PRINTED, False))
+    lock = OutputLock(args.output)
     try:
+        if _env_world()[0] == 0:
+            lock.acquire()  # before anything is written there; dropped when the run ends or dies
+        if not args.resume:
+            check_fresh_output(args.output)
         Trainer(args).fit()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
         return 2
     finally:
+        lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
