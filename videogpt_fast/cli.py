@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -20,7 +19,7 @@ import torch
 
 from .argtypes import DefaultsHelpFormatter, check_output_path, nonneg_int, positive_int
 
-VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
+from .data.video_reader import VIDEO_EXTS  # the one list of video extensions (data/ owns it)
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
 GRID_EXTS = (".mp4", ".gif")
 CODE_EXTS = (".pt", ".npz")
