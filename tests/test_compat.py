@@ -7,6 +7,7 @@ import argparse
 import importlib
 import inspect
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -284,16 +285,29 @@ def test_runner_command_line(tmp_path):
     (tmp_path / "scripts").mkdir()
     script = tmp_path / "scripts" / "client.py"
     script.write_text(textwrap.dedent("""
-        import sys, videogpt, helper
-        print(videogpt.__name__, sys.argv[1:], __name__, helper.VALUE)
+        import multiprocessing, sys, videogpt, helper
+
+        def child(queue):  # a spawned worker (as compute_fvd.py's mp.spawn) re-imports this script
+            import videogpt.compat  # (torch-free) submodules map too
+            queue.put(videogpt.compat.__name__)
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            worker = ctx.Process(target=child, args=(queue,))
+            worker.start()
+            print(videogpt.__name__, sys.argv[1:], helper.VALUE, queue.get(timeout=60))
+            worker.join()
     """))
     (tmp_path / "scripts" / "helper.py").write_text("VALUE = 7\n")  # imported from the script's folder
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    (tmp_path / "tmp").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path), "TMPDIR": str(tmp_path / "tmp")}
     done = subprocess.run([sys.executable, "-m", "videogpt_fast.compat", str(script), "--n", "3"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "videogpt_fast ['--n', '3'] __main__ 7"
-    assert "mapped to videogpt_fast" in done.stderr
+    assert done.stdout.strip() == "videogpt_fast ['--n', '3'] 7 videogpt_fast.compat"
+    assert done.stderr.count("mapped to videogpt_fast") == 1, done.stderr
+    assert not list((tmp_path / "tmp").iterdir())  # the generated package for child processes is removed
     done = subprocess.run([sys.executable, "-m", "videogpt_fast.compat"], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("usage:")
@@ -384,10 +398,14 @@ def test_sample_script_flow(home, monkeypatch, ckpt):
     monkeypatch.chdir(home)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "/before")
+    path_before = list(sys.path)
     try:
         assert compat.main([str(script), "--ckpt", target, "--n", "3"]) == 0
     finally:
         compat.uninstall()
+    assert os.environ["PYTHONPATH"] == "/before"
+    assert sys.path[0] == str(home) and sys.path[-1] == path_before[-1]  # the script's folder first, as `python SCRIPT`
     samples = torch.load(home / "samples.pt", weights_only=True)
     assert samples.shape == (3, 3, 16, 16, 16)
     torch.manual_seed(5)
