@@ -245,6 +245,7 @@ def test_mapping_shares_modules(mapped):
     assert videogpt.fvd.pytorch_i3d.InceptionI3d is importlib.import_module("videogpt_fast.fvd.i3d").InceptionI3d
     assert load_i3d_pretrained is importlib.import_module("videogpt_fast.fvd").load_i3d_pretrained
     assert inspect.isfunction(videogpt.download)
+    assert mapped.resnet is importlib.import_module("videogpt_fast.resnet")  # as after the original's `import videogpt`
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("videogpt.no_such_module")
 

@@ -29,8 +29,8 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
-# The original's submodules that ``import videogpt`` made reachable as attributes.
-_SUBMODULES = ("attention", "data", "gpt", "resnet", "utils", "vqvae")
+# The original's submodules, reachable as attributes as after the original's ``import videogpt``.
+_SUBMODULES = ("attention", "data", "fvd", "gpt", "resnet", "utils", "vqvae")
 
 
 def __getattr__(name: str) -> Any:
