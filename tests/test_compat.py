@@ -240,6 +240,7 @@ def test_mapping_shares_modules(mapped):
     import videogpt.vqvae
     from videogpt.download import load_i3d_pretrained
     assert mapped is videogpt_fast
+    assert compat.find_original() is None  # the mapping itself is not an original installation
     assert videogpt.vqvae is importlib.import_module("videogpt_fast.vqvae")
     assert videogpt.vqvae.VQVAE is VQVAE and videogpt.vqvae.__spec__.name == "videogpt_fast.vqvae"
     assert videogpt.fvd.pytorch_i3d.InceptionI3d is importlib.import_module("videogpt_fast.fvd.i3d").InceptionI3d

@@ -99,14 +99,13 @@ def find_original() -> Optional[str]:
     loaded = sys.modules.get(ALIAS)
     if loaded is not None and not is_installed():
         return getattr(loaded, "__file__", None) or repr(loaded)
-    if is_installed():
-        sys.meta_path.remove(_FINDER)
-        try:
-            spec = importlib.util.find_spec(ALIAS)
-        finally:
-            sys.meta_path.insert(0, _FINDER)
-    else:
-        spec = importlib.util.find_spec(ALIAS)
+    spec = None
+    for finder in sys.meta_path:  # importlib.util.find_spec without sys.modules and without our finder
+        find = getattr(finder, "find_spec", None)
+        if finder is not _FINDER and find is not None:
+            spec = find(ALIAS, None)
+            if spec is not None:
+                break
     if spec is None or any(str(spec.origin).startswith(d + os.sep) for d in _SHIM_DIRS):
         return None
     return spec.origin or ", ".join(spec.submodule_search_locations or []) or ALIAS
