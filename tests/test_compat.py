@@ -421,7 +421,11 @@ def test_sample_script_flow(home, monkeypatch, ckpt):
 def test_fvd_script_eval_fvd_flow(home, mapped):
     """scripts/compute_fvd.py's eval_fvd on one process (all_gather is the identity): a frame-
     conditional prior, load_i3d_pretrained(device) from the cache, sample(n, batch) per chunk,
-    get_reconstruction, get_fvd_logits of 16-frame uint8 clips, frechet_distance."""
+    get_reconstruction, get_fvd_logits of 16-frame uint8 clips, frechet_distance.
+
+    Slow (~25 s on 2 CPU cores) and unavoidably so: get_fvd_logits always resizes to I3D's 224 x 224
+    (the original's signature has no size, and InceptionI3d needs H, W >= 193), and the flow needs
+    six 16-frame clips (two per set: a covariance needs two samples)."""
     from videogpt.fvd.pytorch_i3d import InceptionI3d
     data = _hdf5(home / "data.hdf5", n_videos=2)
     vq = _vqvae([4, 4, 4])
