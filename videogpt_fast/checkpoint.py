@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import re
+import shlex
 import shutil
 import tempfile
 import warnings
@@ -304,24 +305,55 @@ def cache_dirs() -> List[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def resolve_pretrained(name: str, table: Dict[str, tuple]) -> Path:
-    """Path of the cached file for pretrained ``name`` (saved as ``name`` or ``name.ckpt``)."""
-    for folder in cache_dirs():
+_DRIVE_URL = "https://drive.google.com/uc?id="  # gdown >= 5 dropped --id; a URL works with every version
+
+
+def _search_dirs(root: Optional[PathLike]) -> List[Path]:
+    """``[root]`` when given, else :func:`cache_dirs`."""
+    return [Path(root).expanduser()] if root is not None else cache_dirs()
+
+
+def _not_cached(kind: str, fname: str, drive_id: str, dirs: List[Path], what: str = "") -> FileNotFoundError:
+    target = dirs[0] / fname
+    return FileNotFoundError(
+        f"{kind} {fname!r}{f' ({what})' if what else ''} is not in the local cache; videogpt_fast never downloads. "
+        f"Put the original's file at {target} (searched: {', '.join(str(d) for d in dirs)}); "
+        f"it is the original release's Google Drive file id {drive_id}, e.g. "
+        f"`mkdir -p {shlex.quote(str(dirs[0]))} && gdown {shlex.quote(_DRIVE_URL + drive_id)} "
+        f"-O {shlex.quote(str(target))}`.")
+
+
+def download(id: str, fname: str, root: Optional[PathLike] = None) -> str:
+    """The original ``videogpt.download.download(id, fname, root)``, without the download.
+
+    Returns the path (str) of ``root/fname`` when that file exists. ``root=None`` (the original's
+    default is ``~/.cache/videogpt``) searches :func:`cache_dirs`: ``$VIDEOGPT_FAST_HOME`` (default
+    ``~/.cache/videogpt_fast``), then ``~/.cache/videogpt``. ``id`` is the Google Drive file id.
+    Raises FileNotFoundError naming the file, where to put it and a ``gdown`` command that fetches it.
+    """
+    dirs = _search_dirs(root)
+    for folder in dirs:
+        if (folder / fname).is_file():
+            return str(folder / fname)
+    raise _not_cached("file", fname, id, dirs)
+
+
+def resolve_pretrained(name: str, table: Dict[str, tuple], root: Optional[PathLike] = None) -> Path:
+    """Path of the cached file for pretrained ``name`` (saved as ``name`` or ``name.ckpt``) in
+    ``root``, or in :func:`cache_dirs` when ``root`` is None. Raises FileNotFoundError as
+    :func:`download` does."""
+    dirs = _search_dirs(root)
+    for folder in dirs:
         for candidate in (folder / name, folder / f"{name}.ckpt"):
             if candidate.is_file():
                 return candidate
     drive_id, what = table[name]
-    target = cache_dirs()[0] / name
-    raise FileNotFoundError(
-        f"pretrained file {name!r} ({what}) is not in the local cache; videogpt_fast never downloads. "
-        f"Put the original's file at {target} (searched: {', '.join(str(d) for d in cache_dirs())}); "
-        f"it is the original release's Google Drive file id {drive_id}, e.g. "
-        f"`gdown --id {drive_id} -O {target}`.")
+    raise _not_cached("pretrained file", name, drive_id, dirs, what)
 
 
-def _resolve(name_or_path: PathLike, table: Dict[str, tuple]) -> Path:
+def _resolve(name_or_path: PathLike, table: Dict[str, tuple], root: Optional[PathLike] = None) -> Path:
     if isinstance(name_or_path, str) and name_or_path in table and not os.path.exists(name_or_path):
-        return resolve_pretrained(name_or_path, table)
+        return resolve_pretrained(name_or_path, table, root)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         names = ", ".join(sorted(table))
@@ -397,11 +429,11 @@ _KINDS = {"vqvae": ("a VQ-VAE", "load_vqvae", PRETRAINED_VQVAE),
           "videogpt": ("a VideoGPT prior", "load_videogpt", PRETRAINED_VIDEOGPT)}
 
 
-def _read(name_or_path: PathLike, want: str):
+def _read(name_or_path: PathLike, want: str, root: Optional[PathLike] = None):
     """``(path, args, state_dict)`` of a ``want`` ("vqvae" or "videogpt") checkpoint, safely
     loaded; a checkpoint of the other kind is a clear error naming the right loader."""
     what, _, table = _KINDS[want]
-    path = _resolve(name_or_path, table)
+    path = _resolve(name_or_path, table, root)
     args, state_dict = _split(safe_load(path), path)
     kind = checkpoint_kind(state_dict)
     if kind != want:
@@ -410,11 +442,18 @@ def _read(name_or_path: PathLike, want: str):
     return path, args, state_dict
 
 
-def load_vqvae(name_or_path: PathLike, device: Optional[Union[str, torch.device]] = None):
-    """Load a VQ-VAE from an original checkpoint path or a pretrained name (in eval mode)."""
+def load_vqvae(model_name: PathLike, device: Optional[Union[str, torch.device]] = None,
+               root: Optional[PathLike] = None):
+    """Load a VQ-VAE in eval mode, as the original ``videogpt.download.load_vqvae``.
+
+    ``model_name``: a pretrained name (looked up in ``root``, or in :func:`cache_dirs` when None;
+    never downloaded) or the path of an original (Lightning) checkpoint. ``device`` (positional as
+    in the original): where to move the model; None leaves it on the CPU. Raises FileNotFoundError
+    (see :func:`download`) or :class:`UnsafeCheckpointError`.
+    """
     from .vqvae import VQVAE
 
-    path, args, state_dict = _read(name_or_path, "vqvae")
+    path, args, state_dict = _read(model_name, "vqvae", root)
     check_fits(lambda: VQVAE(args), state_dict, path)
     model = VQVAE(args)
     model.load_state_dict(state_dict, strict=True)
@@ -447,10 +486,11 @@ def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.T
                               resolution=gpt_args.resolution)
 
 
-def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
-                  device: Optional[Union[str, torch.device]] = None):
-    """Load a VideoGPT prior from an original checkpoint path or a pretrained name (eval mode).
+def load_videogpt(model_name: PathLike, device: Optional[Union[str, torch.device]] = None,
+                  root: Optional[PathLike] = None, vqvae: Any = None):
+    """Load a VideoGPT prior in eval mode, as the original ``videogpt.download.load_videogpt``.
 
+    ``model_name``, ``device`` (positional as in the original) and ``root`` as :func:`load_vqvae`.
     ``vqvae`` (a VQVAE module, a path or a pretrained name) overrides the VQ-VAE path stored in the
     checkpoint, which is usually stale. Without it, the stored path is used when it exists;
     otherwise the VQ-VAE is rebuilt from the weights the prior checkpoint itself holds (logged).
@@ -458,27 +498,27 @@ def load_videogpt(name_or_path: PathLike, vqvae: Any = None,
     from .gpt import VideoGPT
     from .vqvae import VQVAE
 
-    path, args, state_dict = _read(name_or_path, "videogpt")
+    path, args, state_dict = _read(model_name, "videogpt", root)
     if vqvae is None:
         stored = getattr(args, "vqvae", None)
-        if stored and (os.path.isfile(str(stored)) or _cached(str(stored))):
-            vqvae = load_vqvae(stored)
+        if stored and (os.path.isfile(str(stored)) or _cached(str(stored), root)):
+            vqvae = load_vqvae(stored, root=root)
         else:
             log.info("VQ-VAE %r of %s not found: rebuilding it from the weights in the checkpoint", stored, path)
             vqvae = VQVAE(infer_vqvae_args(args, state_dict, path))
     elif not isinstance(vqvae, torch.nn.Module):
-        vqvae = load_vqvae(vqvae)
+        vqvae = load_vqvae(vqvae, root=root)
     check_fits(lambda: VideoGPT(args, vqvae=vqvae), state_dict, path)
     model = VideoGPT(args, vqvae=vqvae)
     model.load_state_dict(state_dict, strict=True)
     return _place(model, device)
 
 
-def _cached(name: str) -> bool:
+def _cached(name: str, root: Optional[PathLike] = None) -> bool:
     if name not in PRETRAINED_VQVAE:
         return False
     try:
-        resolve_pretrained(name, PRETRAINED_VQVAE)
+        resolve_pretrained(name, PRETRAINED_VQVAE, root)
         return True
     except FileNotFoundError:
         return False

@@ -119,6 +119,11 @@ class VQVAE(nn.Module):
         return load_vqvae(path, device=map_location)
 
     @property
+    def hparams(self) -> Dict[str, argparse.Namespace]:
+        """Lightning-style ``{'args': Namespace}`` as the original's ``save_hyperparameters``."""
+        return {"args": self.args}
+
+    @property
     def downsample(self) -> Tuple[int, int, int]:
         return tuple(int(d) for d in self.args.downsample)  # type: ignore[return-value]
 

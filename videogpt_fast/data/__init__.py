@@ -3,10 +3,10 @@ and the one order-safe video reader (``read_video``) and file listing (``video_f
 from .hdf5_dataset import HDF5Dataset
 from .loaders import VideoData, build_dataloader, build_dataset, make_loader, require_clips
 from .preprocess import preprocess
-from .video_dataset import VideoDataset
+from .video_dataset import VideoDataset, get_parent_dir
 from .video_index import VideoIndex
 from .video_reader import VIDEO_EXTS, ClipReadError, list_videos, read_video, video_files
 
 __all__ = ["preprocess", "VideoDataset", "HDF5Dataset", "VideoData", "build_dataloader", "build_dataset",
            "make_loader", "require_clips", "VideoIndex", "read_video", "video_files", "list_videos", "VIDEO_EXTS",
-           "ClipReadError"]
+           "ClipReadError", "get_parent_dir"]

@@ -13,7 +13,7 @@ from .preprocess import check_clip_args, preprocess
 from .video_index import VideoEntry, VideoIndex
 from .video_reader import VIDEO_EXTS, list_videos
 
-__all__ = ["VideoDataset", "class_names"]
+__all__ = ["VideoDataset", "class_names", "get_parent_dir"]
 
 logger = logging.getLogger("videogpt_fast.data")
 
@@ -21,7 +21,12 @@ logger = logging.getLogger("videogpt_fast.data")
 def _class_of(rel: str) -> str | None:
     """Class of a file from its path relative to the split folder: its parent folder's name (the
     original's ``get_parent_dir``), or ``None`` for a file directly in the split folder."""
-    return os.path.basename(os.path.dirname(rel)) or None
+    return get_parent_dir(rel) or None
+
+
+def get_parent_dir(path: str) -> str:
+    """Name of the folder holding ``path``, as the original ``videogpt.data.get_parent_dir``."""
+    return os.path.basename(os.path.dirname(path))
 
 
 def _root_class(train_folder: str) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import PRETRAINED_I3D, cache_dirs
+from ..checkpoint import PRETRAINED_I3D, cache_dirs, download, safe_load
 from ..data.preprocess import resize_crop_geometry
 from .i3d import InceptionI3d
 
@@ -156,17 +156,10 @@ def i3d_search_dirs() -> List[Path]:
     return cache_dirs()
 
 
-def _resolve_i3d_path(path: Optional[Union[str, os.PathLike]]) -> Path:
-    if path is None:
-        candidates = [d / I3D_FILENAME for d in i3d_search_dirs()]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(
-            f"{I3D_FILENAME} not found (looked for {', '.join(map(str, candidates))}). Nothing is downloaded: "
-            f"put the original VideoGPT I3D weights (Google Drive id {_I3D_PRETRAINED_ID}) at "
-            f"{candidates[0]} ($VIDEOGPT_FAST_HOME, default ~/.cache/videogpt_fast; ~/.cache/videogpt also "
-            f"works), or pass its path.")
+def _resolve_i3d_path(path: Optional[Union[str, os.PathLike]],
+                      root: Optional[Union[str, os.PathLike]] = None) -> Path:
+    if path is None:  # root, else i3d_search_dirs(); the error names the file, the folder and a gdown command
+        return Path(download(_I3D_PRETRAINED_ID, I3D_FILENAME, root))
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / I3D_FILENAME
@@ -178,19 +171,37 @@ def _resolve_i3d_path(path: Optional[Union[str, os.PathLike]]) -> Path:
     return p
 
 
-def load_i3d_pretrained(path: Optional[Union[str, os.PathLike, torch.device]] = None,
-                        device: Device = "cpu") -> InceptionI3d:
-    """The pretrained Kinetics-400 I3D in eval mode, loaded from a local file (never downloaded).
+def _as_device(x) -> Optional[torch.device]:
+    """``x`` as a device when it is one (a torch.device, a CUDA index, or a device string such as
+    "cuda:0" that is not an existing path), else None."""
+    if isinstance(x, torch.device):
+        return x
+    if isinstance(x, int) and not isinstance(x, bool):
+        return torch.device(x)
+    if isinstance(x, str) and not os.path.exists(x):
+        try:
+            return torch.device(x)
+        except (RuntimeError, ValueError):
+            return None
+    return None
 
-    ``path``: the ``i3d_pretrained_400.pt`` file or a folder holding it; None searches
-    ``i3d_search_dirs()``. A ``torch.device`` as first argument is taken as the device with
-    ``path=None``, so the original's call ``load_i3d_pretrained(device)`` keeps working.
-    Raises FileNotFoundError naming the file and where to put it when it is absent.
+
+def load_i3d_pretrained(path: Optional[Union[str, os.PathLike, torch.device]] = None,
+                        device: Device = "cpu", root: Optional[Union[str, os.PathLike]] = None) -> InceptionI3d:
+    """The pretrained Kinetics-400 I3D in eval mode, loaded from a local file (never downloaded),
+    as the original ``videogpt.download.load_i3d_pretrained(device)``.
+
+    ``path``: the ``i3d_pretrained_400.pt`` file or a folder holding it; None looks for that file in
+    ``root``, or in ``i3d_search_dirs()`` when ``root`` is None. A device as first argument
+    (``torch.device``, CUDA index, or a device string that is not an existing path) is taken as the
+    device with ``path=None``, so the original's call ``load_i3d_pretrained(device)`` keeps working.
+    Raises FileNotFoundError naming the file, where to put it and a ``gdown`` command.
     """
-    if isinstance(path, torch.device):
-        path, device = None, path
-    file = _resolve_i3d_path(path)
-    state_dict = torch.load(file, map_location=device, weights_only=True)
+    as_device = _as_device(path)
+    if as_device is not None:
+        path, device = None, as_device
+    file = _resolve_i3d_path(path, root)
+    state_dict = safe_load(file, map_location=device)  # one-line CheckpointError for a bad file
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{file} must hold an I3D state dict, got {type(state_dict).__name__}")
     i3d = InceptionI3d(400, in_channels=3).to(device)
