@@ -5,7 +5,6 @@ The hard-coded I3D numbers below were produced by the original ``videogpt/fvd/py
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import pathlib
