@@ -88,7 +88,7 @@ def data_cases(s: Settings) -> Iterator[Case]:
                                             batches=n_batches, cpu_workers=workers), "uint8->float32",
                 impls={"reference": lambda: _drain(lambda: iter(pyav), n_batches, dev, dev.type == "cuda")},
                 items=float(batch * n_batches), item_unit="clips", check=same_shape,
-                tolerance="the same number of clips of the same shape as the reference loader")
+                tolerance="same clips: the same number of clips of the same shape as the reference loader")
     from videogpt_fast.data.dali import DALIVideoLoader, dali_status
     ok, reason = dali_status("gpu")
     if ok and dev.type == "cuda":

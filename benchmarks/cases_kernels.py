@@ -79,7 +79,7 @@ def rounding_bound(dtype: torch.dtype, d: int) -> Tuple[float, str]:
     u = torch.finfo(dtype).eps / 2
     c = 5 * u + d * 2.0 ** -24
     name = str(dtype).split(".")[-1]
-    return c, (f"codes equal the float64 argmin, except near-ties: float64 distance gap <= "
+    return c, (f"ties<=bound: codes equal the float64 argmin, except near-ties: float64 distance gap <= "
                f"(5u + D*2^-24)*((|x|+|e_a|)^2 + (|x|+|e_b|)^2), u = {u:.3g} ({name}), D = {d}")
 
 

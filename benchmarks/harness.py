@@ -33,7 +33,7 @@ class Case:
     item_unit: str = "items"
     check: Optional[Callable[[Any, Any], Optional[str]]] = None  # check(truth, impl_out) -> detail; raises on mismatch
     truth: Optional[Callable[[], Any]] = None   # float64 (or exact) output the checks compare with; untimed
-    tolerance: str = ""                         # what the check allows, stated in every checked row
+    tolerance: str = ""                         # "TAG: sentence": what the check allows, stated in every checked row
     impl_checks: Dict[str, Tuple[Callable[[Any, Any], Optional[str]], str]] = dataclasses.field(
         default_factory=dict)                   # impl -> (check, tolerance) where it differs from the case's
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)  # impl -> reason not run
@@ -187,4 +187,5 @@ REL_TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch
 def rel_tolerance(dtype: torch.dtype) -> Tuple[float, str]:
     """(tolerance, the sentence stating it) for outputs of ``dtype`` against a float64 truth."""
     tol = REL_TOL.get(dtype, 1e-5)
-    return tol, f"relative error ||out - float64|| / ||float64|| <= {tol:.0e} per output ({str(dtype).split('.')[-1]})"
+    return tol, (f"rel<={tol:.0e}: relative error ||out - float64|| / ||float64|| <= {tol:.0e} per output "
+                 f"({str(dtype).split('.')[-1]})")

@@ -40,7 +40,7 @@ def _first_call(fn, device: torch.device):
 
 
 def run_case(case, device: torch.device, quick: bool, min_time_s: Optional[float] = None,
-             max_iters: Optional[int] = None) -> List[Dict[str, Any]]:
+             max_iters: Optional[int] = None, warmup: Optional[int] = None) -> List[Dict[str, Any]]:
     """Check and time every implementation of ``case``; one row per implementation.
 
     Each implementation's first call is timed on its own (``first_call_ms``: compilation included),
@@ -59,6 +59,7 @@ def run_case(case, device: torch.device, quick: bool, min_time_s: Optional[float
             log.error("%s: %s", case.name, truth_error)
     min_time_s = min_time_s if min_time_s is not None else (0.1 if quick else 1.0)
     max_iters = max_iters if max_iters is not None else (10 if quick else 100)
+    warmup = warmup if warmup is not None else (1 if quick else 2)
     for impl, fn in case.impls.items():
         row = dict(base, impl=impl, status="ok")
         try:
@@ -163,7 +164,10 @@ def main(argv=None) -> int:
                         "(its measured ceilings are reused)")
     p.add_argument("--min-time", type=float, default=None, help="seconds to time each implementation (after warm-up)")
     p.add_argument("--max-iters", type=int, default=None, help="most timed calls per implementation")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls after the first call (default 1 quick, 2)")
     p.add_argument("--no-report", action="store_true", help="write results.json only (no report.md, no plots)")
+    p.add_argument("--csrc", choices=["load", "skip"], default="load",
+                   help="on CUDA: build or load the CUDA extension (load), or leave it unbuilt (skip: its rows say why)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     t0 = time.time()
-    if device.type == "cuda":  # JIT-build (or find) the CUDA extension so its ops are timed too
+    if device.type == "cuda" and args.csrc == "load":  # JIT-build (or find) the CUDA extension so its ops are timed too
         from videogpt_fast import csrc_build
         try:
             csrc_build.load()
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
     # cases are built one at a time (and freed after running): full-size inputs do not all fit
     # at once; results.json is rewritten after every case, so a killed run keeps what it measured
     for case in tqdm(all_cases(Settings(device, args.quick), args.group, args.only), desc="benchmarks", unit="case"):
-        new_rows = run_case(case, device, args.quick, args.min_time, args.max_iters)
+        new_rows = run_case(case, device, args.quick, args.min_time, args.max_iters, args.warmup)
         for row in new_rows:
             _pct_of_ceilings(row, ceilings)
         rows.extend(new_rows)
