@@ -38,6 +38,7 @@ import torch
 from videogpt_fast import backends
 from videogpt_fast import sample as S
 from videogpt_fast.gpt import VideoGPT
+from videogpt_fast.ops import _IMPLEMENTED  # the backends each op has (as sample.py reads them)
 from videogpt_fast.vqvae import VQVAE
 
 CONFIGS = {
@@ -160,7 +161,7 @@ def run_case(name: str, device: torch.device, dtype: torch.dtype, orig_steps: Op
     info = dict(config=name, sizes_from=prior_sizes(name)[1], batch=n, positions=L, dtype=str(dtype).replace("torch.", ""),
                 ours_s=fast_s, original_s=orig_s, original_timed_positions=orig_steps,
                 speedup=orig_s / fast_s, ours_step_ms=1e3 * fast_s / L,
-                attention_backend=backends.resolve("decode_attention", device, S.DECODE_ATTENTION_BACKENDS),
+                attention_backend=backends.resolve("decode_attention", device, _IMPLEMENTED["decode_attention"]),
                 torch=torch.__version__,
                 device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     if device.type == "cuda":
