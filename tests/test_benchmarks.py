@@ -327,3 +327,11 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert rc == 0, phases
     table = (out / "summary.txt").read_text()
     assert "codebook_nearest" in table and "pass (exact)" in table and (tmp_path / "a.tar.gz").stat().st_size > 0
+
+
+def test_gpu_check_finds_test_files_that_need_pyav(tmp_path):
+    from benchmarks.gpu_check import files_needing_av
+    (tmp_path / "test_a.py").write_text("import torch\nfrom videogpt_fast.data import preprocess\n")
+    (tmp_path / "test_b.py").write_text("import torch\n\ndef test_x():\n    import av  # lazy: fine\n")
+    (tmp_path / "test_c.py").write_text("import av\n")
+    assert [p.rsplit("/", 1)[-1] for p in files_needing_av([str(tmp_path)])] == ["test_a.py", "test_c.py"]
