@@ -285,6 +285,20 @@ def _dense_sdpa(device: torch.device, dtype: torch.dtype):
 _FLEX: dict = {}
 
 
+def compiled_flex_attention():
+    """``torch.compile(flex_attention)``, created once, with dynamo's recompile limit raised: it
+    compiles once per shape and dtype, more than the default limit (8), past which dynamo would
+    silently run the unfused eager path."""
+    if "compiled" not in _FLEX:
+        import torch._dynamo as dynamo
+        from torch.nn.attention.flex_attention import flex_attention
+        for key in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, key):
+                setattr(dynamo.config, key, max(getattr(dynamo.config, key), 64))
+        _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["compiled"]
+
+
 def flex_blocksparse(layout: torch.Tensor, block: int, seq_len: int, device: torch.device):
     """``(f(q, k, v), name)``: FlexAttention with a BlockMask built from the same strided layout
     (``create_block_mask`` over a mask_mod reading the layout, causal inside the blocks), what a
@@ -299,15 +313,7 @@ def flex_blocksparse(layout: torch.Tensor, block: int, seq_len: int, device: tor
 
     mask = create_block_mask(strided_causal, None, heads, seq_len, seq_len, device=str(device))
     if device.type == "cuda":
-        if "compiled" not in _FLEX:
-            import torch._dynamo
-            # one compilation per shape and dtype: more than dynamo's default recompile limit (8),
-            # past which it would silently run the unfused eager path
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-            _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
-        fn, name = _FLEX["compiled"], "flex_compiled"
+        fn, name = compiled_flex_attention(), "flex_compiled"
     else:
         fn, name = flex_attention, "flex_eager"
     def run(q, k, v):

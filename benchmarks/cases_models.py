@@ -192,7 +192,7 @@ def sampling_checks(model, positions: int, dtype: torch.dtype):
     tol = rel_tolerance(dtype)[0]
 
     def logits(ref, out):
-        with torch.no_grad():
+        with torch.no_grad(), use_backend("torch"):  # the plain-PyTorch forward, fp32
             emb = model.vqvae.codebook.dictionary_lookup(out)
             truth = model(emb, out, {})[1].reshape(out.shape[0], -1, model.vqvae.n_codes)[:, :positions]
         return rel_error_check(tol, ("logits",))(truth.float(), _decode_logits(model, out, positions, dtype))

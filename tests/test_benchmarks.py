@@ -335,3 +335,18 @@ def test_gpu_check_finds_test_files_that_need_pyav(tmp_path):
     (tmp_path / "test_b.py").write_text("import torch\n\ndef test_x():\n    import av  # lazy: fine\n")
     (tmp_path / "test_c.py").write_text("import av\n")
     assert [p.rsplit("/", 1)[-1] for p in files_needing_av([str(tmp_path)])] == ["test_a.py", "test_c.py"]
+
+
+def test_flexattention_uses_the_strided_layout():
+    """FlexAttention's BlockMask from the layout computes the block-sparse function (CPU: eager,
+    forward only; the compiled variant runs on CUDA only)."""
+    from benchmarks.cases_kernels import flex_blocksparse
+    from videogpt_fast import ops
+    from videogpt_fast.attention import StridedSparsityConfig
+    layout = StridedSparsityConfig((2, 8, 8), 2, True, 16, 2).make_layout()
+    fn, name = flex_blocksparse(layout, 16, 128, CPU)
+    q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
+    with torch.no_grad():
+        out = fn(q, k, v)
+    ref = ops.blocksparse_attention_torch(q.double(), k.double(), v.double(), layout, 16, True)
+    assert name == "flex_eager" and float((out.double() - ref).norm() / ref.norm()) < 1e-5
