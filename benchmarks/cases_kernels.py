@@ -392,6 +392,33 @@ def blocksparse_cases(s: Settings) -> Iterator[Case]:
         yield _blocksparse_case(s.device, dt, latent, h, d, b, 32, mode, runs[mode], with_flex=dt == torch.bfloat16)
 
 
+# ------------------------------------------------------------------------------------------
+def decode_cases(s: Settings) -> Iterator[Case]:
+    """One sampling step's attention: the query at position ``pos`` over the K/V cache (dense
+    causal), at the sampler's sizes (batch 16, the UCF-101 prior's 4 heads x 144, 4096 positions;
+    pos at the end of the grid, the most work). Checked against float64 on batches 0:2."""
+    dev = s.device
+    b, h, L, d = (2, 2, 256, 32) if s.quick or dev.type == "cpu" else (16, 4, 4096, 144)
+    for dt in _dtypes(dev, s.quick):
+        q = torch.randn(b, h, d, device=dev, dtype=dt)
+        k, v = (torch.randn(b, h, L, d, device=dev, dtype=dt) for _ in range(2))
+        pos = torch.tensor([L - 1], device=dev)
+        sl = (slice(0, min(b, 2)),)
+        tol, text = rel_tolerance(dt)
+        case = Case("decode_attention", "kernels", dict(B=b, heads=h, L=L, head_dim=d, pos=L - 1),
+                    str(dt).split(".")[-1],
+                    impls={"reference": lambda q=q, k=k, v=v, pos=pos: ops.decode_attention_torch(q, k, v, pos)},
+                    flops=4.0 * b * h * L * d, bytes=float(2 * b * h * L * d * k.element_size()),
+                    truth=lambda q=q, k=k, v=v, pos=pos: ops.decode_attention_torch(
+                        q[sl].double(), k[sl].double(), v[sl].double(), pos),
+                    check=_sliced(rel_error_check(tol, ("out",)), sl),
+                    tolerance=f"{text}; float64 truth on batch 0:{sl[0].stop}")
+        _fast_impls(case, dev, "decode_attention", lambda q=q, k=k, v=v, pos=pos: ops.decode_attention(q, k, v, pos),
+                    has_cuda=True)
+        yield case
+
+
+register("decode_attention")(decode_cases)
 register("codebook_nearest")(codebook_cases)
 register("codebook_nearest_with_stats")(codebook_stats_cases)
 register("axial_attention_fwd_bwd")(axial_cases)

@@ -8,16 +8,17 @@ Phases, each in its own subprocess killed at its time limit (the run then goes o
 ==========  ==========================================================================  =========
 phase       what                                                                        limit (s)
 ==========  ==========================================================================  =========
-env         device, driver, versions; makes ``videogpt_fast.kernels`` importable from a     25
+env         device, driver, versions; makes ``videogpt_fast.kernels`` importable from a     20
             bare checkout (links ``videogpt_fast/kernels`` to ``kernels/``, as a
             development checkout has it; nothing is installed)
-build       JIT-build ``csrc/`` (``videogpt_fast.csrc_build.load``)                      75
-tests       ``pytest -m gpu`` with xdist workers sized to the cores and a per-test        150
-            timeout; ``gpu_tests.log`` ends with the pass count and the wall time
+build       JIT-build ``csrc/`` (``videogpt_fast.csrc_build.load``)                      70
+tests       ``pytest -m gpu`` with xdist workers sized to the cores and a per-test        145
+            timeout; ``logs/tests.log`` ends with the pass count and the wall time
 codebook    codebook search (+ EMA statistics) in fp32, bf16, fp16                       30
 axial       axial attention forward+backward in fp32, bf16, fp16                         35
 blocksparse block-sparse attention (+ FlexAttention, dense flash SDPA) at the prior's     75
             training sizes
+decode      one sampling step's attention over the K/V cache (sampler sizes)             15
 models      VQ-VAE encode+decode and train step, prior train step                       50
 sampling    sampling on the UCF-101 prior sizes against the original algorithm          40
 ==========  ==========================================================================  =========
@@ -60,10 +61,10 @@ from typing import Any, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 
 # (name, default limit in seconds); the order is the order they run in
-PHASES = (("env", 25), ("build", 75), ("tests", 150), ("codebook", 30), ("axial", 35),
-          ("blocksparse", 75), ("models", 50), ("sampling", 40))
+PHASES = (("env", 20), ("build", 70), ("tests", 145), ("codebook", 30), ("axial", 35),
+          ("blocksparse", 75), ("decode", 15), ("models", 50), ("sampling", 40))
 # benchmark phase -> the case names it runs (benchmarks.run --only)
-BENCH_ONLY = {"codebook": ["codebook"], "axial": ["axial"], "blocksparse": ["blocksparse"],
+BENCH_ONLY = {"codebook": ["codebook"], "axial": ["axial"], "blocksparse": ["blocksparse"], "decode": ["decode_attention"],
               "models": ["vqvae_encode_decode", "vqvae_train_step", "gpt_train_step"], "sampling": ["sample_codes"]}
 # how long each implementation is timed (after its first call, which is timed on its own)
 BENCH_TIMING = {"default": ["--warmup", "1", "--min-time", "0.2", "--max-iters", "30"],
