@@ -37,7 +37,7 @@ package is measured beside ours when it is importable (see ``benchmarks/original
 
 Output: ``--out`` (default ``benchmarks/results/<device>-<date>``) with results.json, summary.txt,
 report.md, plots and ``logs/<phase>.log``; ``--archive FILE.tar.gz`` also packs the folder into one
-file (a device call returns at most 8 files). Exit status 0 when every phase ran and no row is an
+file that unpacks as ``<device>-<date>/`` (a device call returns at most 8 files). Exit status 0 when every phase ran and no row is an
 error, 1 otherwise.
 """
 from __future__ import annotations
@@ -252,6 +252,7 @@ class GpuCheck:
         self.out: Optional[Path] = Path(args.out) if args.out else None
         self.env: Dict[str, Any] = {}
         self.csrc_ok = False
+        self.run_name = "gpu_check"
         self.scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # logs before the output folder is known
 
     # ------------------------------------------------------------------ bookkeeping
@@ -387,10 +388,11 @@ class GpuCheck:
                 ph = self.phase_tests(limit)
             else:
                 ph = self.phase_bench(name, limit)
-            if name == "env" and self.out is None:
+            if name == "env":
                 dev = "cpu" if self.args.device == "cpu" else _slug(self.env.get("device_name", "cuda"))
-                suffix = "-smoke" if self.args.smoke else ""
-                self.out = REPO / "benchmarks" / "results" / f"{dev}{suffix}-{datetime.date.today().isoformat()}"
+                self.run_name = f"{dev}{'-smoke' if self.args.smoke else ''}-{datetime.date.today().isoformat()}"
+                if self.out is None:
+                    self.out = REPO / "benchmarks" / "results" / self.run_name
             if self.out is not None:
                 self.out.mkdir(parents=True, exist_ok=True)
                 if name == "env":  # the log went to /tmp before the folder was known
@@ -418,7 +420,7 @@ class GpuCheck:
                 archive = Path(self.args.archive)
                 archive.parent.mkdir(parents=True, exist_ok=True)
                 with tarfile.open(archive, "w:gz") as tar:
-                    tar.add(self.out, arcname=self.out.name)
+                    tar.add(self.out, arcname=self.run_name)  # unpacks as <device>-<date>/
                 print(f"[gpu_check] packed {self.out} into {archive}")
         print(table)
         bad_phase = any(p["status"] in ("failed", "timeout") for p in self.phases)

@@ -326,7 +326,11 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert all(r["check"] == "pass" and r["tolerance"] and r["first_call_ms"] > 0 for r in rows if r["status"] == "ok")
     assert rc == 0, phases
     table = (out / "summary.txt").read_text()
-    assert "codebook_nearest" in table and "pass (exact)" in table and (tmp_path / "a.tar.gz").stat().st_size > 0
+    assert "codebook_nearest" in table and "pass (exact)" in table
+    import tarfile
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        names = tar.getnames()
+    assert f"cpu-smoke-{result['env']['date'][:10]}/results.json" in names, names
 
 
 def test_gpu_check_finds_test_files_that_need_pyav(tmp_path):
