@@ -123,7 +123,10 @@ def run_limited(cmd: Sequence[str], log: Path, limit_s: float, env: Optional[Dic
             rc = proc.wait(timeout=max(limit_s, 1))
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended just now
+                pass
             rc = proc.wait()
             status = "timeout"
             f.write(f"\n[gpu_check] killed at its {limit_s:.0f} s limit\n")
@@ -275,6 +278,18 @@ class GpuCheck:
                                        budget_s=self.args.budget, wall_s=round(time.time() - self.t0, 1),
                                        smoke=self.args.smoke, phases=self.phases)
             _save(path, result)
+            self.pack()
+
+    def pack(self) -> None:
+        """Pack the output folder into ``--archive`` (after every phase: a run killed later still
+        leaves an archive of what it measured)."""
+        if self.args.archive and self.out is not None:
+            archive = Path(self.args.archive)
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            tmp = archive.with_name(archive.name + ".tmp")
+            with tarfile.open(tmp, "w:gz") as tar:
+                tar.add(self.out, arcname=self.run_name)  # unpacks as <device>-<date>/
+            tmp.replace(archive)
 
     def limit(self, name: str) -> float:
         return min(self.args.limits[name], self.left())
@@ -417,11 +432,8 @@ class GpuCheck:
         if self.out is not None:
             (self.out / "summary.txt").write_text(table + "\n")
             if self.args.archive:
-                archive = Path(self.args.archive)
-                archive.parent.mkdir(parents=True, exist_ok=True)
-                with tarfile.open(archive, "w:gz") as tar:
-                    tar.add(self.out, arcname=self.run_name)  # unpacks as <device>-<date>/
-                print(f"[gpu_check] packed {self.out} into {archive}")
+                self.pack()
+                print(f"[gpu_check] packed {self.out} into {self.args.archive}")
         print(table)
         bad_phase = any(p["status"] in ("failed", "timeout") for p in self.phases)
         bad_row = any(r["status"] == "error" for r in result.get("rows", []))
