@@ -37,8 +37,8 @@ package is measured beside ours when it is importable (see ``benchmarks/original
 
 Output: ``--out`` (default ``benchmarks/results/<device>-<date>``) with results.json, summary.txt,
 report.md, plots and ``logs/<phase>.log``; ``--archive FILE.tar.gz`` also packs the folder into one
-file that unpacks as ``<device>-<date>/`` (a device call returns at most 8 files). Exit status 0 when every phase ran and no row is an
-error, 1 otherwise.
+file that unpacks as ``<device>-<date>/`` (a device call returns at most 8 files). Exit status 0
+when the environment phase ran, no phase failed or timed out and no row is an error; 1 otherwise.
 """
 from __future__ import annotations
 
@@ -435,7 +435,8 @@ class GpuCheck:
                 self.pack()
                 print(f"[gpu_check] packed {self.out} into {self.args.archive}")
         print(table)
-        bad_phase = any(p["status"] in ("failed", "timeout") for p in self.phases)
+        bad_phase = any(p["status"] in ("failed", "timeout") or (p["name"] == "env" and p["status"] != "ok")
+                        for p in self.phases)
         bad_row = any(r["status"] == "error" for r in result.get("rows", []))
         print(f"[gpu_check] {time.time() - self.t0:.0f} s; results in {self.out}", flush=True)
         return 1 if bad_phase or bad_row else 0

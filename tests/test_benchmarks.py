@@ -354,3 +354,12 @@ def test_flexattention_uses_the_strided_layout():
         out = fn(q, k, v)
     ref = ops.blocksparse_attention_torch(q.double(), k.double(), v.double(), layout, 16, True)
     assert name == "flex_eager" and float((out.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_gpu_check_budget_caps_phases(tmp_path, capsys):
+    from benchmarks import gpu_check
+    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(tmp_path), "--budget", "1"])
+    phases = json.loads((tmp_path / "results.json").read_text())["gpu_check"]["phases"]
+    assert rc == 1 and [p["name"] for p in phases] == ["env"]  # nothing runs without the environment
+    assert phases[0]["status"] == "skipped" and "budget is spent" in phases[0]["note"]
+    assert "budget is spent" in capsys.readouterr().out
