@@ -58,6 +58,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .report import compact_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (name, default limit in seconds); the order is the order they run in
@@ -189,60 +191,6 @@ def _save(path: Path, result: Dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(path)
-
-
-def short_tolerance(text: str) -> str:
-    """The short tag before the first ': ' of a tolerance sentence ('rel<=3e-02', 'exact', ...)."""
-    return text.split(": ", 1)[0] if text else ""
-
-
-def _params(p: Dict[str, Any]) -> str:
-    keep = {k: v for k, v in p.items() if k not in ("sizes_from", "density", "block")}
-    return " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in keep.items())
-
-
-def _num(v: Any, digits: int = 2) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
-
-
-def compact_table(result: Dict[str, Any]) -> str:
-    """Phases (status, wall/limit, notes), then one line per row: case, params, dtype, impl, first
-    call ms, median ms, speedups, check verdict with its tolerance (or the error / skip reason)."""
-    lines = []
-    gc = result.get("gpu_check", {})
-    if gc:
-        lines.append(f"gpu_check on {result.get('env', {}).get('device_name', '?')}: "
-                     f"{gc.get('wall_s', 0):.0f} s of a {gc.get('budget_s', 0):.0f} s budget")
-        for ph in gc.get("phases", []):
-            lines.append(f"  {ph['name']:<12}{ph['status']:<9}{ph.get('wall_s', 0):>6.1f} s / {ph.get('limit_s', 0):>4} s"
-                         f"  {ph.get('note', '')}")
-    header = ("case", "params", "dtype", "impl", "1st ms", "ms", "x ref", "x others", "check")
-    table = [header]
-    notes: List[str] = []
-    for r in result.get("rows", []):
-        others = " ".join(f"{k[len('speedup_vs_'):]}:{v:.2f}" for k, v in r.items()
-                          if k.startswith("speedup_vs_") and k != "speedup_vs_reference")
-        if r["status"] == "ok":
-            verdict = r.get("check") or "-"
-            if verdict in ("pass", "fail"):
-                verdict += f" ({short_tolerance(r.get('tolerance', ''))})"
-            elif verdict.startswith("not checked"):
-                verdict = "timed only"
-        elif r["status"] == "error":
-            verdict = f"ERROR {r.get('error', '')[:90]}"
-        else:
-            verdict = f"skipped: {r.get('reason', '')[:60]}"
-        ms = _num(r.get("median_ms"), 3) + ("*" if r.get("timing_note") else "")
-        if r.get("timing_note"):
-            notes.append(f"* {r['name']} [{r['impl']}]: {r['timing_note']}")
-        table.append((r["name"], _params(r["params"]), r["dtype"], r["impl"], _num(r.get("first_call_ms"), 0),
-                      ms, _num(r.get("speedup_vs_reference")), others, verdict))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths)) + "  " + str(row[-1]))
-    return "\n".join(lines + sorted(set(notes)))
 
 
 class GpuCheck:
@@ -428,7 +376,7 @@ class GpuCheck:
                 write_plots(result, self.out)
             except Exception as e:  # the table below is what matters; say why the extras are missing
                 print(f"[gpu_check] report/plots not written: {type(e).__name__}: {e}", file=sys.stderr)
-        table = compact_table(result or dict(gpu_check=dict(phases=self.phases)))
+        table = compact_table(result or dict(gpu_check=dict(phases=self.phases)))  # printed last
         if self.out is not None:
             (self.out / "summary.txt").write_text(table + "\n")
             if self.args.archive:
