@@ -187,15 +187,18 @@ def main(argv=None) -> int:
     env["command"] = " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:]))
     log.info("device %s | torch %s | triton %s", env["device_name"], env["torch"], env["triton"])
     old = json.loads((out / "results.json").read_text()) if args.merge and (out / "results.json").exists() else None
-    if old is not None and old.get("ceilings") and old["env"]["device_name"] == env["device_name"]:
+    if old is not None:  # refuse a mismatched merge before measuring anything
+        try:
+            merge_results(old, dict(env=env, ceilings={}, quick=args.quick, wall_s=0.0, rows=[]))
+        except ValueError as e:
+            p.error(str(e))
+    if old is not None and old.get("ceilings"):
         ceilings = old["ceilings"]
         log.info("ceilings (from %s): %s", out / "results.json", ", ".join(f"{k}={v:.2f}" for k, v in ceilings.items()))
     else:
         ceilings = measure_ceilings(device, args.quick)
         log.info("ceilings: %s", ", ".join(f"{k}={v:.2f}" for k, v in ceilings.items()))
     rows: List[Dict[str, Any]] = []
-    if old is not None:  # refuse a mismatched merge before measuring anything
-        merge_results(old, dict(env=env, ceilings=ceilings, quick=args.quick, wall_s=0.0, rows=[]))
     from tqdm import tqdm
 
     def result_now() -> Dict[str, Any]:

@@ -187,7 +187,7 @@ def test_merge_results_replaces_same_rows_and_keeps_commands():
 def test_case_groups_select_modules():
     from benchmarks.harness import Settings, all_cases
     names = {c.name for c in all_cases(Settings(CPU, quick=True), ["kernels"])}
-    assert names and all(n.startswith(("codebook", "axial", "blocksparse")) for n in names)
+    assert names and all(n.startswith(("codebook", "axial", "blocksparse", "decode")) for n in names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,3 +363,11 @@ def test_gpu_check_budget_caps_phases(tmp_path, capsys):
     assert rc == 1 and [p["name"] for p in phases] == ["env"]  # nothing runs without the environment
     assert phases[0]["status"] == "skipped" and "budget is spent" in phases[0]["note"]
     assert "budget is spent" in capsys.readouterr().out
+
+
+def test_run_refuses_a_mismatched_merge_with_exit_status_2(tmp_path, capsys):
+    old = _result()  # a run on an H100
+    (tmp_path / "results.json").write_text(json.dumps(old, default=str))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--merge", "--only", "nothing"])
+    assert exc.value.code == 2 and "--merge: results.json holds a run on NVIDIA H100" in capsys.readouterr().err
