@@ -3,8 +3,8 @@
     python -m pytest benchmarks/bench_cases.py --benchmark-group-by=param:case      # GPU: full sizes
     python -m pytest benchmarks/bench_cases.py -k codebook                            # one family
 
-Every implementation of a case is one test in the case's group; it is checked against the reference
-(computed in the same test) before it is timed. On a CPU-only machine the ``--quick`` sizes run.
+Every implementation of a case is one test in the case's group; it is checked against the case's
+float64 truth (or the reference, computed in the same test) before it is timed. On a CPU-only machine the ``--quick`` sizes run.
 """
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ def _case(cid: str):
 def test_case(benchmark, case_id, impl):
     case = _case(case_id)
     out = case.impls[impl]()
-    if impl != case.reference and case.check is not None and f"{impl}:check" not in case.skipped \
-            and case.reference in case.impls:
-        case.check(case.impls[case.reference](), out)
+    if case.check is not None and f"{impl}:check" not in case.skipped:
+        check = case.impl_checks.get(impl, (case.check, case.tolerance))[0]
+        if case.truth is not None:
+            check(case.truth(), out)
+        elif impl != case.reference and case.reference in case.impls:
+            check(case.impls[case.reference](), out)
     benchmark.group = case_id
     benchmark.extra_info.update(params={k: str(v) for k, v in case.params.items()}, impl=impl,
                                 reference=case.reference, device=str(DEVICE))

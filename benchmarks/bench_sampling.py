@@ -6,7 +6,11 @@ Cases (pytest-benchmark; the GPU cases skip without CUDA, with the reason):
 
 * ``default``: the repo's default prior (hidden 576, 8 layers, 4 heads) over latents 4x32x32,
   batch 16 (the kinetics_stride4x4x4 VQ-VAE's latent shape, 2048 codes);
-* ``ucf``: the paper's UCF-101 prior (hidden 1024, 20 layers, 8 heads), same latents, batch 16;
+* ``ucf``: the original's pretrained UCF-101 prior ``ucf101_uncond_gpt`` over its
+  ``ucf101_stride4x4x4`` VQ-VAE (16x128x128 clips, latents 4x32x32), batch 16. Its prior sizes are
+  read from the checkpoint's hyper-parameters when the file is in the local cache
+  (:func:`ucf_prior_sizes`); otherwise the sizes the original documents for
+  ``scripts/train_videogpt.py`` (hidden 576, 4 heads, 8 layers) are used, and the case says so;
 * ``tiny_cpu``: a small CPU model, so the file runs everywhere.
 
 Weights are random (timing does not depend on them). The original's cost per position is the same
@@ -26,7 +30,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pytest
 import torch
@@ -34,6 +38,7 @@ import torch
 from videogpt_fast import backends
 from videogpt_fast import sample as S
 from videogpt_fast.gpt import VideoGPT
+from videogpt_fast.ops import _IMPLEMENTED  # the backends each op has (as sample.py reads them)
 from videogpt_fast.vqvae import VQVAE
 
 CONFIGS = {
@@ -41,7 +46,7 @@ CONFIGS = {
     "default": (dict(hidden_dim=576, heads=4, layers=8),
                 dict(embedding_dim=256, n_codes=2048, n_hiddens=240, n_res_layers=4, downsample=[4, 4, 4],
                      sequence_length=16, resolution=128), 16),
-    "ucf": (dict(hidden_dim=1024, heads=8, layers=20),
+    "ucf": (None,  # ucf_prior_sizes(): from the cached checkpoint, else the documented defaults
             dict(embedding_dim=256, n_codes=2048, n_hiddens=240, n_res_layers=4, downsample=[4, 4, 4],
                  sequence_length=16, resolution=128), 16),
     "tiny_cpu": (dict(hidden_dim=48, heads=4, layers=2),
@@ -50,8 +55,36 @@ CONFIGS = {
 }
 
 
+DOCUMENTED_PRIOR = dict(hidden_dim=576, heads=4, layers=8)  # the original README's train_videogpt.py defaults
+
+
+def ucf_prior_sizes() -> Tuple[Dict[str, int], str]:
+    """``(dict(hidden_dim, heads, layers), source)`` of the original's pretrained UCF-101 prior.
+
+    Read from ``hyper_parameters['args']`` of ``ucf101_uncond_gpt`` when it is in the local cache
+    (:func:`videogpt_fast.checkpoint.cache_dirs`; nothing is downloaded); else the sizes the
+    original's README documents for ``train_videogpt.py``, with ``source`` saying so."""
+    from videogpt_fast import checkpoint as C
+    try:
+        path = C.resolve_pretrained("ucf101_uncond_gpt", C.PRETRAINED_VIDEOGPT)
+    except FileNotFoundError:
+        return dict(DOCUMENTED_PRIOR), ("the original README's train_videogpt.py defaults "
+                                        "(ucf101_uncond_gpt is not in the local cache)")
+    args = C.as_namespace(C.safe_load(path)["hyper_parameters"]["args"])
+    return {k: int(getattr(args, k)) for k in DOCUMENTED_PRIOR}, f"hyper-parameters of {path}"
+
+
+def prior_sizes(name: str) -> Tuple[Dict[str, int], str]:
+    """The prior hyper-parameters of config ``name`` and where they come from."""
+    if name == "ucf":
+        return ucf_prior_sizes()
+    return CONFIGS[name][0], "benchmark config"
+
+
 def build_model(name: str, device: torch.device, attn_type: str = "full") -> VideoGPT:
-    prior, vq, _ = CONFIGS[name]
+    """A seeded VideoGPT of config ``name`` (random weights) in eval mode on ``device``."""
+    _, vq, _ = CONFIGS[name]
+    prior = prior_sizes(name)[0]
     torch.manual_seed(0)
     vqvae = VQVAE(argparse.Namespace(**vq))
     args = dict(vqvae="random", n_cond_frames=0, class_cond=False, dropout=0.0, attn_type=attn_type,
@@ -125,10 +158,10 @@ def run_case(name: str, device: torch.device, dtype: torch.dtype, orig_steps: Op
     _sync(device)
     orig_s = (time.perf_counter() - t) * L / orig_steps
 
-    info = dict(config=name, batch=n, positions=L, dtype=str(dtype).replace("torch.", ""),
+    info = dict(config=name, sizes_from=prior_sizes(name)[1], batch=n, positions=L, dtype=str(dtype).replace("torch.", ""),
                 ours_s=fast_s, original_s=orig_s, original_timed_positions=orig_steps,
                 speedup=orig_s / fast_s, ours_step_ms=1e3 * fast_s / L,
-                attention_backend=backends.resolve("decode_attention", device, S.DECODE_ATTENTION_BACKENDS),
+                attention_backend=backends.resolve("decode_attention", device, _IMPLEMENTED["decode_attention"]),
                 torch=torch.__version__,
                 device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     if device.type == "cuda":

@@ -69,7 +69,7 @@ def _torchvision_loader(root: str, batch: int):
                                        drop_last=True, persistent_workers=True)
 
 
-@register
+@register("data_loading")
 def data_cases(s: Settings) -> Iterator[Case]:
     dev = s.device
     quick = s.quick or dev.type == "cpu"
@@ -82,11 +82,13 @@ def data_cases(s: Settings) -> Iterator[Case]:
     def same_shape(ref, out):
         if not torch.equal(ref, out):
             raise AssertionError(f"delivered (clips, C, T, H, W) {out.tolist()} != reference {ref.tolist()}")
+        return f"delivered {out.tolist()}"
 
     case = Case("data_loading", "data", dict(clip=(SEQ, RES, RES), source=f"{hw[0]}x{hw[1]} H.264", batch=batch,
                                             batches=n_batches, cpu_workers=workers), "uint8->float32",
                 impls={"reference": lambda: _drain(lambda: iter(pyav), n_batches, dev, dev.type == "cuda")},
-                items=float(batch * n_batches), item_unit="clips", check=same_shape)
+                items=float(batch * n_batches), item_unit="clips", check=same_shape,
+                tolerance="same clips: the same number of clips of the same shape as the reference loader")
     from videogpt_fast.data.dali import DALIVideoLoader, dali_status
     ok, reason = dali_status("gpu")
     if ok and dev.type == "cuda":

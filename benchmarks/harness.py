@@ -8,11 +8,12 @@ then times each, and reports speedups measured in the same process.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,10 +32,15 @@ class Case:
     bytes: Optional[float] = None               # minimum bytes moved per call
     items: Optional[float] = None               # items per call for throughput (clips, samples)
     item_unit: str = "items"
-    check: Optional[Callable[[Any, Any], None]] = None   # check(reference_out, impl_out) raises on mismatch
+    check: Optional[Callable[[Any, Any], Optional[str]]] = None  # check(truth, impl_out) -> detail; raises on mismatch
+    truth: Optional[Callable[[], Any]] = None   # float64 (or exact) output the checks compare with; untimed
+    tolerance: str = ""                         # "TAG: sentence": what the check allows, stated in every checked row
+    impl_checks: Dict[str, Tuple[Callable[[Any, Any], Optional[str]], str]] = dataclasses.field(
+        default_factory=dict)                   # impl -> (check, tolerance) where it differs from the case's
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)  # impl -> reason not run
     scale_key: Optional[str] = None             # the param a scaling plot runs over
     baselines: tuple = ()                       # further impls every row states its speedup over
+    time_scale: Dict[str, Tuple[float, str]] = dataclasses.field(default_factory=dict)  # impl -> (factor, why)
 
 
 @dataclasses.dataclass
@@ -43,24 +49,47 @@ class Settings:
     quick: bool
 
 
-_FACTORIES: List[Callable[[Settings], Iterator[Case]]] = []
+_FACTORIES: List[Tuple[Tuple[str, ...], Callable[[Settings], Iterator[Case]]]] = []
 
 
-def register(factory: Callable[[Settings], Iterator[Case]]) -> Callable[[Settings], Iterator[Case]]:
-    """Decorator: ``factory(settings)`` yields the cases of one module."""
-    _FACTORIES.append(factory)
-    return factory
+def register(*names: str) -> Callable[[Callable[[Settings], Iterator[Case]]], Callable[[Settings], Iterator[Case]]]:
+    """Decorator: ``factory(settings)`` yields cases named ``names`` (so a selection by name skips
+    the factory before it builds any input)."""
+    def deco(factory: Callable[[Settings], Iterator[Case]]) -> Callable[[Settings], Iterator[Case]]:
+        _FACTORIES.append((names, factory))
+        return factory
+    return deco
 
 
 GROUPS = ("kernels", "models", "data")  # one per cases_<group>.py module
 
 
-def all_cases(settings: Settings, groups: Optional[Sequence[str]] = None) -> Iterator[Case]:
-    """Every registered case (only those of ``groups``, when given), built one at a time."""
-    from . import cases_data, cases_kernels, cases_models  # noqa: F401 (registration side effect)
-    for factory in _FACTORIES:
-        if groups is None or factory.__module__.rsplit(".", 1)[-1].removeprefix("cases_") in groups:
-            yield from factory(settings)
+def selected(name: str, only: Optional[Sequence[str]]) -> bool:
+    """Whether case ``name`` matches one of the ``only`` substrings (all when none are given)."""
+    return not only or any(o in name for o in only)
+
+
+def all_cases(settings: Settings, groups: Optional[Sequence[str]] = None,
+              only: Optional[Sequence[str]] = None) -> Iterator[Case]:
+    """Every registered case (only those of ``groups`` and whose name contains one of ``only``,
+    when given), built one at a time."""
+    broken = {}
+    for group in groups or GROUPS:  # registration side effect; only the groups asked for
+        try:
+            importlib.import_module(f"{__package__}.cases_{group}")
+        except ImportError as e:  # e.g. the data group without PyAV: say so as a skipped row
+            broken[group] = f"benchmarks/cases_{group}.py does not import: {type(e).__name__}: {e}"
+    for group, why in broken.items():
+        if selected(f"cases_{group}", only):
+            yield Case(f"cases_{group}", group, {}, "-", impls={}, skipped={"all": why})
+    for names, factory in _FACTORIES:
+        if groups is not None and factory.__module__.rsplit(".", 1)[-1].removeprefix("cases_") not in groups:
+            continue
+        if not any(selected(n, only) for n in names):
+            continue
+        for case in factory(settings):
+            if selected(case.name, only):
+                yield case
 
 
 def synchronize(device: torch.device) -> None:
@@ -134,17 +163,38 @@ def env_info(device: torch.device) -> Dict[str, Any]:
     return info
 
 
-def assert_allclose(atol: float, rtol: float) -> Callable[[Any, Any], None]:
-    """A case check comparing (tuples of) tensors in float64."""
-    def check(ref: Any, out: Any) -> None:
-        refs = ref if isinstance(ref, (tuple, list)) else (ref,)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        for r, o in zip(refs, outs):
-            torch.testing.assert_close(o.double(), r.double(), atol=atol, rtol=rtol)
+def _tensors(x: Any) -> List[torch.Tensor]:
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
+def rel_error_check(tol: float, names: Sequence[str] = ()) -> Callable[[Any, Any], str]:
+    """A check comparing (tuples of) tensors with the truth by relative Frobenius error
+    ``||out - truth|| / ||truth||`` (computed in float64) per tensor; NaN or Inf never passes.
+    Returns the worst error as its detail; raises AssertionError above ``tol``."""
+    def check(truth: Any, out: Any) -> str:
+        errs = []
+        for i, (r, o) in enumerate(zip(_tensors(truth), _tensors(out))):
+            name = names[i] if i < len(names) else f"output {i}"
+            if o.shape != r.shape:
+                raise AssertionError(f"{name}: shape {tuple(o.shape)} != {tuple(r.shape)}")
+            o64, r64 = o.detach().double(), r.detach().double().to(o.device)
+            if not torch.isfinite(o64).all():
+                raise AssertionError(f"{name}: {int((~torch.isfinite(o64)).sum())} non-finite values")
+            err = float((o64 - r64).norm() / r64.norm().clamp_min(1e-300))
+            if err > tol:
+                raise AssertionError(f"{name}: relative error {err:.2e} > {tol:.0e}")
+            errs.append((err, name))
+        worst = max(errs)
+        return f"max relative error {worst[0]:.1e} ({worst[1]})"
     return check
 
 
-def tolerance(dtype: torch.dtype) -> Dict[str, float]:
-    """Comparison tolerance by dtype (the package conventions; fp32 allows TF32-class kernels)."""
-    return {torch.float32: dict(atol=2e-3, rtol=2e-3), torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
-            torch.float16: dict(atol=1e-2, rtol=1e-2)}.get(dtype, dict(atol=1e-5, rtol=1e-5))
+# relative-error tolerances by dtype against a float64 truth (fp32 allows TF32-class matrix units)
+REL_TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2, torch.float64: 1e-10}
+
+
+def rel_tolerance(dtype: torch.dtype) -> Tuple[float, str]:
+    """(tolerance, the sentence stating it) for outputs of ``dtype`` against a float64 truth."""
+    tol = REL_TOL.get(dtype, 1e-5)
+    return tol, (f"rel<={tol:.0e}: relative error ||out - float64|| / ||float64|| <= {tol:.0e} per output "
+                 f"({str(dtype).split('.')[-1]})")

@@ -1,6 +1,7 @@
 """The benchmark suite's machinery (not its timings): checking implementations against the
-reference, recording errors and skips, the report and README table, and the adapter that runs the
-original ``videogpt`` package beside ours when it is installed."""
+float64 truth or the reference, recording errors and skips, incremental results, the GPU check
+command's phases (on CPU), the report and README table, and the adapter that runs the original
+``videogpt`` package beside ours when it is installed."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import torch
 
 from benchmarks import original as O
 from benchmarks import report, run
-from benchmarks.harness import Case, assert_allclose
+from benchmarks.harness import Case, rel_error_check
 
 CPU = torch.device("cpu")
 
@@ -22,7 +23,7 @@ def _case(**impls) -> Case:
     x = torch.arange(6.0)
     return Case("toy", "kernels", dict(N=6, shape=(2, 3)), "float32",
                 impls={"reference": lambda: x * 2, **impls}, flops=12.0, bytes=48.0, items=6.0,
-                check=assert_allclose(atol=0, rtol=0), skipped={"triton": "no GPU here"})
+                check=rel_error_check(0.0), tolerance="rel<=0: exact", skipped={"triton": "no GPU here"})
 
 
 def test_run_case_checks_times_and_records_errors_and_skips():
@@ -30,10 +31,13 @@ def test_run_case_checks_times_and_records_errors_and_skips():
     rows = {r["impl"]: r for r in run.run_case(
         _case(good=lambda: x + x, wrong=lambda: x * 3, broken=lambda: 1 / 0), CPU, quick=True)}
     assert set(rows) == {"reference", "good", "wrong", "broken", "triton"}
-    assert rows["good"]["status"] == "ok" and rows["good"]["check"] == "agrees with reference"
+    assert rows["good"]["status"] == "ok" and rows["good"]["check"] == "pass"
+    assert rows["good"]["tolerance"] == "rel<=0: exact" and rows["good"]["first_call_ms"] > 0
+    assert "check" not in rows["reference"]  # no truth: the reference is what the others are checked against
     assert rows["good"]["median_ms"] > 0 and rows["good"]["speedup_vs_reference"] > 0
     assert rows["good"]["tflops"] > 0 and rows["good"]["gbps"] > 0 and rows["good"]["throughput_unit"] == "items/s"
-    assert rows["wrong"]["status"] == "error" and "AssertionError" in rows["wrong"]["error"]
+    assert rows["wrong"]["status"] == "error" and "check failed" in rows["wrong"]["error"]
+    assert rows["wrong"]["check"] == "fail" and rows["wrong"]["tolerance"] == "rel<=0: exact"
     assert "median_ms" not in rows["wrong"]  # a wrong implementation is never timed
     assert rows["broken"]["status"] == "error" and "ZeroDivisionError" in rows["broken"]["error"]
     assert rows["triton"] == dict(name="toy", group="kernels", params=dict(N=6, shape=(2, 3)), dtype="float32",
@@ -141,7 +145,7 @@ def test_cases_get_an_original_implementation_when_the_package_imports(fake_orig
     case = next(axial_cases(Settings(CPU, quick=True)))
     assert "original" in case.impls, case.skipped
     rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True)}
-    assert rows["original"]["status"] == "ok" and rows["original"]["check"] == "agrees with reference"
+    assert rows["original"]["status"] == "ok" and rows["original"]["check"] == "pass"
 
 
 def test_baselines_get_their_own_speedup_column(tmp_path):
@@ -183,4 +187,187 @@ def test_merge_results_replaces_same_rows_and_keeps_commands():
 def test_case_groups_select_modules():
     from benchmarks.harness import Settings, all_cases
     names = {c.name for c in all_cases(Settings(CPU, quick=True), ["kernels"])}
-    assert names and all(n.startswith(("codebook", "axial", "blocksparse")) for n in names)
+    assert names and all(n.startswith(("codebook", "axial", "blocksparse", "decode")) for n in names)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks against the truth
+def test_truth_checks_every_impl_with_overrides_and_scaled_timing():
+    x = torch.arange(1.0, 7.0)
+    case = Case("toy", "kernels", {}, "float32", truth=lambda: x.double() * 2,
+                impls={"reference": lambda: x * 2 * (1 + 1e-4), "fast": lambda: x * 2, "loose": lambda: x * 2.01},
+                check=rel_error_check(1e-6), tolerance="rel<=1e-06: tight")
+    case.impl_checks["loose"] = (rel_error_check(1e-2), "rel<=1e-02: loose")
+    case.time_scale["fast"] = (1000.0, "timed over a part, scaled")
+    rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True)}
+    assert rows["reference"]["status"] == "error" and "relative error" in rows["reference"]["error"]  # checked too
+    assert rows["fast"]["check"] == "pass" and "max relative error 0.0e+00" in rows["fast"]["check_detail"]
+    assert rows["fast"]["timing_note"] == "timed over a part, scaled" and rows["fast"]["median_ms"] > 0
+    assert rows["loose"]["check"] == "pass" and rows["loose"]["tolerance"] == "rel<=1e-02: loose"
+
+
+def test_rel_error_check_rejects_nan_and_wrong_shapes():
+    chk = rel_error_check(1e-3, ("out",))
+    assert "1.0e-04" in chk(torch.ones(4), torch.ones(4) * (1 + 1e-4))
+    with pytest.raises(AssertionError, match="non-finite"):
+        chk(torch.ones(4), torch.tensor([1.0, float("nan"), 1.0, 1.0]))
+    with pytest.raises(AssertionError, match="shape"):
+        chk(torch.ones(4), torch.ones(5))
+    with pytest.raises(AssertionError, match="relative error"):
+        chk(torch.ones(4), torch.ones(4) * 1.01)
+
+
+def _near_tie_codebook(dtype):
+    """x = 0 between codes 0 and 1 at distances 1 and 1 + 1e-4 (a near-tie), code 2 far away."""
+    x = torch.zeros(3, 4, dtype=dtype)
+    x[1, 0], x[2, 0] = 5.0, -5.0
+    e = torch.tensor([[1.0, 0, 0, 0], [0, 1.0001, 0, 0], [5.0, 0, 0, 0], [-5.0, 0, 0, 0]]).to(dtype)
+    return x, e
+
+
+def test_codes_check_against_the_float64_argmin_with_the_rounding_bound():
+    from benchmarks.cases_kernels import codebook_truth, codes_check, rounding_bound
+    x, e = _near_tie_codebook(torch.bfloat16)
+    truth = codebook_truth(x, e)
+    assert truth.tolist() == [0, 2, 3]
+    check, tol = codes_check(x, e, exact=False)
+    assert tol.startswith("ties<=bound:") and "bfloat16" in tol
+    assert check(truth, truth) == "0 of 3 codes differ"
+    # bf16 rounds 1.0001 to 1: picking code 1 for x = 0 is a near-tie within the bound
+    assert "1 of 3 codes differ, all near-ties" in check(truth, torch.tensor([1, 2, 3]))
+    with pytest.raises(AssertionError, match="beyond the rounding bound"):
+        check(truth, torch.tensor([0, 0, 3]))  # code 0 for x = 5e_0 is 16 farther: no tie
+    c16, _ = rounding_bound(torch.bfloat16, 4)
+    c32, _ = rounding_bound(torch.float32, 4)
+    assert c16 == pytest.approx(5 * 2.0 ** -8 + 4 * 2.0 ** -24) and c32 < 1e-5
+    x32, e32 = _near_tie_codebook(torch.float32)
+    exact, tol = codes_check(x32, e32, exact=True)
+    assert tol.startswith("exact:")
+    with pytest.raises(AssertionError, match="exact required"):
+        exact(codebook_truth(x32, e32), torch.tensor([1, 2, 3]))
+
+
+def test_codebook_case_fp32_our_paths_exact_original_algorithm_within_bound():
+    from benchmarks.cases_kernels import codebook_cases
+    from benchmarks.harness import Settings
+    case = next(codebook_cases(Settings(CPU, quick=True)))
+    assert case.truth is not None and case.tolerance.startswith("ties<=bound")
+    assert case.impl_checks["torch"][1].startswith("exact") and "reference" not in case.impl_checks
+    rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True, min_time_s=0, max_iters=1, warmup=0)}
+    assert rows["torch"]["check"] == "pass" and rows["torch"]["tolerance"].startswith("exact")
+
+
+# ----------------------------------------------------------------------------------------------
+# incremental results and the GPU check command
+def test_results_json_is_written_after_every_case(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_case(case, *args, **kwargs):
+        calls.append(case.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the run were killed during the second case
+        return [dict(name=case.name, group=case.group, params=case.params, dtype=case.dtype, impl="reference",
+                     status="ok", median_ms=1.0)]
+    monkeypatch.setattr(run, "run_case", fake_run_case)
+    monkeypatch.setattr(run, "measure_ceilings", lambda device, quick: dict(matmul_tflops_float32=1.0, copy_gbps=1.0))
+    with pytest.raises(KeyboardInterrupt):
+        run.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--group", "kernels", "--no-report"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == calls[:1]
+
+
+def test_gpu_check_parses_pytest_summaries():
+    from benchmarks.gpu_check import parse_pytest_summary
+    text = ("....F.\nFAILED tests/test_a.py::test_x - AssertionError: no\nERROR tests/test_b.py::test_y\n"
+            "== 2 failed, 50 passed, 3 skipped, 1 error in 95.12s (0:01:35) ==\n")
+    got = parse_pytest_summary(text)
+    assert got == dict(failed=2, passed=50, skipped=3, error=1, pytest_s=95.12,
+                       failures=["tests/test_a.py::test_x", "tests/test_b.py::test_y"])
+    assert parse_pytest_summary("....F..\n[ 62%]") == {}  # killed before its summary
+
+
+def test_gpu_check_kills_a_phase_at_its_limit(tmp_path):
+    from benchmarks.gpu_check import run_limited
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    ph = run_limited([sys.executable, "-c", code], tmp_path / "log", 1.5)
+    assert ph["status"] == "timeout" and ph["wall_s"] < 30 and "killed at its 2 s limit" in (tmp_path / "log").read_text()
+    ok = run_limited([sys.executable, "-c", "print('hi')"], tmp_path / "log2", 30)
+    assert ok["status"] == "ok" and ok["rc"] == 0 and "hi" in (tmp_path / "log2").read_text()
+
+
+def test_gpu_check_arguments():
+    from benchmarks.gpu_check import PHASES, parse_args
+    assert sum(s for _, s in PHASES) <= 480  # the whole check fits 8 minutes by default
+    args = parse_args(["--limit", "tests=100", "--smoke", "--device", "cpu"])
+    assert args.limits["tests"] == 100 and args.limits["build"] == dict(PHASES)["build"]
+    for bad in (["--limit", "nope=3"], ["--limit", "tests=soon"], ["--phases", "tests"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    """The pipeline end to end on CPU (env, tests on a one-test file, the codebook phase), with the
+    incremental results.json, the phases' record, the archive and the table printed last."""
+    from benchmarks import gpu_check
+    tests = tmp_path / "t" / "test_one.py"
+    tests.parent.mkdir()
+    tests.write_text("import pytest\n\n@pytest.mark.gpu\ndef test_one():\n    assert True\n\n"
+                     "def test_not_gpu():\n    assert True\n")
+    out = tmp_path / "out"
+    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out), "--archive", str(tmp_path / "a.tar.gz"),
+                         "--phases", "env", "tests", "codebook", "--tests", str(tests)])
+    result = json.loads((out / "results.json").read_text())
+    phases = {p["name"]: p for p in result["gpu_check"]["phases"]}
+    assert list(phases) == ["env", "tests", "codebook"], phases
+    assert phases["tests"]["tests"]["passed"] == 1 and phases["tests"]["tests"]["deselected"] == 1
+    assert (out / "logs" / "tests.log").read_text().splitlines()[-1].startswith("[gpu_check] tests: 1 passed")
+    rows = [r for r in result["rows"] if r["name"] == "codebook_nearest"]
+    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"reference", "torch"}
+    assert all(r["check"] == "pass" and r["tolerance"] and r["first_call_ms"] > 0 for r in rows if r["status"] == "ok")
+    assert rc == 0, phases
+    table = (out / "summary.txt").read_text()
+    assert "codebook_nearest" in table and "pass (exact)" in table
+    import tarfile
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        names = tar.getnames()
+    assert f"cpu-smoke-{result['env']['date'][:10]}/results.json" in names, names
+
+
+def test_gpu_check_finds_test_files_that_need_pyav(tmp_path):
+    from benchmarks.gpu_check import files_needing_av
+    (tmp_path / "test_a.py").write_text("import torch\nfrom videogpt_fast.data import preprocess\n")
+    (tmp_path / "test_b.py").write_text("import torch\n\ndef test_x():\n    import av  # lazy: fine\n")
+    (tmp_path / "test_c.py").write_text("import av\n")
+    assert [p.rsplit("/", 1)[-1] for p in files_needing_av([str(tmp_path)])] == ["test_a.py", "test_c.py"]
+
+
+def test_flexattention_uses_the_strided_layout():
+    """FlexAttention's BlockMask from the layout computes the block-sparse function (CPU: eager,
+    forward only; the compiled variant runs on CUDA only)."""
+    from benchmarks.cases_kernels import flex_blocksparse
+    from videogpt_fast import ops
+    from videogpt_fast.attention import StridedSparsityConfig
+    layout = StridedSparsityConfig((2, 8, 8), 2, True, 16, 2).make_layout()
+    fn, name = flex_blocksparse(layout, 16, 128, CPU)
+    q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
+    with torch.no_grad():
+        out = fn(q, k, v)
+    ref = ops.blocksparse_attention_torch(q.double(), k.double(), v.double(), layout, 16, True)
+    assert name == "flex_eager" and float((out.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_gpu_check_budget_caps_phases(tmp_path, capsys):
+    from benchmarks import gpu_check
+    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(tmp_path), "--budget", "1"])
+    phases = json.loads((tmp_path / "results.json").read_text())["gpu_check"]["phases"]
+    assert rc == 1 and [p["name"] for p in phases] == ["env"]  # nothing runs without the environment
+    assert phases[0]["status"] == "skipped" and "budget is spent" in phases[0]["note"]
+    assert "budget is spent" in capsys.readouterr().out
+
+
+def test_run_refuses_a_mismatched_merge_with_exit_status_2(tmp_path, capsys):
+    old = _result()  # a run on an H100
+    (tmp_path / "results.json").write_text(json.dumps(old, default=str))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--merge", "--only", "nothing"])
+    assert exc.value.code == 2 and "--merge: results.json holds a run on NVIDIA H100" in capsys.readouterr().err
