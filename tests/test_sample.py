@@ -393,3 +393,27 @@ def test_default_draw_is_torch_multinomial():
     theirs = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(9)).squeeze(-1)
     assert torch.equal(ours, theirs)
     assert ours.unique().numel() > 5
+
+
+@pytest.mark.slow
+def test_triton_decode_attention_traces_in_a_compiled_step():
+    """The Triton decode kernel is one opaque op to torch.compile (fullgraph: no graph break), so a
+    compiled step on CUDA can call it; on CPU it runs in Triton's interpreter. Dense and sparse."""
+    from conftest import require_triton
+    from videogpt_fast import ops
+    require_triton()
+    _cpp_compiler_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 2, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen)
+    layout = torch.ones(2, 2, 2, dtype=torch.bool)
+    layout[1, 1, 0] = False
+
+    def step(q, k, v, pos, layout):
+        return ops.decode_attention(q, k, v, pos, block=32, layout=layout, backend="triton") * 2
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    for lay in (layout, torch.ones_like(layout)):
+        for p in (5, 40):
+            pos = torch.tensor([p])
+            want = 2 * _dense_decode_reference(q, k, v, p, lay[:, p // 32], 32)
+            assert_close(compiled(q, k, v, pos, lay).double(), want, rtol=1e-5, atol=1e-6)

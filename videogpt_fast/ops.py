@@ -305,6 +305,22 @@ def _dense_decode_layout(L: int, device: torch.device):
     return _DENSE_LAYOUTS[key]
 
 
+@torch.library.custom_op("videogpt_fast_triton::decode_attention", mutates_args=())
+def _triton_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                             layout: Optional[torch.Tensor], block: int) -> torch.Tensor:
+    """The Triton block-sparse decode kernel (dense: an all-ones layout) as one opaque op, so that
+    torch.compile traces a step that calls it and CUDA graphs capture it."""
+    if layout is None:
+        layout, block = _dense_decode_layout(k.shape[2], q.device)
+    kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
+    return kernel(q.unsqueeze(2), k, v, layout, block, pos).squeeze(2)
+
+
+@_triton_decode_attention.register_fake
+def _(q, k, v, pos, layout, block):
+    return q.new_empty((*q.shape[:2], v.shape[-1]))
+
+
 def decode_attention_backend(device: torch.device) -> str:
     """The backend :func:`decode_attention` runs for tensors on ``device``, resolved now (a step
     that is compiled resolves it once, outside the traced code: resolution reads the
@@ -337,10 +353,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         _check_decode_attention(q, k, v, pos, None, block)
         if layout_row is not None:
             raise ValueError("decode_attention: the Triton backend takes the whole `layout`, not `layout_row`")
-        if layout is None:
-            layout, block = _dense_decode_layout(k.shape[2], q.device)
-        kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
-        return kernel(q.unsqueeze(2), k, v, layout, block, pos.reshape(1)).squeeze(2)
+        return _triton_decode_attention(q, k, v, pos.reshape(1), layout, int(block))
     if layout is not None:  # the row of pos's block (clamped: an out-of-range pos gives NaN below)
         row = torch.div(pos.reshape(1).clamp(0, k.shape[2] - 1), block, rounding_mode="floor")
         layout_row = layout.index_select(1, row).squeeze(1)
