@@ -337,6 +337,9 @@ def test_compiled_step_on_cpu(caplog):
     assert torch.equal(compiled, eager)
     assert torch.equal(compiled, S.sample_codes_reference(model, 2, batch, greedy=True))
     assert compiled.unique().numel() > 1
+    # sliding windows: eager teacher-forced prefixes between compiled steps, the same graph
+    long = S.sample_codes(model, 2, batch, top_k=1, progress=False, compile=True, latent_frames=7)
+    assert torch.equal(long, S.sample_codes(model, 2, batch, top_k=1, progress=False, latent_frames=7))
     runs = [S.sample_codes(model, 2, batch, generator=torch.Generator().manual_seed(s), progress=False,
                            compile=True) for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
@@ -417,3 +420,68 @@ def test_triton_decode_attention_traces_in_a_compiled_step():
             pos = torch.tensor([p])
             want = 2 * _dense_decode_reference(q, k, v, p, lay[:, p // 32], 32)
             assert_close(compiled(q, k, v, pos, lay).double(), want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# longer codes: sliding windows in latent time
+# ------------------------------------------------------------------------------------------------
+def test_latent_windows():
+    assert S.latent_windows(4, 4, 2) == [(0, 0)]
+    assert S.latent_windows(7, 4, 2) == [(0, 0), (2, 2), (3, 3)]  # the last window overlaps more
+    assert S.latent_windows(9, 4, 2) == [(0, 0), (2, 2), (4, 2), (5, 3)]
+    assert S.latent_windows(10, 4, 0) == [(0, 0), (4, 0), (6, 2)]
+    for bad in [(3, 4, 2), (7, 4, 4), (7, 4, -1)]:
+        with pytest.raises(ValueError, match="latent_frames >= T > context_frames >= 0"):
+            S.latent_windows(*bad)
+
+
+def _long_cases():
+    """(model, batch, n) for full, sparse, class-conditional and frame-conditional priors with
+    T = 4 latent frames."""
+    return {
+        "full": lambda: (random_model("full", seed=1), None, 2),            # latents (2, 8, 8): T = 2
+        "sparse": lambda: (frame_cond_model("sparse"), _frame_batch(), 2),   # + class and frame conditioning
+        "class_full": lambda: (random_model("full", class_cond=True, seed=2),
+                               {"video": torch.zeros(2, 3, 4, 32, 32), "label": torch.tensor([1, 2])}, 2),
+        "frame_full": lambda: (frame_cond_model("full", seed=0), _frame_batch(seed=4), 2),
+    }
+
+
+@pytest.mark.parametrize("case", ["full", "sparse", "class_full", "frame_full"])
+def test_long_greedy_codes_follow_the_prior_window_by_window(case):
+    """latent_frames > T, greedy: the first window is plain sampling, and every later latent frame
+    is the argmax of the prior's teacher-forced logits over its window (same conditioning)."""
+    model, batch, n = _long_cases()[case]()
+    T = model.shape[0]
+    frames = 2 * T + 1
+    codes = S.sample_codes(model, n, batch, top_k=1, progress=False, latent_frames=frames)
+    assert codes.shape == (n, frames, *model.shape[1:]) and codes.dtype == torch.long
+    assert torch.equal(codes[:, :T], S.sample_codes(model, n, batch, top_k=1, progress=False))
+    cond = model.make_cond(batch) if batch is not None else {}
+    windows = S.latent_windows(frames, T, T // 2)
+    assert len(windows) >= 3
+    covered = torch.zeros(frames, dtype=torch.bool)
+    for start, prefix in windows:
+        window = codes[:, start:start + T]
+        with torch.no_grad():
+            _, logits = model(model.vqvae.codebook.dictionary_lookup(window), window, cond)
+        assert torch.equal(logits.argmax(-1)[:, prefix:], window[:, prefix:]), (start, prefix)
+        covered[start + prefix:start + T] = True
+    assert covered.all()
+    assert codes.unique().numel() > 1 and not torch.equal(codes[:, T:2 * T], codes[:, :T])  # not degenerate
+
+
+def test_long_sampling_seeded_and_first_window():
+    model, batch, n = _long_cases()["sparse"]()
+    T = model.shape[0]
+    a = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False, latent_frames=6,
+                       context_frames=1)
+    b = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False, latent_frames=6,
+                       context_frames=1)
+    plain = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False)
+    assert a.shape == (n, 6, *model.shape[1:])
+    assert torch.equal(a, b) and torch.equal(a[:, :T], plain)
+    with pytest.raises(ValueError, match="context_frames"):
+        S.sample_codes(model, n, batch, progress=False, latent_frames=6, context_frames=T)
+    with pytest.raises(ValueError, match="latent_frames"):
+        S.sample_codes(model, n, batch, progress=False, latent_frames=T - 1)

@@ -44,7 +44,7 @@ from .ops import decode_attention, decode_attention_backend, decode_attention_to
 
 __all__ = [
     "decode_attention", "decode_attention_torch", "DecodePlan", "decode_step", "sample_logits",
-    "teacher_forced_decode", "sample_codes", "sample", "sample_codes_reference",
+    "teacher_forced_decode", "latent_windows", "sample_codes", "sample", "sample_codes_reference",
 ]
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,36 @@ def _default_generator_seeded_from(generator: Optional[torch.Generator], device:
         default.set_state(state)
 
 
+def latent_windows(latent_frames: int, window: int, context_frames: int) -> List[Tuple[int, int]]:
+    """The windows of sliding-window sampling: (first latent frame, teacher-forced prefix frames)
+    for each window of ``window`` latent frames covering ``latent_frames``.
+
+    The first window is (0, 0): plain sampling. Each later one starts ``window - context_frames``
+    frames after the previous one and keeps the frames it shares with it as its prefix; the last
+    one ends at the last frame (it may overlap more). ValueError unless
+    ``latent_frames >= window > context_frames >= 0``.
+    """
+    if not latent_frames >= window > context_frames >= 0:
+        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
+                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    windows, start = [(0, 0)], 0
+    while start + window < latent_frames:
+        end = start + window
+        start = min(start + window - context_frames, latent_frames - window)
+        windows.append((start, end - start))
+    return windows
+
+
+def _write_prefix(plan: DecodePlan, codes: torch.Tensor) -> None:
+    """Teacher-force ``codes`` (n, P) at positions 0..P-1 in one pass: their keys/values go into the
+    caches, and the last becomes ``plan.prev``."""
+    model = plan.model
+    x = F.embedding(codes, model.vqvae.codebook.embeddings).to(plan.dtype)
+    fed = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # position p is fed the code at p - 1 (p = 0: the start token)
+    model.forward_positions(fed, plan.cond, torch.arange(codes.shape[1], device=plan.device))
+    plan.prev.copy_(codes[:, -1])
+
+
 def _cond_from_batch(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     if not (model.use_frame_cond or model.args.class_cond):
         return {}
@@ -309,8 +339,10 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  generator: Optional[torch.Generator] = None, progress: bool = True,
                  dtype: Optional[torch.dtype] = None, cuda_graph: Optional[bool] = None,
                  compile: Optional[bool] = None,
-                 plan_hook: Optional[Callable[[DecodePlan], None]] = None) -> torch.Tensor:
-    """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior.
+                 plan_hook: Optional[Callable[[DecodePlan], None]] = None,
+                 latent_frames: Optional[int] = None, context_frames: Optional[int] = None) -> torch.Tensor:
+    """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior, or longer ones
+    (n, latent_frames, H', W') by sliding a window of the prior's T latent frames.
 
     Args:
         model: a :class:`videogpt_fast.gpt.VideoGPT` (dropout is not applied while decoding).
@@ -328,8 +360,24 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         compile: compile the step with ``torch.compile`` (inductor; default: on CUDA devices).
             On CPU inductor needs a C++ compiler.
         plan_hook: called with the :class:`DecodePlan` after every step (tests, introspection).
+        latent_frames: latent frames to generate (default: T, the prior's). More than T: windows
+            of T frames (:func:`latent_windows`); the first is plain sampling (the same codes as
+            without ``latent_frames`` for the same seed), each later one advances by
+            ``T - context_frames`` frames, writes the frames it shares with the previous window
+            into the KV cache in one teacher-forced pass, at the window's own positions, and
+            samples the rest. A class label holds throughout; a frame-conditional prior keeps
+            the batch's real conditioning frames for every window (they are the only real frames;
+            re-conditioning on generated frames would need a VQ-VAE decode per window and feed
+            the prior its own reconstructions).
+        context_frames: latent frames a later window keeps from the previous one (default T // 2:
+            every generated frame then sees at least half a window of earlier frames, at twice the
+            cost per new frame of independent windows).
     """
     _check_sampling_args(temperature, top_k, top_p)
+    T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
+    latent_frames = T if latent_frames is None else latent_frames
+    context_frames = T // 2 if context_frames is None else context_frames
+    windows = latent_windows(latent_frames, T, context_frames)
     cond = _cond_from_batch(model, n, batch)
     compile, cuda_graph = _step_modes(model.fc_in.weight.device, compile, cuda_graph)
     eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
@@ -339,17 +387,25 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                            compile, cuda_graph)
         log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
                  plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
-        samples = torch.zeros((n, plan.seq_len), dtype=torch.long, device=plan.device)
-        with _default_generator_seeded_from(None if eager else generator, plan.device):
-            for i in tqdm(range(plan.seq_len), disable=not progress, desc="sampling", unit="pos"):
-                code = stepper(i)
-                samples[:, i] = code
-                plan.prev.copy_(code)
-                if plan_hook is not None:
-                    plan_hook(plan)
+        per_frame = math.prod(grid)
+        samples = torch.zeros((n, latent_frames * per_frame), dtype=torch.long, device=plan.device)
+        bar = tqdm(total=sum(plan.seq_len - p * per_frame for _, p in windows), disable=not progress,
+                   desc="sampling", unit="pos")
+        with bar, _default_generator_seeded_from(None if eager else generator, plan.device):
+            for start, prefix in windows:
+                offset = start * per_frame  # the window's first position in `samples`
+                if prefix:
+                    _write_prefix(plan, samples[:, offset:offset + prefix * per_frame])
+                for i in range(prefix * per_frame, plan.seq_len):
+                    code = stepper(i)
+                    samples[:, offset + i] = code
+                    plan.prev.copy_(code)
+                    bar.update()
+                    if plan_hook is not None:
+                        plan_hook(plan)
     finally:
         plan.close()
-    return samples.view(n, *plan.shape)
+    return samples.view(n, latent_frames, *grid)
 
 
 @torch.no_grad()
