@@ -453,7 +453,8 @@ def test_labels_of_any_integer_dtype():
     for dtype in (torch.int32, torch.int16, torch.uint8):
         batch = {"video": video, "label": torch.tensor([0, 2], dtype=dtype)}
         assert torch.equal(model.make_cond(batch)["class_cond"], want["class_cond"])
-        assert torch.equal(model.sample_codes(2, batch, top_k=1, progress=False), codes)
+    batch = {"video": video, "label": torch.tensor([0, 2], dtype=torch.int32)}
+    assert torch.equal(model.sample_codes(2, batch, top_k=1, progress=False), codes)
     for label, match in [(torch.tensor([0.0, 2.0]), "integer class indices"),
                          (torch.tensor([True, False]), "integer class indices"),
                          (torch.tensor([0, 3]), r"in \[0, 3\).*\[0, 3\]"),

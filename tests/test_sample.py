@@ -485,3 +485,18 @@ def test_long_sampling_seeded_and_first_window():
         S.sample_codes(model, n, batch, progress=False, latent_frames=6, context_frames=T)
     with pytest.raises(ValueError, match="latent_frames"):
         S.sample_codes(model, n, batch, progress=False, latent_frames=T - 1)
+
+
+def test_bf16_decoding_uses_a_copy_of_the_prior():
+    """dtype=bfloat16 decodes with a bf16 copy (LayerNorms and frame encoder fp32): logits close to
+    fp32's, and the caller's model keeps its fp32 weights and holds no caches."""
+    model, batch = frame_cond_model("sparse"), _frame_batch()
+    codes = torch.randint(0, 16, (2, *model.shape), generator=torch.Generator().manual_seed(0))
+    want = S.teacher_forced_decode(model, codes, batch)
+    got = S.teacher_forced_decode(model, codes, batch, dtype=torch.bfloat16)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert float((got - want).norm() / want.norm()) < 0.02  # bf16 rounding, not a different model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.decode_batch() is None
+    out = S.sample_codes(model, 2, batch, top_k=1, progress=False, dtype=torch.bfloat16)
+    assert out.shape == (2, *model.shape)

@@ -172,6 +172,7 @@ class DecodePlan:
         if n < 1:
             raise ValueError(f"sample: n must be >= 1, got {n}")
         device = model.fc_in.weight.device
+        prior = _prior_in_dtype(model, dtype)
         step_cond: Dict[str, torch.Tensor] = {}
         if model.args.class_cond:
             class_cond = cond.get("class_cond")
@@ -179,8 +180,7 @@ class DecodePlan:
                 raise ValueError(f"sample: a class-conditional model needs cond['class_cond'] of shape "
                                  f"({n}, {model.args.class_cond_dim}), got "
                                  f"{None if class_cond is None else tuple(class_cond.shape)}")
-            step_cond["class_cond"] = class_cond.to(device=device, dtype=model.norm.w.weight.dtype)
-        prior = _prior_in_dtype(model, dtype)
+            step_cond["class_cond"] = class_cond.to(device=device, dtype=prior.norm.w.weight.dtype)
         prior.setup_caches(n, cond)
         return cls(model=prior, n=n, cond=step_cond, prev=torch.zeros(n, dtype=torch.long, device=device),
                    pos=torch.zeros((), dtype=torch.long, device=device))
