@@ -187,6 +187,9 @@ def test_sparse_attention_module_forward_and_decode_agree():
     for pos in range(64):
         row = attn.decode(qf[:, :, pos:pos + 1], k.flatten(2, -2), v.flatten(2, -2), torch.tensor([pos]))
         assert_close(row[:, :, 0], full[:, :, pos], msg=str(pos))
+        # the original's signature: forward(q, k, v, decode_step, decode_idx)
+        q1 = qf[:, :, pos:pos + 1].view(1, H, 1, 1, 1, D)
+        assert torch.equal(attn(q1, k, v, pos, None).flatten(2, -2), row)
     # several queries at once (a prefix written in one pass): the position mask and layout rows
     pos = torch.tensor([0, 17, 40, 63])
     rows = attn.decode(qf[:, :, pos], k.flatten(2, -2), v.flatten(2, -2), pos)
@@ -225,5 +228,7 @@ def test_full_attention_decode_matches_causal_forward():
         vc[:, :, pos + 1:] = 0
         row = attn.decode(q.flatten(2, -2)[:, :, pos:pos + 1], kc, vc, torch.tensor([pos]))
         assert_close(row[:, :, 0], full[:, :, pos], msg=str(pos))
+        original = attn(q.flatten(2, -2)[:, :, pos:pos + 1].unsqueeze(-2), kc.view_as(k), vc.view_as(v), pos, None)
+        assert torch.equal(original.flatten(2, -2), row)
     pos = torch.tensor([3, 4, 11])
     assert_close(attn.decode(q.flatten(2, -2)[:, :, pos], kf, vf, pos), full[:, :, pos])

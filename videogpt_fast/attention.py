@@ -263,9 +263,17 @@ def _positions_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inpu
     keys = torch.arange(k.shape[2], device=q.device)
     mask = keys.view(1, -1) <= input_pos.view(-1, 1)  # (S, L)
     if visible_blocks is not None:
-        rows = visible_blocks.bool()[:, torch.div(input_pos, block, rounding_mode="floor")]  # (h, S, L/block)
+        rows = visible_blocks[:, torch.div(input_pos, block, rounding_mode="floor")].bool()  # (h, S, L/block)
         mask = mask & rows[:, :, keys // block]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _decode_at_step(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode_step: int) -> torch.Tensor:
+    """The original kernel modules' ``forward(q, k, v, decode_step, decode_idx)``: q (b, heads,
+    1, ..., 1, d) at flattened position ``decode_step`` over caches (b, heads, *shape, d)."""
+    pos = torch.tensor([decode_step], dtype=torch.long, device=q.device)
+    out = module.decode(q.flatten(2, -2), k.flatten(2, -2), v.flatten(2, -2), pos)
+    return view_range(out, 2, 3, q.shape[2:-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,8 +310,11 @@ class FullAttention(nn.Module):
             error_msgs.append(f"{prefix}mask has shape {tuple(mask.shape)}, expected "
                               f"({module.seq_len}, {module.seq_len}) for latent shape {module.shape}")
 
-    def forward(self, q, k, v):
-        """q, k, v: (b, heads, *grid, d) -> (b, heads, *q_grid, d)."""
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """q, k, v: (b, heads, *grid, d) -> (b, heads, *q_grid, d). ``decode_step`` (the
+        original's signature): causal attention of q's one position over whole caches k, v."""
+        if decode_step is not None and self.causal:
+            return _decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
@@ -329,7 +340,9 @@ class AxialAttention(nn.Module):
         super().__init__()
         self.axial_dim = 2 + n_dim + 1 + axial_dim if axial_dim < 0 else axial_dim + 2
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """(b, heads, *spatial, d) tensors; ``decode_step``/``decode_idx`` are accepted and unused,
+        as in the original."""
         return ops.axial_attention(q, k, v, self.axial_dim)
 
 
@@ -346,13 +359,16 @@ class SparseAttention(nn.Module):
         self.shape = tuple(shape)
         self.sparsity_config = StridedSparsityConfig(shape=self.shape, n_head=n_head, causal=causal,
                                                      block=block, num_local_blocks=num_local_blocks)
-        # (n_head, blocks, blocks); not part of the original state dict
-        self.register_buffer("block_layout", self.sparsity_config.make_layout().to(torch.uint8),
-                             persistent=False)
+        # (n_head, blocks, blocks) bool; not part of the original state dict. One tensor for the
+        # module's life: the Triton kernels cache their tables by the layout tensor's identity
+        self.register_buffer("block_layout", self.sparsity_config.make_layout().bool(), persistent=False)
         self.decode_backend: Optional[str] = None  # resolved by VideoGPT.setup_caches
 
-    def forward(self, q, k, v):
-        """Block-sparse self-attention of (b, heads, *grid, d) tensors."""
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """Block-sparse self-attention of (b, heads, *grid, d) tensors; with ``decode_step`` (the
+        original's signature) q's one position over whole caches k, v."""
+        if decode_step is not None:
+            return _decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
@@ -369,7 +385,7 @@ class SparseAttention(nn.Module):
         the row of the position on the device."""
         block = self.sparsity_config.block
         if q.shape[2] == 1:
-            return ops.decode_attention(q[:, :, 0], k, v, input_pos, block=block, layout=self.block_layout.bool(),
+            return ops.decode_attention(q[:, :, 0], k, v, input_pos, block=block, layout=self.block_layout,
                                         backend=self.decode_backend).unsqueeze(2)
         return _positions_attention(q, k, v, input_pos, self.block_layout, block)
 
