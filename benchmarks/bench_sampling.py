@@ -38,7 +38,7 @@ import torch
 from videogpt_fast import backends
 from videogpt_fast import sample as S
 from videogpt_fast.gpt import VideoGPT
-from videogpt_fast.ops import _IMPLEMENTED  # the backends each op has (as sample.py reads them)
+from videogpt_fast.ops import decode_attention_backend
 from videogpt_fast.vqvae import VQVAE
 
 CONFIGS = {
@@ -119,10 +119,12 @@ def roofline_step_seconds(model: VideoGPT, n: int, dtype: torch.dtype, bandwidth
     """Average bytes one decode step must read (weights once, KV cache up to the position: L/2 on
     average, keys and values, every layer), divided by the bandwidth."""
     plan = S.DecodePlan.from_model(model, n, {}, dtype)
-    L = plan.seq_len
-    el = torch.empty((), dtype=dtype).element_size()
-    kv = 2 * len(plan.layers) * n * plan.heads * plan.head_dim * el * (L + 1) / 2
-    return (plan.weight_bytes() + kv) / bandwidth
+    try:
+        L = plan.seq_len
+        kv = plan.cache_nbytes() * (L + 1) / (2 * L)  # every layer's keys and values up to the position
+        return (plan.weight_bytes() + kv) / bandwidth
+    finally:
+        plan.close()
 
 
 def run_case(name: str, device: torch.device, dtype: torch.dtype, orig_steps: Optional[int] = None,
@@ -161,7 +163,7 @@ def run_case(name: str, device: torch.device, dtype: torch.dtype, orig_steps: Op
     info = dict(config=name, sizes_from=prior_sizes(name)[1], batch=n, positions=L, dtype=str(dtype).replace("torch.", ""),
                 ours_s=fast_s, original_s=orig_s, original_timed_positions=orig_steps,
                 speedup=orig_s / fast_s, ours_step_ms=1e3 * fast_s / L,
-                attention_backend=backends.resolve("decode_attention", device, _IMPLEMENTED["decode_attention"]),
+                attention_backend=decode_attention_backend(device),
                 torch=torch.__version__,
                 device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     if device.type == "cuda":

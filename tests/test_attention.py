@@ -182,11 +182,18 @@ def test_sparse_attention_module_forward_and_decode_agree():
     shape, H, D = (2, 4, 8), 2, 8
     attn = SparseAttention(shape, H, causal=True, block=16, num_local_blocks=1)
     q, k, v = (torch.randn(1, H, *shape, D, generator=gen) for _ in range(3))
-    full = attn(q, k, v, None, None).flatten(2, -2)
+    full = attn(q, k, v).flatten(2, -2)
     qf = q.flatten(2, -2)
     for pos in range(64):
-        row = attn(qf[:, :, pos:pos + 1], k.flatten(2, -2), v.flatten(2, -2), pos, None)
+        row = attn.decode(qf[:, :, pos:pos + 1], k.flatten(2, -2), v.flatten(2, -2), torch.tensor([pos]))
         assert_close(row[:, :, 0], full[:, :, pos], msg=str(pos))
+        # the original's signature: forward(q, k, v, decode_step, decode_idx)
+        q1 = qf[:, :, pos:pos + 1].view(1, H, 1, 1, 1, D)
+        assert torch.equal(attn(q1, k, v, pos, None).flatten(2, -2), row)
+    # several queries at once (a prefix written in one pass): the position mask and layout rows
+    pos = torch.tensor([0, 17, 40, 63])
+    rows = attn.decode(qf[:, :, pos], k.flatten(2, -2), v.flatten(2, -2), pos)
+    assert_close(rows, full[:, :, pos])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def test_full_attention_decode_matches_causal_forward():
     gen = torch.Generator().manual_seed(11)
     attn = FullAttention((3, 4), causal=True, attn_dropout=0.0).eval()
     q, k, v = (torch.randn(2, 2, 3, 4, 6, generator=gen) for _ in range(3))
-    full = attn(q, k, v, None, None).flatten(2, -2)
+    full = attn(q, k, v).flatten(2, -2)
     ref = dense_reference(q.flatten(2, -2), k.flatten(2, -2), v.flatten(2, -2), torch.ones(1, 1), 12, True)
     assert_close(full, ref)
     kf, vf = k.flatten(2, -2), v.flatten(2, -2)
@@ -219,5 +226,9 @@ def test_full_attention_decode_matches_causal_forward():
         kc, vc = kf.clone(), vf.clone()
         kc[:, :, pos + 1:] = 0
         vc[:, :, pos + 1:] = 0
-        row = attn(q.flatten(2, -2)[:, :, pos:pos + 1], kc, vc, pos, None)
+        row = attn.decode(q.flatten(2, -2)[:, :, pos:pos + 1], kc, vc, torch.tensor([pos]))
         assert_close(row[:, :, 0], full[:, :, pos], msg=str(pos))
+        original = attn(q.flatten(2, -2)[:, :, pos:pos + 1].unsqueeze(-2), kc.view_as(k), vc.view_as(v), pos, None)
+        assert torch.equal(original.flatten(2, -2), row)
+    pos = torch.tensor([3, 4, 11])
+    assert_close(attn.decode(q.flatten(2, -2)[:, :, pos], kf, vf, pos), full[:, :, pos])

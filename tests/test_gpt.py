@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 
 import pytest
 import torch
@@ -217,8 +218,8 @@ def test_sample_shape_range_and_original_loop(n):
     samples = model.sample(n)
     assert samples.shape == (n, 3, 2, 16, 16)
     assert samples.min() >= 0 and samples.max() <= 1
-    assert model.frame_cond_cache is None
-    assert all(net.attn.cache is None for net in model.attn_stack.attn_nets)  # caches freed
+    assert model.decode_batch() is None
+    assert all(net.attn.kv_cache is None for net in model.attn_stack.attn_nets)  # caches freed
     torch.manual_seed(1)
     assert torch.equal(samples, original_sample_loop(model, n, {}))
 
@@ -402,3 +403,61 @@ def test_frame_encoder_cpu_bf16_gradients_finite():
         y.float().square().mean().backward()
         bad = [n for n, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         assert not bad, bad
+
+
+# ----------------------------------------------------------------------------------------------
+# bad inputs: clear errors naming the constraint
+# ----------------------------------------------------------------------------------------------
+def test_compute_loss_with_videos_the_vqvae_was_not_built_for():
+    """A VQ-VAE for 4x32x32 clips fed 4x64x64 (or 8x32x32, or 1 channel): ValueError naming the
+    expected and the given shape, not a broadcast error from the position embeddings."""
+    model = VideoGPT(tiny_args(), vqvae=tiny_vqvae()).eval()
+    for shape in [(2, 3, 4, 64, 64), (2, 3, 8, 32, 32), (2, 1, 4, 32, 32), (3, 4, 32, 32)]:
+        with pytest.raises(ValueError, match=r"\(B, 3, 4, 32, 32\).*got " + re.escape(str(shape))):
+            model.compute_loss({"video": torch.zeros(shape)})
+    assert torch.isfinite(model.compute_loss({"video": torch.rand(2, 3, 4, 32, 32) - 0.5}))
+    emb = torch.zeros(1, 4, 8, 4, 8)  # latent grid (4, 8, 4) instead of (4, 8, 8)
+    with pytest.raises(ValueError, match=r"latent shape \(4, 8, 8\)"):
+        model(emb, torch.zeros(1, 4, 8, 4, dtype=torch.long), {})
+
+
+def _cond_prior():
+    vq = tiny_vqvae(sequence_length=4, resolution=16)  # latent (4, 4, 4); frame features (1, 4, 4)
+    model = VideoGPT(tiny_args(resolution=16, n_cond_frames=1, class_cond=True, class_cond_dim=3), vqvae=vq).eval()
+    _randomize_head(model)
+    return model
+
+
+def test_sample_with_wrong_conditioning_frames():
+    """Frames of another size than the prior's resolution (32x32 for a 16x16 prior), another channel
+    count or too few frames: ValueError naming both shapes, before any sampling."""
+    model = _cond_prior()
+    label = torch.tensor([0, 2])
+    for shape in [(2, 3, 4, 32, 32), (2, 1, 4, 16, 16), (2, 3, 4, 16, 8)]:
+        with pytest.raises(ValueError, match=r"\(B, 3, 1, 16, 16\).*got " + re.escape(str((*shape[:2], 1, *shape[3:])))):
+            model.sample(2, {"video": torch.zeros(shape), "label": label}, progress=False)
+    with pytest.raises(ValueError, match="T >= n_cond_frames=1"):
+        model.sample(2, {"video": torch.zeros(2, 3, 0, 16, 16), "label": label}, progress=False)
+    with pytest.raises(ValueError, match=r"conditioning frames must be \(B, 3, 1, 16, 16\)"):
+        model(torch.zeros(2, 4, 4, 4, 8), torch.zeros(2, 4, 4, 4, dtype=torch.long),
+              {"class_cond": torch.eye(3)[:2], "frame_cond": torch.zeros(2, 3, 1, 32, 32)})
+
+
+def test_labels_of_any_integer_dtype():
+    """int32/int16/uint8 labels condition exactly as int64 ones; float, bool and out-of-range labels
+    raise ValueError naming the constraint."""
+    model = _cond_prior()
+    video = torch.rand(2, 3, 4, 16, 16) - 0.5
+    want = model.make_cond({"video": video, "label": torch.tensor([0, 2])})
+    codes = model.sample_codes(2, {"video": video, "label": torch.tensor([0, 2])}, top_k=1, progress=False)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        batch = {"video": video, "label": torch.tensor([0, 2], dtype=dtype)}
+        assert torch.equal(model.make_cond(batch)["class_cond"], want["class_cond"])
+    batch = {"video": video, "label": torch.tensor([0, 2], dtype=torch.int32)}
+    assert torch.equal(model.sample_codes(2, batch, top_k=1, progress=False), codes)
+    for label, match in [(torch.tensor([0.0, 2.0]), "integer class indices"),
+                         (torch.tensor([True, False]), "integer class indices"),
+                         (torch.tensor([0, 3]), r"in \[0, 3\).*\[0, 3\]"),
+                         (torch.tensor([-1, 0], dtype=torch.int32), r"in \[0, 3\)")]:
+        with pytest.raises(ValueError, match=match):
+            model.sample(2, {"video": video, "label": label}, progress=False)

@@ -221,9 +221,10 @@ def test_cache_is_static_and_logged(caplog):
     model, _, _ = fixture_model("gpt_full")
     seen = []
     with caplog.at_level(logging.INFO, logger="videogpt_fast.sample"):
-        S.sample_codes(model, 2, top_k=1, progress=False, plan_hook=lambda plan: seen.append(plan.cache.data_ptrs()))
-    assert len(seen) == 256 and all(p == seen[0] for p in seen)
-    assert any("eager mode" in r.getMessage() for r in caplog.records)
+        S.sample_codes(model, 2, top_k=1, progress=False, plan_hook=lambda plan: seen.append(plan.cache_data_ptrs()))
+    assert len(seen) == 256 and len(seen[0]) == 2 * model.args.layers and all(p == seen[0] for p in seen)
+    assert any("step eager" in r.getMessage() for r in caplog.records)
+    assert all(net.attn.kv_cache is None for net in model.attn_stack.attn_nets)  # freed afterwards
     with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
         S.sample_codes(model, 1, cuda_graph=True, progress=False)
 
@@ -274,3 +275,228 @@ def test_decode_attention_validation_and_cuda_backend_on_cpu():
         S.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 3, dtype=torch.bool), 32)
     with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="decode_attention"):
         S.decode_attention(q, k, k, torch.tensor(1))
+
+
+# ------------------------------------------------------------------------------------------------
+# one transformer: the sampler against the original algorithm
+# ------------------------------------------------------------------------------------------------
+def frame_cond_model(attn_type: str = "sparse", seed: int = 0) -> VideoGPT:
+    """A tiny frame- and class-conditional prior: latents (4, 4, 4) (64 positions, two sparse
+    blocks), frames 16x16, one conditioning frame."""
+    torch.manual_seed(seed)
+    vqvae = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=16, n_res_layers=1,
+                                     downsample=[1, 4, 4], sequence_length=4, resolution=16))
+    model = VideoGPT(dict(vqvae="unused", n_cond_frames=1, class_cond=True, class_cond_dim=3, hidden_dim=24,
+                          heads=2, layers=2, dropout=0.0, attn_type=attn_type, attn_dropout=0.0, resolution=16),
+                     vqvae=vqvae)
+    with torch.no_grad():
+        model.fc_out.weight.normal_(std=0.5)
+    return model.eval()
+
+
+def _frame_batch(n: int = 2, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return {"video": torch.rand(n, 3, 4, 16, 16, generator=gen) - 0.5, "label": torch.arange(n) % 3}
+
+
+@pytest.mark.parametrize("name", ["gpt_full", "gpt_sparse", "gpt_cond", "gpt_cond_sparse", "class_only"])
+def test_greedy_codes_equal_reference_algorithm(name):
+    """fp32 greedy decoding: the sampler's codes are the original algorithm's (the per-position loop
+    through ``VideoGPT.forward(decode_step=i)``, argmax instead of the draw), for full, sparse,
+    class- and frame-conditional priors."""
+    if name == "class_only":
+        model, batch = random_model("full", class_cond=True), {"video": torch.zeros(3, 3, 4, 32, 32),
+                                                               "label": torch.tensor([2, 0, 1])}
+    else:
+        model, _, batch = fixture_model(name)
+    n = 3 if name == "class_only" else 2
+    ours = S.sample_codes(model, n, batch, top_k=1, progress=False)
+    ref = S.sample_codes_reference(model, n, batch, greedy=True)
+    assert torch.equal(ours, ref)
+    assert ours.unique().numel() > 1
+
+
+def _cpp_compiler_or_skip():
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return get_cpp_compiler()
+    except Exception as e:  # no compiler found (inductor raises), or an older torch
+        pytest.skip(f"torch.compile on CPU needs a C++ compiler for inductor: {e}")
+
+
+@pytest.mark.slow
+def test_compiled_step_on_cpu(caplog):
+    """The step compiled by inductor (frame- and class-conditional, sparse): the greedy codes of the
+    eager step and of the reference algorithm; seeded draws reproducible; the mode is logged."""
+    _cpp_compiler_or_skip()
+    model, batch = frame_cond_model(), _frame_batch()
+    with caplog.at_level(logging.INFO, logger="videogpt_fast.sample"):
+        compiled = S.sample_codes(model, 2, batch, top_k=1, progress=False, compile=True)
+    assert any("step compiled (inductor)" in r.getMessage() for r in caplog.records)
+    eager = S.sample_codes(model, 2, batch, top_k=1, progress=False, compile=False)
+    assert torch.equal(compiled, eager)
+    assert torch.equal(compiled, S.sample_codes_reference(model, 2, batch, greedy=True))
+    assert compiled.unique().numel() > 1
+    # sliding windows: eager teacher-forced prefixes between compiled steps, the same graph
+    long = S.sample_codes(model, 2, batch, top_k=1, progress=False, compile=True, latent_frames=7)
+    assert torch.equal(long, S.sample_codes(model, 2, batch, top_k=1, progress=False, latent_frames=7))
+    runs = [S.sample_codes(model, 2, batch, generator=torch.Generator().manual_seed(s), progress=False,
+                           compile=True) for s in (5, 5, 6)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    state = torch.get_rng_state()
+    S.sample_codes(model, 2, batch, generator=torch.Generator().manual_seed(5), progress=False, compile=True)
+    assert torch.equal(torch.get_rng_state(), state)  # the seeded default generator is restored
+
+
+# ------------------------------------------------------------------------------------------------
+# the draw: statistics
+# ------------------------------------------------------------------------------------------------
+def _chi_square(draws: torch.Tensor, probs: torch.Tensor) -> float:
+    counts = torch.bincount(draws, minlength=probs.numel()).double()
+    expected = probs.double() * draws.numel()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "a code outside the support was drawn"
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+# chi-square critical values at p = 0.001 by degrees of freedom
+_CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(), [0.05, 0.4, 0.25, 0.15, 0.1, 0.05]),
+    (dict(temperature=0.5), None),   # probs ** 2, renormalised
+    (dict(top_k=3), [0.0, 0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0.0, 0.0]),
+    (dict(top_p=0.7), [0.0, 0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0.0, 0.0]),  # 0.4 + 0.25 < 0.7
+])
+def test_draw_distribution_chi_square(kw, expected):
+    """20000 draws (fixed seed: deterministic) from a 6-code distribution pass a chi-square test at
+    p = 0.001 against the distribution the original samples from (softmax of the logits, with the
+    temperature / top-k / top-p restriction renormalised)."""
+    probs = torch.tensor([0.05, 0.4, 0.25, 0.15, 0.1, 0.05])
+    if expected is None:
+        expected = probs ** 2 / (probs ** 2).sum()
+    expected = torch.as_tensor(expected)
+    logits = probs.log().expand(20000, -1) + 3.0  # a constant shift: the same distribution
+    draws = S.sample_logits(logits, generator=torch.Generator().manual_seed(0), **kw)
+    assert draws.shape == (20000,) and draws.dtype == torch.long
+    dof = int((expected > 0).sum()) - 1
+    assert _chi_square(draws, expected) < _CHI2_999[dof]
+    # a wrong distribution fails the same test: the test has power
+    wrong = torch.roll(expected, 1)
+    if (wrong > 0).equal(expected > 0):
+        assert _chi_square(draws, wrong) > _CHI2_999[dof]
+
+
+def test_default_draw_is_torch_multinomial():
+    """With the defaults the draw consumes the generator as ``torch.multinomial(softmax, 1)`` does and
+    gives its codes, row for row (so seeded sampling reproduces the original's loop)."""
+    logits = torch.randn(64, 37, generator=torch.Generator().manual_seed(1)) * 3
+    ours = S.sample_logits(logits, generator=torch.Generator().manual_seed(9))
+    theirs = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(9)).squeeze(-1)
+    assert torch.equal(ours, theirs)
+    assert ours.unique().numel() > 5
+
+
+@pytest.mark.slow
+def test_triton_decode_attention_traces_in_a_compiled_step():
+    """The Triton decode kernel is one opaque op to torch.compile (fullgraph: no graph break), so a
+    compiled step on CUDA can call it; on CPU it runs in Triton's interpreter. Dense and sparse."""
+    from conftest import require_triton
+    from videogpt_fast import ops
+    require_triton()
+    _cpp_compiler_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 2, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen)
+    layout = torch.ones(2, 2, 2, dtype=torch.bool)
+    layout[1, 1, 0] = False
+
+    def step(q, k, v, pos, layout):
+        return ops.decode_attention(q, k, v, pos, block=32, layout=layout, backend="triton") * 2
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    for lay in (layout, torch.ones_like(layout)):
+        for p in (5, 40):
+            pos = torch.tensor([p])
+            want = 2 * _dense_decode_reference(q, k, v, p, lay[:, p // 32], 32)
+            assert_close(compiled(q, k, v, pos, lay).double(), want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# longer codes: sliding windows in latent time
+# ------------------------------------------------------------------------------------------------
+def test_latent_windows():
+    assert S.latent_windows(4, 4, 2) == [(0, 0)]
+    assert S.latent_windows(7, 4, 2) == [(0, 0), (2, 2), (3, 3)]  # the last window overlaps more
+    assert S.latent_windows(9, 4, 2) == [(0, 0), (2, 2), (4, 2), (5, 3)]
+    assert S.latent_windows(10, 4, 0) == [(0, 0), (4, 0), (6, 2)]
+    for bad in [(3, 4, 2), (7, 4, 4), (7, 4, -1)]:
+        with pytest.raises(ValueError, match="latent_frames >= T > context_frames >= 0"):
+            S.latent_windows(*bad)
+
+
+def _long_cases():
+    """(model, batch, n) for full, sparse, class-conditional and frame-conditional priors with
+    T = 4 latent frames."""
+    return {
+        "full": lambda: (random_model("full", seed=1), None, 2),            # latents (2, 8, 8): T = 2
+        "sparse": lambda: (frame_cond_model("sparse"), _frame_batch(), 2),   # + class and frame conditioning
+        "class_full": lambda: (random_model("full", class_cond=True, seed=2),
+                               {"video": torch.zeros(2, 3, 4, 32, 32), "label": torch.tensor([1, 2])}, 2),
+        "frame_full": lambda: (frame_cond_model("full", seed=0), _frame_batch(seed=4), 2),
+    }
+
+
+@pytest.mark.parametrize("case", ["full", "sparse", "class_full", "frame_full"])
+def test_long_greedy_codes_follow_the_prior_window_by_window(case):
+    """latent_frames > T, greedy: the first window is plain sampling, and every later latent frame
+    is the argmax of the prior's teacher-forced logits over its window (same conditioning)."""
+    model, batch, n = _long_cases()[case]()
+    T = model.shape[0]
+    frames = 2 * T + 1
+    codes = S.sample_codes(model, n, batch, top_k=1, progress=False, latent_frames=frames)
+    assert codes.shape == (n, frames, *model.shape[1:]) and codes.dtype == torch.long
+    assert torch.equal(codes[:, :T], S.sample_codes(model, n, batch, top_k=1, progress=False))
+    cond = model.make_cond(batch) if batch is not None else {}
+    windows = S.latent_windows(frames, T, T // 2)
+    assert len(windows) >= 3
+    covered = torch.zeros(frames, dtype=torch.bool)
+    for start, prefix in windows:
+        window = codes[:, start:start + T]
+        with torch.no_grad():
+            _, logits = model(model.vqvae.codebook.dictionary_lookup(window), window, cond)
+        assert torch.equal(logits.argmax(-1)[:, prefix:], window[:, prefix:]), (start, prefix)
+        covered[start + prefix:start + T] = True
+    assert covered.all()
+    assert codes.unique().numel() > 1 and not torch.equal(codes[:, T:2 * T], codes[:, :T])  # not degenerate
+
+
+def test_long_sampling_seeded_and_first_window():
+    model, batch, n = _long_cases()["sparse"]()
+    T = model.shape[0]
+    a = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False, latent_frames=6,
+                       context_frames=1)
+    b = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False, latent_frames=6,
+                       context_frames=1)
+    plain = S.sample_codes(model, n, batch, generator=torch.Generator().manual_seed(3), progress=False)
+    assert a.shape == (n, 6, *model.shape[1:])
+    assert torch.equal(a, b) and torch.equal(a[:, :T], plain)
+    with pytest.raises(ValueError, match="context_frames"):
+        S.sample_codes(model, n, batch, progress=False, latent_frames=6, context_frames=T)
+    with pytest.raises(ValueError, match="latent_frames"):
+        S.sample_codes(model, n, batch, progress=False, latent_frames=T - 1)
+
+
+def test_bf16_decoding_uses_a_copy_of_the_prior():
+    """dtype=bfloat16 decodes with a bf16 copy (LayerNorms and frame encoder fp32): logits close to
+    fp32's, and the caller's model keeps its fp32 weights and holds no caches."""
+    model, batch = frame_cond_model("sparse"), _frame_batch()
+    codes = torch.randint(0, 16, (2, *model.shape), generator=torch.Generator().manual_seed(0))
+    want = S.teacher_forced_decode(model, codes, batch)
+    got = S.teacher_forced_decode(model, codes, batch, dtype=torch.bfloat16)
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert float((got - want).norm() / want.norm()) < 0.02  # bf16 rounding, not a different model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.decode_batch() is None
+    out = S.sample_codes(model, 2, batch, top_k=1, progress=False, dtype=torch.bfloat16)
+    assert out.shape == (2, *model.shape)

@@ -5,10 +5,16 @@ The math runs through :mod:`videogpt_fast.ops` (dense attention through PyTorch'
 no DeepSpeed is needed and no dense ``seq x seq`` mask is kept in memory. The original's causal
 ``...attn.attn.mask`` buffer is still written to and accepted from state dicts, so checkpoints move
 both ways with ``strict=True``.
+
+Decoding follows gpt-fast: :meth:`AttentionStack.forward` takes optional flattened ``input_pos``;
+with positions, every self-attention writes its keys/values into a static :class:`KVCache` (set up
+by ``VideoGPT.setup_caches``) and attends over it through :func:`videogpt_fast.ops.decode_attention`
+(one query) or SDPA with a position mask (several). The block's math exists once, here: the
+teacher-forced forward, the original's ``decode_step`` API and the compiled sampler all run it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,10 +23,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import ops
-from .utils import shift_dim, tensor_slice, view_range
+from .utils import shift_dim, view_range
 
 __all__ = [
-    "AttentionStack", "AttentionBlock", "MultiHeadAttention", "FullAttention", "AxialAttention",
+    "KVCache", "AttentionStack", "AttentionBlock", "MultiHeadAttention", "FullAttention", "AxialAttention",
     "SparseAttention", "StridedSparsityConfig", "AddBroadcastPosEmbed", "RightShift", "GeLU2",
     "LayerNorm", "scaled_dot_product_attention",
 ]
@@ -67,13 +73,24 @@ class AttentionStack(nn.Module):
         for net in self.attn_nets:
             net.activation_checkpointing = bool(value)
 
-    def forward(self, x, cond, decode_step, decode_idx):
-        """x: (b, d1, ..., dn, embd_dim); ``cond`` a dict of conditioning tensors; ``decode_step``
-        (int) and ``decode_idx`` (tuple) select one position for KV-cache decoding."""
-        x = self.right_shift(x, decode_step)
-        x = self.pos_embd(x, decode_step, decode_idx)
+    def forward(self, x, cond, input_pos=None):
+        """Hidden states (b, S, embd_dim) of the flattened positions.
+
+        Args:
+            x: (b, S, embd_dim) inputs. Without ``input_pos``: the whole sequence (S = L, the
+                flattened latent grid; a (b, *shape, embd_dim) grid is flattened), right-shifted
+                here behind the start token (teacher forcing). With ``input_pos``: the input *fed*
+                at each position, i.e. the embedding of the code at ``input_pos - 1`` (ignored
+                where ``input_pos == 0``: the start token is used), as the original's decoding feeds it.
+            cond: dict of conditioning tensors (see :class:`AttentionBlock`).
+            input_pos: optional (S,) int64 flattened positions on x's device; the caches must be
+                set up (``VideoGPT.setup_caches``).
+        """
+        x = x.flatten(1, -2)
+        x = self.right_shift(x, input_pos)
+        x = self.pos_embd(x, input_pos)
         for net in self.attn_nets:
-            x = net(x, cond, decode_step, decode_idx)
+            x = net(x, cond, input_pos)
         return x
 
 
@@ -109,14 +126,17 @@ class AttentionBlock(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def forward(self, x, cond, decode_step, decode_idx):
+    def forward(self, x, cond, input_pos=None):
+        """x: (b, S, embd_dim); ``cond``: ``class_cond`` (b, classes) for class-conditional norms and,
+        with frame conditioning and no cross-attention cache, ``frame_cond`` features (b, T', H',
+        W', 240); ``input_pos`` as in :meth:`AttentionStack.forward`."""
         h = self.pre_attn_norm(x, cond)
-        h = self._run(self.attn, h, h, h, decode_step, decode_idx)
+        h = self._run(self.attn, h, h, h, input_pos)
         x = x + self.post_attn_dp(h)
         if self.use_frame_cond:
             h = self.pre_enc_norm(x, cond)
-            fc = cond["frame_cond"]
-            h = self._run(self.enc_attn, h, fc, fc, decode_step, decode_idx)
+            fc = cond.get("frame_cond")
+            h = self._run(self.enc_attn, h, fc, fc, input_pos)
             x = x + self.post_enc_dp(h)
         h = self.pre_fc_norm(x, cond)
         h = self._run(self.fc_block, h)
@@ -156,36 +176,104 @@ class MultiHeadAttention(nn.Module):
             self.attn = SparseAttention(self.shape, n_head, causal, **attn_kwargs)
         else:
             raise ValueError(f"attn_type must be 'full', 'axial' or 'sparse', got {attn_type!r}")
-        self.cache: Optional[Dict[str, torch.Tensor]] = None
+        self.kv_cache: Optional[KVCache] = None  # set by setup_cache (decoding only)
 
-    def forward(self, q, k, v, decode_step=None, decode_idx=None):
-        """q, k, v: (b, d1, ..., dn, c), or (b, 1, ..., 1, c) when ``decode_step`` is given."""
+    def _heads(self, x: torch.Tensor, proj: nn.Linear, d: int) -> torch.Tensor:
+        """(b, *grid, n_head * d) -> (b, n_head, *grid, d)."""
+        return shift_dim(view_range(proj(x), -1, None, (self.n_head, d)), -2, 1)
+
+    @torch.no_grad()
+    def setup_cache(self, batch: int, kv: Optional[torch.Tensor] = None) -> None:
+        """Allocate the decoding cache in the projections' dtype and device.
+
+        Causal self-attention: zeroed (batch, n_head, L, d) keys/values that decoding fills
+        position by position. Cross-attention (``causal=False``): the keys/values of ``kv``
+        (batch, *cond_shape, dim_kv), the conditioning, projected once.
+        """
+        w = self.w_ks.weight
+        if self.causal:
+            self.kv_cache = KVCache(batch, self.n_head, _prod(self.shape), self.d_k, self.d_v, w.dtype, w.device)
+            self.attn.decode_backend = ops.decode_attention_backend(w.device)
+            return
+        if kv is None or kv.shape[0] != batch:
+            raise ValueError(f"MultiHeadAttention.setup_cache: cross-attention needs the conditioning kv "
+                             f"(batch={batch}, ..., {self.w_ks.in_features}), got "
+                             f"{None if kv is None else tuple(kv.shape)}")
+        kv = kv.to(w.dtype)
+        k = self._heads(kv, self.w_ks, self.d_k).flatten(2, -2)
+        v = self._heads(kv, self.w_vs, self.d_v).flatten(2, -2)
+        self.kv_cache = KVCache(batch, self.n_head, k.shape[2], self.d_k, self.d_v, w.dtype, w.device)
+        self.kv_cache.update(torch.arange(k.shape[2], device=w.device), k, v)
+
+    def forward(self, q, k, v, input_pos=None):
+        """q, k, v: (b, *grid, c) (the GPT passes flattened (b, S, c)); returns (b, *grid, dim_q).
+
+        ``input_pos`` (S,) int64, with a cache set up (:meth:`setup_cache`): q holds the tokens
+        at those flattened positions. Causal self-attention writes their keys/values into the
+        cache and attends over it (keys <= position, and the layout for sparse attention);
+        cross-attention attends to the cached conditioning (``k``, ``v`` are then not read).
+        """
         n_head, d_k, d_v = self.n_head, self.d_k, self.d_v
-        # (b, *d, n_head * d) -> (b, n_head, *d, d)
-        q = shift_dim(view_range(self.w_qs(q), -1, None, (n_head, d_k)), -2, 1)
-        k = shift_dim(view_range(self.w_ks(k), -1, None, (n_head, d_k)), -2, 1)
-        v = shift_dim(view_range(self.w_vs(v), -1, None, (n_head, d_v)), -2, 1)
-
-        if decode_step is not None:
-            if decode_step == 0:
-                if self.causal:
-                    b = q.shape[0]
-                    self.cache = dict(
-                        k=torch.zeros((b, n_head, *self.shape, d_k), dtype=k.dtype, device=q.device),
-                        v=torch.zeros((b, n_head, *self.shape, d_v), dtype=v.dtype, device=q.device))
-                else:  # the keys are the conditioning: cache them once
-                    self.cache = dict(k=k.clone(), v=v.clone())
-            if self.cache is None:
-                raise RuntimeError("KV-cache decoding must start at decode_step=0")
+        qh = self._heads(q, self.w_qs, d_k)
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise RuntimeError("MultiHeadAttention: decoding at input_pos needs setup_cache() first "
+                                   "(VideoGPT.setup_caches)")
+            qh = qh.flatten(2, -2)
             if self.causal:
-                idx = (slice(None), slice(None), *[slice(i, i + 1) for i in decode_idx])
-                self.cache["k"][idx] = k
-                self.cache["v"][idx] = v
-            k, v = self.cache["k"], self.cache["v"]
-
-        a = self.attn(q, k, v, decode_step, decode_idx)
+                kc, vc = self.kv_cache.update(input_pos, self._heads(k, self.w_ks, d_k).flatten(2, -2),
+                                              self._heads(v, self.w_vs, d_v).flatten(2, -2))
+                a = self.attn.decode(qh, kc, vc, input_pos)
+            else:
+                a = F.scaled_dot_product_attention(qh, self.kv_cache.k_cache, self.kv_cache.v_cache)
+            a = a.view(*a.shape[:2], *q.shape[1:-1], a.shape[-1])
+        else:
+            a = self.attn(qh, self._heads(k, self.w_ks, d_k), self._heads(v, self.w_vs, d_v))
         a = shift_dim(a, 1, -2).flatten(start_dim=-2)  # (b, *d, n_head * d)
         return self.fc(a)
+
+
+class KVCache(nn.Module):
+    """Static key/value buffers (batch, heads, L, d) written in place (gpt-fast's KVCache).
+
+    The buffers are not persistent: state dicts do not change. Writes go through ``index_copy_``
+    at a position *tensor*, so a step that updates the cache has static shapes and no host sync
+    (it can be compiled and captured in a CUDA graph).
+    """
+
+    def __init__(self, batch: int, heads: int, seq_len: int, head_dim: int, v_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(batch, heads, seq_len, head_dim, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("v_cache", torch.zeros(batch, heads, seq_len, v_dim, dtype=dtype, device=device),
+                             persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Write k (batch, heads, S, d) and v at positions ``input_pos`` (S,) int64; return both caches."""
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        return self.k_cache, self.v_cache
+
+
+def _positions_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+                         visible_blocks: Optional[torch.Tensor] = None, block: int = 1) -> torch.Tensor:
+    """Queries (b, h, S, d) at flattened positions ``input_pos`` over caches (b, h, L, d): key j is
+    visible iff j <= position (and, with a (h, L/block, L/block) layout, its block is on)."""
+    keys = torch.arange(k.shape[2], device=q.device)
+    mask = keys.view(1, -1) <= input_pos.view(-1, 1)  # (S, L)
+    if visible_blocks is not None:
+        rows = visible_blocks[:, torch.div(input_pos, block, rounding_mode="floor")].bool()  # (h, S, L/block)
+        mask = mask & rows[:, :, keys // block]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _decode_at_step(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode_step: int) -> torch.Tensor:
+    """The original kernel modules' ``forward(q, k, v, decode_step, decode_idx)``: q (b, heads,
+    1, ..., 1, d) at flattened position ``decode_step`` over caches (b, heads, *shape, d)."""
+    pos = torch.tensor([decode_step], dtype=torch.long, device=q.device)
+    out = module.decode(q.flatten(2, -2), k.flatten(2, -2), v.flatten(2, -2), pos)
+    return view_range(out, 2, 3, q.shape[2:-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +292,7 @@ class FullAttention(nn.Module):
         self.causal = causal
         self.attn_dropout = attn_dropout
         self.seq_len = _prod(self.shape)
+        self.decode_backend: Optional[str] = None  # resolved by VideoGPT.setup_caches
         if causal:
             self._register_state_dict_hook(FullAttention._add_mask)
             self._register_load_state_dict_pre_hook(FullAttention._drop_mask, with_module=True)
@@ -221,20 +310,26 @@ class FullAttention(nn.Module):
             error_msgs.append(f"{prefix}mask has shape {tuple(mask.shape)}, expected "
                               f"({module.seq_len}, {module.seq_len}) for latent shape {module.shape}")
 
-    def forward(self, q, k, v, decode_step, decode_idx):
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """q, k, v: (b, heads, *grid, d) -> (b, heads, *q_grid, d). ``decode_step`` (the
+        original's signature): causal attention of q's one position over whole caches k, v."""
+        if decode_step is not None and self.causal:
+            return _decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
         v = v.flatten(start_dim=2, end_dim=-2)
         dropout = self.attn_dropout if self.training else 0.0
-        if decode_step is not None and self.causal:
-            # one query at flattened position decode_step against the whole (zero-padded) cache
-            visible = (torch.arange(k.shape[2], device=q.device) <= decode_step).view(1, -1)  # (1, L): SDPA needs >= 2-d masks
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout)
-        else:
-            is_causal = self.causal and decode_step is None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal)
         return view_range(out, 2, 3, old_shape)
+
+    def decode(self, q, k, v, input_pos):
+        """Queries (b, heads, S, d) at flattened positions ``input_pos`` (S,) over the caches
+        (b, heads, L, d), keys up to each position: one query through
+        :func:`videogpt_fast.ops.decode_attention`, several through SDPA with a position mask."""
+        if q.shape[2] == 1:
+            return ops.decode_attention(q[:, :, 0], k, v, input_pos, backend=self.decode_backend).unsqueeze(2)
+        return _positions_attention(q, k, v, input_pos)
 
 
 class AxialAttention(nn.Module):
@@ -245,7 +340,9 @@ class AxialAttention(nn.Module):
         super().__init__()
         self.axial_dim = 2 + n_dim + 1 + axial_dim if axial_dim < 0 else axial_dim + 2
 
-    def forward(self, q, k, v, decode_step, decode_idx):
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """(b, heads, *spatial, d) tensors; ``decode_step``/``decode_idx`` are accepted and unused,
+        as in the original."""
         return ops.axial_attention(q, k, v, self.axial_dim)
 
 
@@ -262,24 +359,35 @@ class SparseAttention(nn.Module):
         self.shape = tuple(shape)
         self.sparsity_config = StridedSparsityConfig(shape=self.shape, n_head=n_head, causal=causal,
                                                      block=block, num_local_blocks=num_local_blocks)
-        # (n_head, blocks, blocks); not part of the original state dict
-        self.register_buffer("block_layout", self.sparsity_config.make_layout().to(torch.uint8),
-                             persistent=False)
+        # (n_head, blocks, blocks) bool; not part of the original state dict. One tensor for the
+        # module's life: the Triton kernels cache their tables by the layout tensor's identity
+        self.register_buffer("block_layout", self.sparsity_config.make_layout().bool(), persistent=False)
+        self.decode_backend: Optional[str] = None  # resolved by VideoGPT.setup_caches
 
-    def forward(self, q, k, v, decode_step, decode_idx):
+    def forward(self, q, k, v, decode_step=None, decode_idx=None):
+        """Block-sparse self-attention of (b, heads, *grid, d) tensors; with ``decode_step`` (the
+        original's signature) q's one position over whole caches k, v."""
+        if decode_step is not None:
+            return _decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
         v = v.flatten(start_dim=2, end_dim=-2)
-        if decode_step is not None:
-            row = self.sparsity_config.get_non_block_layout_row(self.block_layout, decode_step)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=row.bool())
-        else:
-            if q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
-                raise ValueError("SparseAttention only supports self-attention (q, k, v of one length)")
-            out = ops.blocksparse_attention(q, k, v, self.block_layout, self.sparsity_config.block,
-                                            causal=self.causal)
+        if q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
+            raise ValueError("SparseAttention only supports self-attention (q, k, v of one length)")
+        out = ops.blocksparse_attention(q, k, v, self.block_layout, self.sparsity_config.block,
+                                        causal=self.causal)
         return view_range(out, 2, 3, old_shape)
+
+    def decode(self, q, k, v, input_pos):
+        """As :meth:`FullAttention.decode`, each query seeing the keys of its layout row (the
+        original's ``get_non_block_layout_row``): the whole layout goes to the op, which takes
+        the row of the position on the device."""
+        block = self.sparsity_config.block
+        if q.shape[2] == 1:
+            return ops.decode_attention(q[:, :, 0], k, v, input_pos, block=block, layout=self.block_layout,
+                                        backend=self.decode_backend).unsqueeze(2)
+        return _positions_attention(q, k, v, input_pos, self.block_layout, block)
 
 
 class StridedSparsityConfig:
@@ -415,10 +523,21 @@ class AddBroadcastPosEmbed(nn.Module):
             embs.append(e)
         return torch.cat(embs, dim=self.dim)
 
-    def forward(self, x, decode_step=None, decode_idx=None):
+    def forward(self, x, input_pos=None):
+        """Add the embeddings to x (1, *shape, embd_dim)-broadcastable, or flattened (b, L,
+        embd_dim); with ``input_pos`` (S,) int64, x is (b, S, embd_dim) at those flattened positions."""
+        if input_pos is not None:  # the rows of the flattened grid at input_pos, gathered per axis
+            if self.dim != -1:
+                raise ValueError("AddBroadcastPosEmbed: input_pos needs channels-last embeddings (dim=-1)")
+            rows, stride = [], 1
+            for i in reversed(range(self.n_dim)):
+                coord = torch.div(input_pos, stride, rounding_mode="floor") % self.shape[i]
+                rows.append(self.emb[f"d_{i}"].index_select(0, coord))
+                stride *= self.shape[i]
+            return x + torch.cat(rows[::-1], dim=-1)
         embs = self.embeddings()
-        if decode_step is not None:
-            embs = tensor_slice(embs, [0, *decode_idx, 0], [x.shape[0], *(1,) * self.n_dim, x.shape[-1]])
+        if self.dim == -1:
+            embs = embs.reshape(1, *x.shape[1:])
         return x + embs
 
 
@@ -430,12 +549,16 @@ class RightShift(nn.Module):
         self.embd_dim = embd_dim
         self.sos = nn.Parameter(torch.FloatTensor(embd_dim).normal_(std=0.02), requires_grad=True)
 
-    def forward(self, x, decode_step):
-        if decode_step is not None and decode_step > 0:
-            return x
+    def forward(self, x, input_pos=None):
+        """x: (b, ..., embd_dim). Without ``input_pos``: the whole sequence, shifted by one behind
+        the start token. With ``input_pos`` (S,): x is (b, S, embd_dim), already the inputs fed at
+        those positions; the start token replaces the input at position 0 (no host sync)."""
+        sos = self.sos.to(x.dtype)
+        if input_pos is not None:
+            return torch.where((input_pos == 0).view(1, -1, 1), sos.view(1, 1, -1), x)
         x_shape = list(x.shape)
         x = x.flatten(start_dim=1, end_dim=-2)
-        sos = self.sos.to(x.dtype).view(1, 1, -1).expand(x_shape[0], 1, -1)
+        sos = sos.view(1, 1, -1).expand(x_shape[0], 1, -1)
         return torch.cat([sos, x[:, :-1, :]], dim=1).view(*x_shape)
 
 

@@ -123,9 +123,6 @@ class VideoGPT(nn.Module):
         self.fc_out = nn.Linear(args.hidden_dim, self.vqvae.n_codes, bias=False)
         self.fc_out.weight.data.zero_()
 
-        # frame features computed at decode_step 0 and reused for the other positions
-        self.frame_cond_cache: Optional[torch.Tensor] = None
-
     @staticmethod
     def _keep_codebook_initialised(module: "VideoGPT", incompatible_keys) -> None:
         module.vqvae.codebook._need_init = False
@@ -145,7 +142,10 @@ class VideoGPT(nn.Module):
     # ------------------------------------------------------------------------------------------
     def make_cond(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The conditioning dict the original builds from a batch: ``class_cond`` (one-hot of
-        ``batch['label']``) and ``frame_cond`` (``batch['video'][:, :, :n_cond_frames]``)."""
+        ``batch['label']``, integer labels of any integer dtype in [0, class_cond_dim)) and
+        ``frame_cond`` (``batch['video'][:, :, :n_cond_frames]``, checked as
+        :meth:`frame_features` needs it). Raises ValueError naming the expected and given shapes,
+        dtypes or label range."""
         cond: Dict[str, torch.Tensor] = {}
         if not (self.args.class_cond or self.use_frame_cond):
             return cond
@@ -154,25 +154,97 @@ class VideoGPT(nn.Module):
         video = batch["video"]
         if self.args.class_cond:
             if "label" not in batch:
-                raise ValueError("VideoGPT: class_cond=True needs batch['label'] (B,) int64")
-            label = batch["label"]
+                raise ValueError("VideoGPT: class_cond=True needs batch['label'] (B,) integer class indices")
+            label = torch.as_tensor(batch["label"])
             if label.shape != (video.shape[0],):
                 raise ValueError(f"VideoGPT: batch['label'] must have shape ({video.shape[0]},), "
                                  f"got {tuple(label.shape)}")
-            cond["class_cond"] = F.one_hot(label, self.args.class_cond_dim).type_as(video)
+            if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
+                raise ValueError(f"VideoGPT: batch['label'] must hold integer class indices, got dtype {label.dtype}")
+            if label.numel() and (int(label.min()) < 0 or int(label.max()) >= self.args.class_cond_dim):
+                raise ValueError(f"VideoGPT: batch['label'] must be in [0, {self.args.class_cond_dim}) "
+                                 f"(class_cond_dim), got values in [{int(label.min())}, {int(label.max())}]")
+            cond["class_cond"] = F.one_hot(label.long(), self.args.class_cond_dim).type_as(video)
         if self.use_frame_cond:
             if video.dim() != 5 or video.shape[2] < self.args.n_cond_frames:
                 raise ValueError(f"VideoGPT: batch['video'] must be (B, C, T, H, W) with T >= n_cond_frames="
                                  f"{self.args.n_cond_frames}, got {tuple(video.shape)}")
             cond["frame_cond"] = video[:, :, :self.args.n_cond_frames]
+            self._check_frames(cond["frame_cond"])
         return cond
 
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        expected = (3, self.args.n_cond_frames, self.args.resolution, self.args.resolution)
+        if frames.dim() != 5 or tuple(frames.shape[1:]) != expected:
+            raise ValueError(f"VideoGPT: conditioning frames must be (B, {', '.join(map(str, expected))}) "
+                             f"(RGB, n_cond_frames, resolution, resolution), got {tuple(frames.shape)}")
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frame-encoder features (B, n_cond_frames, resolution/4, resolution/4, 240), position
+        embeddings added, of conditioning frames (B, 3, n_cond_frames, resolution, resolution);
+        ValueError for frames of another shape."""
+        self._check_frames(frames)
+        return self.cond_pos_embd(self.resnet(frames))
+
+    # ------------------------------------------------------------------------------------------
+    # decoding (gpt-fast style: static caches, one forward over positions)
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def setup_caches(self, batch: int, cond: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        """Prepare decoding of ``batch`` sequences: a static :class:`~videogpt_fast.attention.KVCache`
+        (batch, heads, L, d) per layer, in the weights' dtype and device, and, for a
+        frame-conditional prior, the frame features of ``cond['frame_cond']`` (raw frames, see
+        :meth:`make_cond`) projected once into every block's cross-attention keys/values.
+        Replaces any previous caches; :meth:`clear_decode_cache` frees them."""
+        if batch < 1:
+            raise ValueError(f"VideoGPT.setup_caches: batch must be >= 1, got {batch}")
+        features = None
+        if self.use_frame_cond:
+            frames = (cond or {}).get("frame_cond")
+            if frames is None:
+                raise ValueError("VideoGPT.setup_caches: a frame-conditional prior needs cond['frame_cond'] frames")
+            if frames.shape[0] != batch:
+                raise ValueError(f"VideoGPT.setup_caches: cond['frame_cond'] holds {frames.shape[0]} videos, "
+                                 f"batch is {batch}")
+            features = self.frame_features(frames.to(self.fc_in.weight.device))
+        for net in self.attn_stack.attn_nets:
+            net.attn.setup_cache(batch)
+            if features is not None:
+                net.enc_attn.setup_cache(batch, features)
+
+    def decode_batch(self) -> Optional[int]:
+        """The batch size the caches are set up for (None when there are none)."""
+        cache = self.attn_stack.attn_nets[0].attn.kv_cache
+        return None if cache is None else cache.k_cache.shape[0]
+
     def clear_decode_cache(self) -> None:
-        """Free the KV caches and frame features kept by the step-by-step decode path."""
-        self.frame_cond_cache = None
+        """Free the KV caches (and cached frame features) of :meth:`setup_caches`."""
         for module in self.modules():
             if isinstance(module, MultiHeadAttention):
-                module.cache = None
+                module.kv_cache = None
+
+    def forward_positions(self, x: torch.Tensor, cond: Optional[Mapping[str, torch.Tensor]] = None,
+                          input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The transformer: logits (B, S, n_codes) of the next code at S flattened positions.
+
+        Args:
+            x: (B, S, embedding_dim) code embeddings (VQ-VAE codebook space). Without
+                ``input_pos``: the codes of all S = L positions (a (B, *latent_shape, e) grid is
+                flattened), shifted behind the start token here (teacher forcing). With
+                ``input_pos``: the codes *fed* at those positions, i.e. at ``input_pos - 1``
+                (ignored at position 0).
+            cond: ``class_cond`` (B, class_cond_dim) for a class-conditional prior; without
+                ``input_pos`` also ``frame_cond`` *features* (:meth:`frame_features`).
+            input_pos: optional (S,) int64 positions on x's device: decode with the caches of
+                :meth:`setup_caches` (their keys/values are written at these positions; every
+                query sees the keys up to its position). Static shapes, no host sync: the
+                sampler compiles and graph-captures this call.
+        """
+        cond = cond if cond is not None else {}
+        h = self.fc_in(x)
+        h = self.attn_stack(h, cond, input_pos)
+        h = self.norm(h, cond)
+        return self.fc_out(h)
 
     def get_reconstruction(self, videos: torch.Tensor) -> torch.Tensor:
         """VQ-VAE round trip of (B, C, T, H, W) videos."""
@@ -181,42 +253,56 @@ class VideoGPT(nn.Module):
     def forward(self, x: torch.Tensor, targets: torch.Tensor, cond: Optional[Mapping[str, torch.Tensor]],
                 decode_step: Optional[int] = None,
                 decode_idx: Optional[Tuple[int, ...]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced (or one-position KV-cache) prediction of the next code.
+        """Teacher-forced (or one-position KV-cache) prediction of the next code: the original's
+        API on top of :meth:`forward_positions`.
 
         Args:
             x: (B, *latent_shape, embedding_dim) code embeddings, or (B, 1, ..., 1, embedding_dim)
                 -- the previous position's -- when decoding.
             targets: int64 codes of x's shape without the last dim.
-            cond: ``class_cond`` (B, class_cond_dim) and/or ``frame_cond`` (B, C, n_cond_frames,
+            cond: ``class_cond`` (B, class_cond_dim) and/or ``frame_cond`` (B, 3, n_cond_frames,
                 H, W) raw frames. Not modified (the original replaced ``frame_cond`` in place).
-            decode_step: flattened index of the position to predict; 0 (re)starts the caches.
-            decode_idx: its latent coordinates.
+            decode_step: flattened index of the position to predict; 0 (re)starts the caches
+                (:meth:`setup_caches`), a later step without them raises RuntimeError.
+            decode_idx: its latent coordinates (the flattened ``decode_step`` is what is used).
         Returns:
             (cross-entropy loss, logits (*x.shape[:-1], n_codes)).
         """
         cond = dict(cond) if cond is not None else {}
-        if self.use_frame_cond:
-            if decode_step is None:
-                cond["frame_cond"] = self.cond_pos_embd(self.resnet(cond["frame_cond"]))
-            else:
-                if decode_step == 0:
-                    self.frame_cond_cache = self.cond_pos_embd(self.resnet(cond["frame_cond"]))
-                elif self.frame_cond_cache is None:
-                    raise RuntimeError("VideoGPT: KV-cache decoding must start at decode_step=0")
-                cond["frame_cond"] = self.frame_cond_cache
-
-        h = self.fc_in(x)
-        h = self.attn_stack(h, cond, decode_step, decode_idx)
-        h = self.norm(h, cond)
-        logits = self.fc_out(h)
+        b = x.shape[0]
+        if decode_step is None:
+            if tuple(x.shape[1:-1]) != self.shape:
+                raise ValueError(f"VideoGPT: x must be (B, *{self.shape}, {self.vqvae.embedding_dim}) code "
+                                 f"embeddings for latent shape {self.shape}, got {tuple(x.shape)}")
+            if self.use_frame_cond:
+                cond["frame_cond"] = self.frame_features(cond["frame_cond"])
+            logits = self.forward_positions(x, cond)
+        else:
+            if decode_step == 0:
+                self.setup_caches(b, cond)
+            elif self.decode_batch() != b:
+                raise RuntimeError("VideoGPT: KV-cache decoding must start at decode_step=0 (no caches for "
+                                   f"batch {b}: call with decode_step=0 first)")
+            cond.pop("frame_cond", None)  # cached by setup_caches
+            input_pos = torch.tensor([decode_step], dtype=torch.long, device=x.device)
+            logits = self.forward_positions(x.reshape(b, 1, -1), cond, input_pos)
+        logits = logits.view(*x.shape[:-1], logits.shape[-1])
         loss = F.cross_entropy(shift_dim(logits, -1, 1), targets)
         return loss, logits
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The original ``training_step``: encode ``batch['video']`` with the frozen VQ-VAE, build
-        the conditioning from the batch and return the teacher-forced cross-entropy."""
+        """The original ``training_step``: encode ``batch['video']`` (B, 3, sequence_length,
+        resolution, resolution) with the frozen VQ-VAE, build the conditioning from the batch
+        and return the teacher-forced cross-entropy. ValueError (naming the expected and given
+        shapes) for videos the VQ-VAE was not built for."""
         self.vqvae.eval()
         x = batch["video"]
+        vq_args = self.vqvae.args
+        expected = (3, vq_args.sequence_length, vq_args.resolution, vq_args.resolution)
+        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"VideoGPT.compute_loss: batch['video'] must be (B, {', '.join(map(str, expected))}) "
+                             f"for this VQ-VAE (sequence_length {vq_args.sequence_length}, resolution "
+                             f"{vq_args.resolution}), got {tuple(x.shape)}")
         cond = self.make_cond(batch)
         with torch.no_grad():
             targets, emb = self.vqvae.encode(x, include_embeddings=True)

@@ -258,7 +258,8 @@ def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     if not (q.device == k.device == v.device == pos.device):
         raise ValueError(f"decode_attention: q, k, v, pos must share a device, got {q.device}, {k.device}, "
                          f"{v.device}, {pos.device}")
-    if pos.device.type == "cpu" and not 0 <= int(pos) < k.shape[2]:  # a device pos is not read (no sync)
+    if pos.device.type == "cpu" and not torch.compiler.is_compiling() and not 0 <= int(pos) < k.shape[2]:
+        # a device pos is not read (no sync), nor is a traced one
         raise ValueError(f"decode_attention: pos must be in [0, {k.shape[2]}) (the cache length), got {int(pos)}")
     _check_tensors("decode_attention", "q, k, v", q, k, v)
     if layout_row is not None:
@@ -304,9 +305,32 @@ def _dense_decode_layout(L: int, device: torch.device):
     return _DENSE_LAYOUTS[key]
 
 
+@torch.library.custom_op("videogpt_fast_triton::decode_attention", mutates_args=())
+def _triton_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                             layout: Optional[torch.Tensor], block: int) -> torch.Tensor:
+    """The Triton block-sparse decode kernel (dense: an all-ones layout) as one opaque op, so that
+    torch.compile traces a step that calls it and CUDA graphs capture it."""
+    if layout is None:
+        layout, block = _dense_decode_layout(k.shape[2], q.device)
+    kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
+    return kernel(q.unsqueeze(2), k, v, layout, block, pos).squeeze(2)
+
+
+@_triton_decode_attention.register_fake
+def _(q, k, v, pos, layout, block):
+    return q.new_empty((*q.shape[:2], v.shape[-1]))
+
+
+def decode_attention_backend(device: torch.device) -> str:
+    """The backend :func:`decode_attention` runs for tensors on ``device``, resolved now (a step
+    that is compiled resolves it once, outside the traced code: resolution reads the
+    environment and logs)."""
+    return resolve("decode_attention", device, _IMPLEMENTED["decode_attention"])
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                      layout_row: Optional[torch.Tensor] = None, block: int = 0, *,
-                     layout: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     layout: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """Attention of the query at flattened position ``pos`` over the cached keys ``0..pos``.
 
     Args:
@@ -318,20 +342,18 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
         block: the layout's block size (needed with ``layout_row`` or ``layout``).
         layout: alternatively the whole (H, L/block, L/block) layout; the row is taken on device.
+        backend: a backend already resolved by :func:`decode_attention_backend` (default: resolve now).
     Returns:
         (B, H, dv) in q's dtype.
     """
     if layout is not None and layout_row is not None:
         raise ValueError("decode_attention: pass layout_row or layout, not both")
-    backend = resolve("decode_attention", q.device, _IMPLEMENTED["decode_attention"])
+    backend = backend or decode_attention_backend(q.device)
     if backend == "triton":
         _check_decode_attention(q, k, v, pos, None, block)
         if layout_row is not None:
             raise ValueError("decode_attention: the Triton backend takes the whole `layout`, not `layout_row`")
-        if layout is None:
-            layout, block = _dense_decode_layout(k.shape[2], q.device)
-        kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
-        return kernel(q.unsqueeze(2), k, v, layout, block, pos.reshape(1)).squeeze(2)
+        return _triton_decode_attention(q, k, v, pos.reshape(1), layout, int(block))
     if layout is not None:  # the row of pos's block (clamped: an out-of-range pos gives NaN below)
         row = torch.div(pos.reshape(1).clamp(0, k.shape[2] - 1), block, rounding_mode="floor")
         layout_row = layout.index_select(1, row).squeeze(1)

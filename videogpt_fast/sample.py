@@ -1,265 +1,57 @@
-"""Fast autoregressive sampling for :class:`videogpt_fast.gpt.VideoGPT` (gpt-fast style).
+"""Fast autoregressive sampling for :class:`videogpt_fast.gpt.VideoGPT`, the gpt-fast way.
 
 The original samples position by position through ``VideoGPT.forward(..., decode_step=i)``: every
-step re-embeds the whole code grid, rebuilds the position-embedding grid, allocates its caches at
-step 0 and attends over a dense mask. Here the work of one step is reduced to what it needs:
+step re-embeds the whole code grid, allocates its caches at step 0 and attends over a dense mask.
+Here one step runs the model's own transformer, once, on what it needs:
 
-* :class:`DecodePlan` gathers the weights once: a (n_codes, hidden) table ``fc_in(codebook)``, the
-  start token, a flattened (L, hidden) position-embedding table, fused q/k/v projections, the
-  class-conditional LayerNorm gains and biases (fixed for a batch), and, for frame-conditional
-  models, the cross-attention keys and values of every layer (the ResNet runs once).
-* :class:`StaticKVCache` preallocates the (n, heads, L, d) key/value buffers of every layer once;
-  a step writes its key/value in place at a *tensor* position, so the step is CUDA-graph capturable.
-* :func:`decode_step` runs one position: embed the previous code, add the position row, the
-  blocks (one-query attention over the cache through :func:`decode_attention`; sparse models pass
-  the block-sparse layout row of the position, never a dense L x L mask), final norm, logits.
-* :func:`sample_codes` captures :func:`decode_step` in a CUDA graph on CUDA and replays it once per
-  position; on CPU (no graphs) it runs the same step eagerly. Which mode ran is logged at INFO.
-
-:func:`decode_attention` routes through :func:`videogpt_fast.backends.resolve`: ``cuda`` runs
-``torch.ops.videogpt_fast.decode_attention`` (split-K flash-decoding in ``csrc/``), ``triton`` the
-block-sparse decode kernel of ``kernels/blocksparse_attention.py`` (the whole layout on device; an
-all-ones layout for dense priors), ``torch`` PyTorch SDPA with a boolean key mask.
+* :meth:`VideoGPT.setup_caches` gives every self-attention a static
+  :class:`~videogpt_fast.attention.KVCache` (n, heads, L, d) and, for frame-conditional priors,
+  runs the frame encoder once and caches every block's cross-attention keys/values.
+* A step (:func:`decode_step` for logits; the sampler's step also draws the code) embeds the
+  previous code and calls :meth:`VideoGPT.forward_positions` at a position *tensor*: the blocks
+  write their key/value in place and attend through :func:`videogpt_fast.ops.decode_attention`
+  (the whole block-sparse layout on the device for sparse priors). Static shapes, no host sync.
+* The draw is on the device, inside the step: temperature, top-k, top-p, then
+  ``argmax(probs / Exp(1) noise)``, which is exactly how ``torch.multinomial(probs, 1)`` draws
+  (same random numbers, same codes), without its host-side validity checks.
+* :func:`sample_codes` runs the step compiled by ``torch.compile`` (inductor fuses the original's
+  LayerNorm, GeLU2, the residuals and the draw) and, on CUDA, replayed as CUDA graphs
+  (``mode="reduce-overhead"``); or eager; or eager captured in a CUDA graph by hand. Which one
+  ran is logged at INFO. Compiled and graph steps draw from the device's default generator; a
+  ``generator`` seeds it (one draw at the start, state restored at the end), so the same seed
+  gives the same codes in every mode.
 
 :func:`sample_codes_reference` is the original algorithm (the per-position loop through the
-module's KV-cache ``forward``), kept for tests and benchmarks.
+module's ``decode_step`` API), kept for tests and benchmarks.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .backends import resolve
-from .ops import _IMPLEMENTED, decode_attention, decode_attention_torch
+from .attention import LayerNorm
+from .ops import decode_attention, decode_attention_backend, decode_attention_torch
 
 __all__ = [
-    "decode_attention", "decode_attention_torch", "StaticKVCache", "DecodePlan", "decode_step",
-    "sample_logits", "teacher_forced_decode", "sample_codes", "sample", "sample_codes_reference",
+    "decode_attention", "decode_attention_torch", "DecodePlan", "decode_step", "sample_logits",
+    "teacher_forced_decode", "latent_windows", "sample_codes", "sample", "sample_codes_reference",
 ]
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# static cache and decode plan
-# --------------------------------------------------------------------------------------------
-class StaticKVCache:
-    """Preallocated self-attention key/value buffers (n, heads, L, d) for every layer, plus the
-    cross-attention keys/values of frame-conditional models (computed once per batch)."""
-
-    def __init__(self, n_layers: int, batch: int, heads: int, seq_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        shape = (batch, heads, seq_len, head_dim)
-        self.k: List[torch.Tensor] = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v: List[torch.Tensor] = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.cross_k: List[torch.Tensor] = []
-        self.cross_v: List[torch.Tensor] = []
-
-    def update(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write (B, H, d) key/value of position ``pos`` (one-element int64 tensor) in place."""
-        self.k[layer].index_copy_(2, pos.reshape(1), k.unsqueeze(2))
-        self.v[layer].index_copy_(2, pos.reshape(1), v.unsqueeze(2))
-
-    def data_ptrs(self) -> List[int]:
-        """Addresses of every buffer (they never change while sampling)."""
-        return [t.data_ptr() for t in (*self.k, *self.v, *self.cross_k, *self.cross_v)]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v, *self.cross_k, *self.cross_v))
-
-
-@dataclass
-class _Layer:
-    norm_attn: Tuple[torch.Tensor, torch.Tensor]
-    w_qkv: torch.Tensor
-    fc_w: torch.Tensor
-    fc_b: torch.Tensor
-    norm_fc: Tuple[torch.Tensor, torch.Tensor]
-    mlp: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-    norm_enc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-    enc_wq: Optional[torch.Tensor] = None
-    enc_fc_w: Optional[torch.Tensor] = None
-    enc_fc_b: Optional[torch.Tensor] = None
-
-
-@dataclass
-class DecodePlan:
-    """Everything one decode step reads, gathered from a VideoGPT once per batch (see module doc).
-
-    ``prev`` (n,) int64 and ``pos`` () int64 are the static inputs of :func:`decode_step`.
-    """
-    n: int
-    shape: Tuple[int, ...]
-    heads: int
-    head_dim: int
-    dtype: torch.dtype
-    device: torch.device
-    code_table: torch.Tensor          # (n_codes, hidden): fc_in(codebook embeddings)
-    sos: torch.Tensor                 # (hidden,)
-    pos_table: torch.Tensor           # (L, hidden)
-    layers: List[_Layer]
-    norm_out: Tuple[torch.Tensor, torch.Tensor]
-    fc_out: torch.Tensor
-    cache: StaticKVCache
-    layout: Optional[torch.Tensor] = None   # (heads, nb, nb) bool for sparse models
-    block: int = 0
-    prev: torch.Tensor = field(default=None)  # type: ignore[assignment]
-    pos: torch.Tensor = field(default=None)   # type: ignore[assignment]
-
-    @property
-    def seq_len(self) -> int:
-        return self.pos_table.shape[0]
-
-    def weight_bytes(self) -> int:
-        """Bytes of the weights one step reads (projections, MLPs, output layer)."""
-        ts = [self.fc_out]
-        for lay in self.layers:
-            ts += [lay.w_qkv, lay.fc_w, lay.fc_b, *lay.mlp]
-            if lay.enc_wq is not None:
-                ts += [lay.enc_wq, lay.enc_fc_w, lay.enc_fc_b]
-        return sum(t.numel() * t.element_size() for t in ts)
-
-    @classmethod
-    @torch.no_grad()
-    def from_model(cls, model: nn.Module, n: int, cond: Optional[Mapping[str, torch.Tensor]] = None,
-                   dtype: Optional[torch.dtype] = None) -> "DecodePlan":
-        """Gather the decode weights of ``model`` for a batch of ``n`` with conditioning ``cond``
-        (``class_cond`` (n, classes) one-hot, ``frame_cond`` (n, C, n_cond_frames, H, W) frames, as
-        :meth:`VideoGPT.make_cond` builds it). ``dtype`` casts weights, activations and the cache
-        (default: the model's parameter dtype); LayerNorms always compute in fp32."""
-        cond = dict(cond or {})
-        stack = model.attn_stack
-        device = model.fc_in.weight.device
-        dtype = dtype or model.fc_in.weight.dtype
-        if n < 1:
-            raise ValueError(f"sample: n must be >= 1, got {n}")
-        shape = tuple(int(s) for s in model.shape)
-        L = math.prod(shape)
-        class_cond = cond.get("class_cond")
-        if model.args.class_cond:
-            if class_cond is None or class_cond.shape != (n, model.args.class_cond_dim):
-                raise ValueError(f"sample: a class-conditional model needs cond['class_cond'] of shape "
-                                 f"({n}, {model.args.class_cond_dim}), got "
-                                 f"{None if class_cond is None else tuple(class_cond.shape)}")
-            class_cond = class_cond.to(device=device, dtype=torch.float32)
-
-        def norm_params(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-            if norm.conditional:
-                return (1 + F.linear(class_cond, norm.w.weight.float()), F.linear(class_cond, norm.wb.weight.float()))
-            return norm.g.detach().float(), norm.b.detach().float()
-
-        def cast(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype).contiguous()
-
-        codebook = model.vqvae.codebook.embeddings
-        code_table = cast(F.linear(codebook.to(model.fc_in.weight.dtype), model.fc_in.weight))
-        pos_table = cast(stack.pos_embd.embeddings().reshape(L, -1))
-
-        first = stack.attn_nets[0].attn
-        heads, head_dim = first.n_head, first.d_k
-        cache = StaticKVCache(len(stack.attn_nets), n, heads, L, head_dim, dtype, device)
-
-        frame = None
-        if model.use_frame_cond:
-            if cond.get("frame_cond") is None or cond["frame_cond"].shape[0] != n:
-                raise ValueError(f"sample: a frame-conditional model needs cond['frame_cond'] with batch {n}")
-            frame = model.cond_pos_embd(model.resnet(cond["frame_cond"].to(device)))  # (n, T', H', W', 240)
-
-        layers: List[_Layer] = []
-        for net in stack.attn_nets:
-            attn = net.attn
-            lay = _Layer(
-                norm_attn=norm_params(net.pre_attn_norm),
-                w_qkv=cast(torch.cat([attn.w_qs.weight, attn.w_ks.weight, attn.w_vs.weight], dim=0)),
-                fc_w=cast(attn.fc.weight), fc_b=cast(attn.fc.bias),
-                norm_fc=norm_params(net.pre_fc_norm),
-                mlp=(cast(net.fc_block[0].weight), cast(net.fc_block[0].bias),
-                     cast(net.fc_block[2].weight), cast(net.fc_block[2].bias)),
-            )
-            if frame is not None:
-                enc = net.enc_attn
-                lay.norm_enc = norm_params(net.pre_enc_norm)
-                lay.enc_wq = cast(enc.w_qs.weight)
-                lay.enc_fc_w, lay.enc_fc_b = cast(enc.fc.weight), cast(enc.fc.bias)
-                fk = enc.w_ks(frame).flatten(1, -2).view(n, -1, enc.n_head, enc.d_k).transpose(1, 2)
-                fv = enc.w_vs(frame).flatten(1, -2).view(n, -1, enc.n_head, enc.d_v).transpose(1, 2)
-                cache.cross_k.append(fk.to(dtype).contiguous())
-                cache.cross_v.append(fv.to(dtype).contiguous())
-            layers.append(lay)
-
-        layout, block = None, 0
-        if model.args.attn_type == "sparse":
-            sp = first.attn
-            layout = sp.block_layout.to(device=device, dtype=torch.bool)
-            block = sp.sparsity_config.block
-
-        plan = cls(n=n, shape=shape, heads=heads, head_dim=head_dim, dtype=dtype, device=device,
-                   code_table=code_table, sos=cast(stack.right_shift.sos), pos_table=pos_table,
-                   layers=layers, norm_out=norm_params(model.norm), fc_out=cast(model.fc_out.weight),
-                   cache=cache, layout=layout, block=block)
-        plan.prev = torch.zeros(n, dtype=torch.long, device=device)
-        plan.pos = torch.zeros((), dtype=torch.long, device=device)
-        return plan
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear`` on CUDA; ``mm``/``addmm`` on CPU, where a 2-D ``F.linear`` of decode-sized
-    operands can be 100x slower (oneDNN thread hand-offs)."""
-    if x.device.type == "cuda":
-        return F.linear(x, w, b)
-    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
-
-
-def _layer_norm(x: torch.Tensor, gb: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The original LayerNorm (fp32, ``(x - mu) * (1e-5 + rsqrt(var))``) with precomputed gain/bias."""
-    xf = x.float()
-    mu = xf.mean(dim=-1, keepdim=True)
-    s = (xf - mu).square().mean(dim=-1, keepdim=True)
-    xf = (xf - mu) * (1e-5 + s.rsqrt())
-    return (xf * gb[0] + gb[1]).to(x.dtype)
-
-
-def decode_step(plan: DecodePlan, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits (n, n_codes) for flattened position ``pos`` given the code at ``pos - 1``.
-
-    Writes this position's keys/values into ``plan.cache`` in place. ``prev`` (n,) int64 is ignored
-    at ``pos == 0`` (the start token is used, as ``RightShift`` does); ``pos`` is a 0-d int64 tensor.
-    No host synchronisation, no shape depending on ``pos``: the step is CUDA-graph capturable.
-    """
-    n, H, d = plan.n, plan.heads, plan.head_dim
-    cache = plan.cache
-    pos1 = pos.reshape(1)
-    x = plan.code_table.index_select(0, prev)
-    x = torch.where(pos1 == 0, plan.sos.unsqueeze(0), x)
-    x = x + plan.pos_table.index_select(0, pos1)
-    for i, lay in enumerate(plan.layers):
-        h = _layer_norm(x, lay.norm_attn)
-        q, k, v = _linear(h, lay.w_qkv).view(n, 3, H, d).unbind(1)
-        cache.update(i, pos, k, v)
-        a = decode_attention(q, cache.k[i], cache.v[i], pos, block=plan.block, layout=plan.layout)
-        x = x + _linear(a.reshape(n, H * d), lay.fc_w, lay.fc_b)
-        if lay.enc_wq is not None:
-            h = _layer_norm(x, lay.norm_enc)
-            q = _linear(h, lay.enc_wq).view(n, H, 1, -1)
-            a = F.scaled_dot_product_attention(q, cache.cross_k[i], cache.cross_v[i])
-            x = x + _linear(a.reshape(n, -1), lay.enc_fc_w, lay.enc_fc_b)
-        h = _layer_norm(x, lay.norm_fc)
-        w1, b1, w2, b2 = lay.mlp
-        h = _linear(h, w1, b1)
-        h = (1.702 * h).sigmoid() * h
-        x = x + _linear(h, w2, b2)
-    return _linear(_layer_norm(x, plan.norm_out), plan.fc_out)
-
 
 # --------------------------------------------------------------------------------------------
-# sampling
+# the draw
 # --------------------------------------------------------------------------------------------
 def _check_sampling_args(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
     if not temperature > 0:
@@ -272,11 +64,15 @@ def _check_sampling_args(temperature: float, top_k: Optional[int], top_p: Option
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw one code per row of (n, n_codes) ``logits``.
+    """Draw one code per row of (n, n_codes) ``logits``: int64 (n,), on the logits' device.
 
-    With the defaults this is the original's ``multinomial(softmax(logits), 1)``; ``top_k=1`` is the
-    argmax (greedy, no random numbers drawn); ``top_k`` keeps the k largest logits, ``top_p`` the
-    smallest set of most likely codes whose probability reaches ``top_p`` (at least one).
+    With the defaults this is the original's ``multinomial(softmax(logits), 1)``, computed as
+    ``torch.multinomial`` computes it (``argmax(probs / q)``, q ~ Exp(1) from ``generator`` or
+    the global RNG: the same codes for the same random state) minus its host-synchronising
+    checks. ``top_k=1`` is the argmax (greedy, no random numbers drawn); ``top_k`` keeps the k
+    largest logits, ``top_p`` the smallest set of most likely codes whose probability reaches
+    ``top_p`` (at least one); ``temperature`` divides the logits. Raises ValueError for
+    temperature <= 0, top_k < 1 or top_p outside (0, 1].
     """
     _check_sampling_args(temperature, top_k, top_p)
     logits = logits.float()
@@ -294,20 +90,129 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
         drop = (before >= top_p).scatter(-1, order, before >= top_p)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
-def _cond_from_batch(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-    if not (model.use_frame_cond or model.args.class_cond):
-        return {}
-    if batch is None:
-        raise ValueError("sample: a conditional model needs a batch with 'video' (and 'label' when class_cond)")
-    if batch["video"].shape[0] != n:
-        raise ValueError(f"sample: batch['video'] holds {batch['video'].shape[0]} videos but n={n}")
-    device = model.fc_in.weight.device
-    return {k: v.to(device) for k, v in model.make_cond(batch).items()}
+# --------------------------------------------------------------------------------------------
+# decoding state
+# --------------------------------------------------------------------------------------------
+def _prior_in_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
+    """``model`` itself, or (another ``dtype``) a copy of its prior in ``dtype`` sharing the frozen
+    VQ-VAE; the LayerNorms (fp32 math, as the original) and the frame encoder stay in fp32."""
+    if dtype is None or dtype == model.fc_in.weight.dtype:
+        return model
+    prior = copy.deepcopy(model, memo={id(model.vqvae): model.vqvae})
+    for name, child in prior.named_children():
+        if name not in ("vqvae", "resnet", "cond_pos_embd"):
+            child.to(dtype)
+    for m in prior.modules():
+        if isinstance(m, LayerNorm):
+            m.float()
+    return prior
 
 
+@dataclass
+class DecodePlan:
+    """What one decode step reads besides the weights: the prior that decodes (``model``: the
+    caller's, or its copy in another dtype) with its caches set up for a batch of ``n``, the
+    step's conditioning ``cond`` (``class_cond`` for class-conditional norms) and the static step
+    inputs ``prev`` (n,) int64 (the previous codes) and ``pos`` () int64 (the position)."""
+    model: nn.Module
+    n: int
+    cond: Dict[str, torch.Tensor]
+    prev: torch.Tensor
+    pos: torch.Tensor
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.model.shape)
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.fc_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.fc_in.weight.device
+
+    def caches(self) -> List[torch.Tensor]:
+        """Every cache buffer (self- and cross-attention keys/values of every layer)."""
+        return [t for m in self.model.modules() if getattr(m, "kv_cache", None) is not None
+                for t in (m.kv_cache.k_cache, m.kv_cache.v_cache)]
+
+    def cache_data_ptrs(self) -> List[int]:
+        """Addresses of the cache buffers (they never change while sampling)."""
+        return [t.data_ptr() for t in self.caches()]
+
+    def cache_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.caches())
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights one step reads (embeddings, projections, MLPs, norms, output layer;
+        not the frozen VQ-VAE, the frame encoder or the cached cross-attention key/value weights)."""
+        skip = ("vqvae.", "resnet.", "cond_pos_embd.")
+        return sum(p.numel() * p.element_size() for name, p in self.model.named_parameters()
+                   if not name.startswith(skip) and ".enc_attn.w_ks." not in name and ".enc_attn.w_vs." not in name)
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model: nn.Module, n: int, cond: Optional[Mapping[str, torch.Tensor]] = None,
+                   dtype: Optional[torch.dtype] = None) -> "DecodePlan":
+        """Set up decoding of ``n`` sequences from ``model`` with conditioning ``cond``
+        (``class_cond`` (n, classes) one-hot, ``frame_cond`` (n, 3, n_cond_frames, H, W) frames, as
+        :meth:`VideoGPT.make_cond` builds it). ``dtype`` (e.g. ``torch.bfloat16``) decodes with a
+        copy of the prior in that dtype (default: the model's own parameters, no copy).
+        :meth:`close` frees the caches."""
+        cond = dict(cond or {})
+        if n < 1:
+            raise ValueError(f"sample: n must be >= 1, got {n}")
+        device = model.fc_in.weight.device
+        prior = _prior_in_dtype(model, dtype)
+        step_cond: Dict[str, torch.Tensor] = {}
+        if model.args.class_cond:
+            class_cond = cond.get("class_cond")
+            if class_cond is None or class_cond.shape != (n, model.args.class_cond_dim):
+                raise ValueError(f"sample: a class-conditional model needs cond['class_cond'] of shape "
+                                 f"({n}, {model.args.class_cond_dim}), got "
+                                 f"{None if class_cond is None else tuple(class_cond.shape)}")
+            step_cond["class_cond"] = class_cond.to(device=device, dtype=prior.norm.w.weight.dtype)
+        prior.setup_caches(n, cond)
+        return cls(model=prior, n=n, cond=step_cond, prev=torch.zeros(n, dtype=torch.long, device=device),
+                   pos=torch.zeros((), dtype=torch.long, device=device))
+
+    def close(self) -> None:
+        """Free the caches."""
+        self.model.clear_decode_cache()
+
+
+def _step_logits(model: nn.Module, prev: torch.Tensor, pos: torch.Tensor,
+                 cond: Dict[str, torch.Tensor]) -> torch.Tensor:
+    x = F.embedding(prev, model.vqvae.codebook.embeddings).to(model.fc_in.weight.dtype).unsqueeze(1)
+    return model.forward_positions(x, cond, pos.reshape(1))[:, 0]
+
+
+def decode_step(plan: DecodePlan, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits (n, n_codes) for flattened position ``pos`` (0-d int64 tensor) given the codes
+    ``prev`` (n,) int64 at ``pos - 1`` (ignored at ``pos == 0``: the start token is used).
+    Writes this position's keys/values into the caches in place."""
+    return _step_logits(plan.model, prev, pos, plan.cond)
+
+
+def _sample_step(model: nn.Module, prev: torch.Tensor, pos: torch.Tensor, cond: Dict[str, torch.Tensor],
+                 temperature: float, top_k: Optional[int], top_p: Optional[float],
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One sampling step: the codes (n,) drawn at ``pos`` (what the sampler compiles)."""
+    return sample_logits(_step_logits(model, prev, pos, cond), temperature, top_k, top_p, generator)
+
+
+# --------------------------------------------------------------------------------------------
+# running the step: eager, compiled, CUDA graphs
+# --------------------------------------------------------------------------------------------
 def _capture_graph(step: Callable[[], torch.Tensor]) -> Tuple["torch.cuda.CUDAGraph", torch.Tensor]:
     """Warm ``step`` up on a side stream, then capture it in a CUDA graph; returns (graph, output)."""
     side = torch.cuda.Stream()
@@ -322,29 +227,110 @@ def _capture_graph(step: Callable[[], torch.Tensor]) -> Tuple["torch.cuda.CUDAGr
     return graph, out
 
 
-class _Stepper:
-    """Runs :func:`decode_step` on ``plan.prev``/``plan.pos``: graph replay on CUDA, else eager."""
+def _step_modes(device: torch.device, compile: Optional[bool], cuda_graph: Optional[bool]) -> Tuple[bool, bool]:
+    """(compile, cuda_graph): both default to ``device`` being CUDA; CUDA graphs need CUDA."""
+    on_cuda = device.type == "cuda"
+    compile = on_cuda if compile is None else bool(compile)
+    cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
+    if cuda_graph and not on_cuda:
+        raise ValueError(f"sample: cuda_graph=True needs the model on a CUDA device, it is on {device}")
+    return compile, cuda_graph
 
-    def __init__(self, plan: DecodePlan, cuda_graph: Optional[bool]):
-        on_cuda = plan.device.type == "cuda"
-        if cuda_graph is None:
-            cuda_graph = on_cuda
-        if cuda_graph and not on_cuda:
-            raise ValueError(f"sample: cuda_graph=True needs the model on a CUDA device, it is on {plan.device}")
+
+class _Stepper:
+    """Runs ``fn(model, plan.prev, plan.pos, plan.cond, *args)`` at a position, in one of four modes
+    (:func:`_step_modes`): eager; compiled by inductor; compiled and replayed as CUDA graphs
+    (``reduce-overhead``); eager captured in a CUDA graph by hand."""
+
+    def __init__(self, plan: DecodePlan, fn: Callable[..., torch.Tensor], args: tuple, compile: bool,
+                 cuda_graph: bool):
         self.plan = plan
         self.graph = None
-        if cuda_graph:
-            self.graph, self.out = _capture_graph(lambda: decode_step(plan, plan.prev, plan.pos))
-        self.mode = "cuda-graph" if cuda_graph else "eager"
+        self.mark_step = False
+        call = lambda f: f(plan.model, plan.prev, plan.pos, plan.cond, *args)  # noqa: E731
+        if compile:
+            mode = "reduce-overhead" if cuda_graph else None
+            compiled = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+            self.run = lambda: call(compiled)
+            self.mark_step = cuda_graph
+            self.mode = "compiled (inductor, CUDA graphs)" if cuda_graph else "compiled (inductor)"
+        elif cuda_graph:
+            self.graph, self.out = _capture_graph(lambda: call(fn))
+            self.run = self.graph.replay
+            self.mode = "eager, captured in a CUDA graph"
+        else:
+            self.run = lambda: call(fn)
+            self.mode = "eager"
 
-    def __call__(self, pos: int, prev: Optional[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, pos: int) -> torch.Tensor:
         self.plan.pos.fill_(pos)
-        if prev is not None:
-            self.plan.prev.copy_(prev)
         if self.graph is not None:
-            self.graph.replay()
+            self.run()
             return self.out
-        return decode_step(self.plan, self.plan.prev, self.plan.pos)
+        if self.mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.run()
+
+
+@contextlib.contextmanager
+def _default_generator_seeded_from(generator: Optional[torch.Generator], device: torch.device) -> Iterator[None]:
+    """Seed ``device``'s default generator from ``generator`` (one draw) and restore its state
+    afterwards; nothing without a generator (the global RNG is used, as the original)."""
+    if generator is None:
+        yield
+        return
+    if device.type == "cuda":
+        default = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        default = torch.default_generator
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    state = default.get_state()
+    default.manual_seed(seed)
+    try:
+        yield
+    finally:
+        default.set_state(state)
+
+
+def latent_windows(latent_frames: int, window: int, context_frames: int) -> List[Tuple[int, int]]:
+    """The windows of sliding-window sampling: (first latent frame, teacher-forced prefix frames)
+    for each window of ``window`` latent frames covering ``latent_frames``.
+
+    The first window is (0, 0): plain sampling. Each later one starts ``window - context_frames``
+    frames after the previous one and keeps the frames it shares with it as its prefix; the last
+    one ends at the last frame (it may overlap more). ValueError unless
+    ``latent_frames >= window > context_frames >= 0``.
+    """
+    if not latent_frames >= window > context_frames >= 0:
+        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
+                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    windows, start = [(0, 0)], 0
+    while start + window < latent_frames:
+        end = start + window
+        start = min(start + window - context_frames, latent_frames - window)
+        windows.append((start, end - start))
+    return windows
+
+
+def _write_prefix(plan: DecodePlan, codes: torch.Tensor) -> None:
+    """Teacher-force ``codes`` (n, P) at positions 0..P-1 in one pass: their keys/values go into the
+    caches, and the last becomes ``plan.prev``."""
+    model = plan.model
+    x = F.embedding(codes, model.vqvae.codebook.embeddings).to(plan.dtype)
+    fed = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # position p is fed the code at p - 1 (p = 0: the start token)
+    model.forward_positions(fed, plan.cond, torch.arange(codes.shape[1], device=plan.device))
+    plan.prev.copy_(codes[:, -1])
+
+
+def _cond_from_batch(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    if not (model.use_frame_cond or model.args.class_cond):
+        return {}
+    if batch is None:
+        raise ValueError("sample: a conditional model needs a batch with 'video' (and 'label' when class_cond)")
+    if batch["video"].shape[0] != n:
+        raise ValueError(f"sample: batch['video'] holds {batch['video'].shape[0]} videos but n={n}")
+    device = model.fc_in.weight.device
+    return {k: v.to(device) for k, v in model.make_cond(batch).items()}
 
 
 @torch.no_grad()
@@ -352,44 +338,79 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                  generator: Optional[torch.Generator] = None, progress: bool = True,
                  dtype: Optional[torch.dtype] = None, cuda_graph: Optional[bool] = None,
-                 plan_hook: Optional[Callable[[DecodePlan], None]] = None) -> torch.Tensor:
-    """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior.
+                 compile: Optional[bool] = None,
+                 plan_hook: Optional[Callable[[DecodePlan], None]] = None,
+                 latent_frames: Optional[int] = None, context_frames: Optional[int] = None) -> torch.Tensor:
+    """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior, or longer ones
+    (n, latent_frames, H', W') by sliding a window of the prior's T latent frames.
 
     Args:
         model: a :class:`videogpt_fast.gpt.VideoGPT` (dropout is not applied while decoding).
         n: number of samples.
-        batch: ``video`` (n, C, T, H, W) (and ``label`` (n,)) for frame-/class-conditional models,
-            as the original's ``sample(n, batch)``.
+        batch: ``video`` (n, 3, T, H, W) (and ``label`` (n,) integers) for frame-/class-conditional
+            models, as the original's ``sample(n, batch)``.
         temperature, top_k, top_p: see :func:`sample_logits`; the defaults reproduce the original.
         generator: a ``torch.Generator`` on the model's device for reproducible draws (default: the
-            global RNG, as the original).
+            global RNG, as the original). Eager steps draw from it directly (the original's
+            codes for the same seed); compiled/graph steps from the device's default generator
+            seeded from it.
         progress: show a tqdm bar over positions.
         dtype: compute dtype (e.g. ``torch.bfloat16`` on GPU); default the model's parameter dtype.
-        cuda_graph: capture the step in a CUDA graph (default: on CUDA devices; CPU has no graphs).
+        cuda_graph: replay the step as CUDA graphs (default: on CUDA devices; ValueError on CPU).
+        compile: compile the step with ``torch.compile`` (inductor; default: on CUDA devices).
+            On CPU inductor needs a C++ compiler.
         plan_hook: called with the :class:`DecodePlan` after every step (tests, introspection).
+        latent_frames: latent frames to generate (default: T, the prior's). More than T: windows
+            of T frames (:func:`latent_windows`); the first is plain sampling (the same codes as
+            without ``latent_frames`` for the same seed), each later one advances by
+            ``T - context_frames`` frames, writes the frames it shares with the previous window
+            into the KV cache in one teacher-forced pass, at the window's own positions, and
+            samples the rest. A class label holds throughout; a frame-conditional prior keeps
+            the batch's real conditioning frames for every window (they are the only real frames;
+            re-conditioning on generated frames would need a VQ-VAE decode per window and feed
+            the prior its own reconstructions).
+        context_frames: latent frames a later window keeps from the previous one (default T // 2:
+            every generated frame then sees at least half a window of earlier frames, at twice the
+            cost per new frame of independent windows).
     """
     _check_sampling_args(temperature, top_k, top_p)
+    T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
+    latent_frames = T if latent_frames is None else latent_frames
+    context_frames = T // 2 if context_frames is None else context_frames
+    windows = latent_windows(latent_frames, T, context_frames)
     cond = _cond_from_batch(model, n, batch)
+    compile, cuda_graph = _step_modes(model.fc_in.weight.device, compile, cuda_graph)
+    eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
     plan = DecodePlan.from_model(model, n, cond, dtype)
-    stepper = _Stepper(plan, cuda_graph)
-    log.info("videogpt_fast.sample: decoding %d positions x batch %d in %s mode (%s, attention backend %s)",
-             plan.seq_len, n, stepper.mode, plan.dtype,
-             resolve("decode_attention", plan.device, _IMPLEMENTED["decode_attention"]))
-    L = plan.seq_len
-    samples = torch.zeros((n, L), dtype=torch.long, device=plan.device)
-    code = None
-    for i in tqdm(range(L), disable=not progress, desc="sampling", unit="pos"):
-        logits = stepper(i, code)
-        code = sample_logits(logits, temperature, top_k, top_p, generator)
-        samples[:, i] = code
-        if plan_hook is not None:
-            plan_hook(plan)
-    return samples.view(n, *plan.shape)
+    try:
+        stepper = _Stepper(plan, _sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
+                           compile, cuda_graph)
+        log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
+                 plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
+        per_frame = math.prod(grid)
+        samples = torch.zeros((n, latent_frames * per_frame), dtype=torch.long, device=plan.device)
+        bar = tqdm(total=sum(plan.seq_len - p * per_frame for _, p in windows), disable=not progress,
+                   desc="sampling", unit="pos")
+        with bar, _default_generator_seeded_from(None if eager else generator, plan.device):
+            for start, prefix in windows:
+                offset = start * per_frame  # the window's first position in `samples`
+                if prefix:
+                    _write_prefix(plan, samples[:, offset:offset + prefix * per_frame])
+                for i in range(prefix * per_frame, plan.seq_len):
+                    code = stepper(i)
+                    samples[:, offset + i] = code
+                    plan.prev.copy_(code)
+                    bar.update()
+                    if plan_hook is not None:
+                        plan_hook(plan)
+    finally:
+        plan.close()
+    return samples.view(n, latent_frames, *grid)
 
 
 @torch.no_grad()
 def sample(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None, **kwargs) -> torch.Tensor:
-    """:func:`sample_codes` then the VQ-VAE decoder: videos (n, C, T, H, W) in [0, 1]."""
+    """:func:`sample_codes` then the VQ-VAE decoder: videos (n, 3, T, H, W) in [0, 1]."""
     codes = sample_codes(model, n, batch, **kwargs)
     videos = model.vqvae.decode(codes)
     return torch.clamp(videos, -0.5, 0.5) + 0.5
@@ -397,19 +418,25 @@ def sample(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]]
 
 @torch.no_grad()
 def teacher_forced_decode(model: nn.Module, codes: torch.Tensor, batch: Optional[Mapping[str, torch.Tensor]] = None,
-                          dtype: Optional[torch.dtype] = None, cuda_graph: Optional[bool] = None) -> torch.Tensor:
-    """Logits (n, L, n_codes) of :func:`decode_step` fed ``codes`` (n, *latent_shape) one position
-    at a time: what the original's KV-cache decoding gives for the same codes."""
+                          dtype: Optional[torch.dtype] = None, cuda_graph: Optional[bool] = None,
+                          compile: Optional[bool] = False) -> torch.Tensor:
+    """Logits (n, L, n_codes) float32 of :func:`decode_step` fed ``codes`` (n, *latent_shape) one
+    position at a time: what the original's KV-cache decoding gives for the same codes."""
     n = codes.shape[0]
     cond = _cond_from_batch(model, n, batch)
     plan = DecodePlan.from_model(model, n, cond, dtype)
-    if tuple(codes.shape[1:]) != plan.shape:
-        raise ValueError(f"teacher_forced_decode: codes must be (n, *{plan.shape}), got {tuple(codes.shape)}")
-    flat = codes.reshape(n, -1).to(plan.device)
-    stepper = _Stepper(plan, cuda_graph)
-    out = []
-    for i in range(plan.seq_len):
-        out.append(stepper(i, flat[:, i - 1] if i > 0 else None).float().clone())
+    try:
+        if tuple(codes.shape[1:]) != plan.shape:
+            raise ValueError(f"teacher_forced_decode: codes must be (n, *{plan.shape}), got {tuple(codes.shape)}")
+        flat = codes.reshape(n, -1).to(plan.device)
+        stepper = _Stepper(plan, _step_logits, (), *_step_modes(plan.device, compile, cuda_graph))
+        out = []
+        for i in range(plan.seq_len):
+            if i > 0:
+                plan.prev.copy_(flat[:, i - 1])
+            out.append(stepper(i).float().clone())
+    finally:
+        plan.close()
     return torch.stack(out, dim=1)
 
 
@@ -419,12 +446,13 @@ def teacher_forced_decode(model: nn.Module, codes: torch.Tensor, batch: Optional
 @torch.no_grad()
 def sample_codes_reference(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]] = None,
                            generator: Optional[torch.Generator] = None, progress: bool = False,
-                           max_positions: Optional[int] = None) -> torch.Tensor:
+                           max_positions: Optional[int] = None, greedy: bool = False) -> torch.Tensor:
     """The original ``VideoGPT.sample`` loop (codes only): per position, look up the embeddings of
     the whole grid, run ``model(..., decode_step=i, decode_idx=idx)`` and draw from
-    ``multinomial(softmax(logits))``. Same random-number consumption as :func:`sample_codes` with
-    the default arguments. ``max_positions`` stops after that many positions (benchmarks: the
-    original's cost per position does not depend on the position)."""
+    ``multinomial(softmax(logits))`` (``greedy``: take the argmax). Same random-number
+    consumption as eager :func:`sample_codes` with the default arguments. ``max_positions``
+    stops after that many positions (benchmarks: the original's cost per position does not
+    depend on the position)."""
     device = model.fc_in.weight.device
     cond = _cond_from_batch(model, n, batch)
     shape = tuple(model.shape)
@@ -436,10 +464,13 @@ def sample_codes_reference(model: nn.Module, n: int, batch: Optional[Mapping[str
             cur = (slice(None), *[slice(j, j + 1) for j in idx])
             src = cur if prev is None else prev
             embeddings = model.vqvae.codebook.dictionary_lookup(samples)
-            logits = model(embeddings[src], samples[src], cond, decode_step=i, decode_idx=idx)[1]
-            probs = F.softmax(logits.reshape(n, -1), dim=-1)
-            samples[(slice(None), *idx)] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            logits = model(embeddings[src], samples[src], cond, decode_step=i, decode_idx=idx)[1].reshape(n, -1)
+            if greedy:
+                code = logits.argmax(dim=-1)
+            else:
+                code = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+            samples[(slice(None), *idx)] = code
             prev = cur
     finally:
-        model.frame_cond_cache = None
+        model.clear_decode_cache()
     return samples
