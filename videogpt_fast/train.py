@@ -49,6 +49,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.utils.data as data
 
+from . import perf
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 
 log = logging.getLogger("videogpt_fast.train")
@@ -103,10 +104,13 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--sync_batchnorm", action="store_true",
                    help="SyncBatchNorm in the VQ-VAE under DDP (CUDA only)")
-    t.add_argument("--activation_checkpointing", action="store_true",
-                   help="recompute the prior's attention blocks in backward (less memory)")
+    t.add_argument("--activation_checkpointing", nargs="?", const="all", default="none", metavar="PARTS",
+                   help="recompute activations in backward, only where memory needs it: none (default), "
+                        "attention (the prior's self-/cross-attention; the VQ-VAE's axial attention), all "
+                        "(every prior block; the bare flag), or block indices such as 0,3")
     t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
     t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    perf.add_perf_args(parser)
     o = parser.add_argument_group("output")
     o.add_argument("--output", type=str, default=f"runs/{stage}", help="folder for checkpoints and metrics")
     o.add_argument("--resume", type=str, default=None,
@@ -519,8 +523,11 @@ class Trainer:
         np.random.seed(args.seed)
         random.seed(args.seed)
         self.model = build_model(args, train_set, ckpt).to(self.device)
-        if args.stage == "gpt" and args.activation_checkpointing:
-            self.model.attn_stack.activation_checkpointing = True
+        perf_msgs = perf.configure_backends(self.device, args.tf32, not args.no_cudnn_benchmark)
+        if args.channels_last_3d:
+            perf.to_channels_last_3d(self.model)
+        perf_msgs.append(perf.apply_activation_checkpointing(
+            self.model, args.stage, perf.activation_checkpointing_arg(args.activation_checkpointing)))
         if ckpt is not None:
             self.model.load_state_dict(ckpt["state_dict"], strict=True)
 
@@ -534,14 +541,19 @@ class Trainer:
                     raise ValueError("--sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on CPU)")
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 self.model = net.model
-            net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = nn.parallel.DistributedDataParallel(net, **perf.ddp_kwargs(self.device, args.ddp_bucket_mb))
+            perf_msgs.append(f"DDP: {args.ddp_bucket_mb:g} MB gradient buckets all-reduced during backward, "
+                             "static_graph, gradient_as_bucket_view")
         self.net = torch.compile(net) if args.compile else net
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params = params
+        opt_kwargs, opt_desc = perf.optimizer_kwargs(self.device)
         self.optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                                           **({"fused": True} if self.device.type == "cuda" else {}))
+                                           **opt_kwargs)
+        perf_msgs += [opt_desc, f"precision {args.precision}", f"torch.compile {'on' if args.compile else 'off'}",
+                      f"channels_last_3d {'on' if args.channels_last_3d else 'off'}"]
+        self.announce("performance: " + "; ".join(perf_msgs))
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, args.max_steps)
                           if args.stage == "gpt" else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "16")
@@ -680,7 +692,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return {k: (v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch = {k: (v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        return perf.channels_last_batch(batch) if self.args.channels_last_3d else batch
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -4,7 +4,7 @@ Module, parameter and buffer names are the original's, so its state dicts load w
 ``strict=True`` and produce the same numbers. Differences, none of which change results:
 
 * the nearest code comes from :func:`videogpt_fast.ops.codebook_nearest` (chunked, or a kernel);
-* EMA statistics use ``bincount``/``index_add_`` instead of a dense (rows x codes) one-hot;
+* EMA statistics use ``index_add_`` instead of a dense (rows x codes) one-hot;
 * random restarts pick ``n_codes`` rows of the tiled inputs without materialising the tiling;
 * the three axial attentions of a block share one fused q/k/v projection and one output
   projection (same weights, same sum);
@@ -334,7 +334,7 @@ class Codebook(nn.Module):
             indices, counts, sums = ops.codebook_nearest_with_stats(flat, self.embeddings)
         else:
             indices = ops.codebook_nearest(flat, self.embeddings)
-            counts = torch.bincount(indices, minlength=self.n_codes).to(flat.dtype)
+            counts = ops.code_counts(indices, self.n_codes, flat.dtype)
         encoding_indices = indices.view(z.shape[0], *z.shape[2:])
 
         embeddings = F.embedding(encoding_indices, self.embeddings).movedim(-1, 1)
