@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 log = logging.getLogger("videogpt_fast.train")
 
 CHECKPOINT_CHOICES = ("none", "attention", "all")
-DDP_BUCKET_MB = 25.0  # torch's default bucket size
+FIRST_BUCKET_MB = torch.distributed._DEFAULT_FIRST_BUCKET_BYTES / 2 ** 20 if torch.distributed.is_available() else 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,9 +40,10 @@ def add_perf_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no_cudnn_benchmark", action="store_true",
                    help="do not let cuDNN autotune the convolution algorithms (on by default on CUDA: "
                         "the training shapes are fixed)")
-    g.add_argument("--ddp_bucket_mb", type=float, default=DDP_BUCKET_MB,
-                   help="DDP gradient bucket size in MB: each full bucket is all-reduced while backward "
-                        "continues (torch default 25)")
+    g.add_argument("--ddp_bucket_mb", type=float, default=None,
+                   help="DDP gradient bucket size in MiB: each full bucket is all-reduced while backward "
+                        "continues (default: torch's, 25 MiB with a 1 MiB first bucket; with --compile at "
+                        "least 1)")
 
 
 def activation_checkpointing_arg(value: str) -> Union[str, Tuple[int, ...]]:
@@ -61,6 +62,12 @@ def activation_checkpointing_arg(value: str) -> Union[str, Tuple[int, ...]]:
         raise ValueError(f"--activation_checkpointing takes none, attention, all or comma-separated block "
                          f"indices >= 0 (e.g. 0,2), got {value!r}")
     return tuple(idx)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """ValueError for a bad ``--activation_checkpointing`` or ``--ddp_bucket_mb`` (also in one process)."""
+    activation_checkpointing_arg(args.activation_checkpointing)
+    ddp_kwargs(torch.device("cpu"), args.ddp_bucket_mb, compiled=args.compile)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,12 +190,24 @@ def apply_activation_checkpointing(model: nn.Module, stage: str, spec: Union[str
 # ----------------------------------------------------------------------------------------------
 # DDP
 # ----------------------------------------------------------------------------------------------
-def ddp_kwargs(device: torch.device, bucket_mb: float = DDP_BUCKET_MB) -> Dict[str, Any]:
+def ddp_kwargs(device: torch.device, bucket_mb: Optional[float] = None, compiled: bool = False) -> Dict[str, Any]:
     """DistributedDataParallel settings: gradients all-reduced bucket by bucket while backward runs
-    (``bucket_cap_mb``), ``static_graph`` (the same parameters take part in every step, which lets
-    DDP order the buckets by when their gradients are ready, from the second step on) and
-    ``gradient_as_bucket_view`` (gradients live in the buckets: no copy, less memory)."""
-    if not bucket_mb > 0:
-        raise ValueError(f"--ddp_bucket_mb must be > 0, got {bucket_mb}")
-    return dict(device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=float(bucket_mb),
-                gradient_as_bucket_view=True, static_graph=True)
+    (``bucket_cap_mb``; None keeps torch's 25 MiB with a small first bucket), ``static_graph`` (the
+    same parameters take part in every step, which lets DDP order the buckets by when their
+    gradients become ready, from the second step on) and ``gradient_as_bucket_view`` (gradients
+    live in the buckets: no copy, less memory).
+
+    Raises ValueError for ``bucket_mb <= 0``, and for ``bucket_mb`` under the 1 MiB first bucket when
+    ``compiled`` (torch.compile's DDP graph splitter requires buckets at least that large)."""
+    if bucket_mb is not None:
+        if not bucket_mb > 0:
+            raise ValueError(f"--ddp_bucket_mb must be > 0, got {bucket_mb}")
+        if compiled and bucket_mb < FIRST_BUCKET_MB:
+            raise ValueError(f"--ddp_bucket_mb must be >= {FIRST_BUCKET_MB:g} with --compile (torch.compile splits "
+                             f"the graph at DDP buckets and needs them at least as large as the first one), "
+                             f"got {bucket_mb}")
+    kw: Dict[str, Any] = dict(device_ids=[device.index] if device.type == "cuda" else None,
+                              gradient_as_bucket_view=True, static_graph=True)
+    if bucket_mb is not None:
+        kw["bucket_cap_mb"] = float(bucket_mb)
+    return kw

@@ -488,6 +488,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, train_set: Optional[data.Dataset] = None,
                  val_set: Optional[data.Dataset] = None, progress_desc: Optional[str] = None):
         _validate_args(args)
+        perf.validate_args(args)
         self.args = args
         self.device, self.rank, self.world = _setup_distributed(args.device)
         self.is_main = self.rank == 0
@@ -541,9 +542,10 @@ class Trainer:
                     raise ValueError("--sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on CPU)")
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 self.model = net.model
-            net = nn.parallel.DistributedDataParallel(net, **perf.ddp_kwargs(self.device, args.ddp_bucket_mb))
-            perf_msgs.append(f"DDP: {args.ddp_bucket_mb:g} MB gradient buckets all-reduced during backward, "
-                             "static_graph, gradient_as_bucket_view")
+            net = nn.parallel.DistributedDataParallel(
+                net, **perf.ddp_kwargs(self.device, args.ddp_bucket_mb, compiled=args.compile))
+            perf_msgs.append(f"DDP: gradient buckets of {net.bucket_bytes_cap / 2 ** 20:g} MiB all-reduced during "
+                             "backward, static_graph, gradient_as_bucket_view")
         self.net = torch.compile(net) if args.compile else net
 
         params = [p for p in self.model.parameters() if p.requires_grad]

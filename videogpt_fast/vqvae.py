@@ -39,6 +39,24 @@ def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# Functional collectives (new tensors, not in-place c10d calls): torch.compile traces them into the
+# graph, where an in-place dist.all_reduce / dist.broadcast is a graph break.
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over all ranks (``t`` itself without a process group)."""
+    if not _dist_active():
+        return t
+    from torch.distributed import _functional_collectives as funcol
+    return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
+
+
+def _broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (``t`` itself without a process group)."""
+    if not _dist_active():
+        return t
+    from torch.distributed import _functional_collectives as funcol
+    return funcol.wait_tensor(funcol.broadcast(t, 0, dist.group.WORLD))
+
+
 def _log2_factors(downsample: Sequence[int], what: str = "downsample") -> List[int]:
     """log2 of each of the three factors; ValueError unless they are powers of two, not all 1."""
     factors = list(downsample)
@@ -296,9 +314,7 @@ class Codebook(nn.Module):
         rows = flat[idx % d]
         if d < self.n_codes:
             rows = rows + torch.randn_like(rows) * (0.01 / math.sqrt(ew))
-        if _dist_active():
-            dist.broadcast(rows, 0)
-        return rows
+        return _broadcast_from_rank0(rows)
 
     @torch.no_grad()
     def _init_embeddings(self, z: torch.Tensor) -> None:
@@ -350,10 +366,9 @@ class Codebook(nn.Module):
                     commitment_loss=commitment_loss, perplexity=perplexity)
 
     def _ema_update(self, flat: torch.Tensor, n_total: torch.Tensor, encode_sum: torch.Tensor) -> None:
-        if _dist_active():
-            n_total, encode_sum = n_total.clone(), encode_sum.clone()
-            dist.all_reduce(n_total)
-            dist.all_reduce(encode_sum)
+        if _dist_active():  # the statistics of all ranks' batches, in one all-reduce
+            packed = _all_reduce_sum(torch.cat([n_total.unsqueeze(1), encode_sum], dim=1))
+            n_total, encode_sum = packed[:, 0], packed[:, 1:]
         self.N.mul_(0.99).add_(n_total, alpha=0.01)
         self.z_avg.mul_(0.99).add_(encode_sum, alpha=0.01)
 
