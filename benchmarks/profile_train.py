@@ -248,7 +248,8 @@ def _attribute(prof, stage: str, dev: torch.device) -> Dict[str, float]:
                 label = evt.name if evt.name in CATEGORIES else _labels(evt)
                 out[categorize(evt.name, label, stage)] += us / 1e3
         return out
-    cpu_by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU}
+    # ops and ranges (linked id 0) by their correlation id; runtime calls have ids of their own
+    cpu_by_id = {e.id: e for e in events if e.device_type == DeviceType.CPU and not getattr(e, "linked_correlation_id", 0)}
     for evt in events:
         if evt.device_type != DeviceType.CUDA:
             continue

@@ -55,12 +55,15 @@ def _grads(model: torch.nn.Module) -> dict:
 # ==============================================================================================
 # torch.compile
 # ==============================================================================================
-@pytest.mark.parametrize("stage,kw", [("vqvae", {}), ("gpt", {}),
-                                      ("gpt", dict(n_cond_frames=1, class_cond=True, class_cond_dim=3))])
-def test_train_step_has_no_graph_break(stage, kw):
-    """torch._dynamo.explain: the whole loss module (codebook init + EMA included) is one graph."""
+@pytest.mark.parametrize("stage,kw,ckpt", [("vqvae", {}, "none"), ("gpt", {}, "none"),
+                                           ("gpt", dict(n_cond_frames=1, class_cond=True, class_cond_dim=3), "none"),
+                                           ("vqvae", {}, "attention"), ("gpt", {}, "attention")])
+def test_train_step_has_no_graph_break(stage, kw, ckpt):
+    """torch._dynamo.explain: the whole loss module (codebook init + EMA included, with or without
+    activation checkpointing) is one graph."""
     vq = _vq()
     model = vq if stage == "vqvae" else _gpt(vq, **kw)
+    perf.apply_activation_checkpointing(model, stage, ckpt)
     net = train.LossModule(model, stage).train()
     torch._dynamo.reset()
     ex = torch._dynamo.explain(net)(_batch())
@@ -72,21 +75,22 @@ def _has_cxx() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+@pytest.mark.slow  # two inductor compilations (codebook-init step, EMA step): minutes on a busy CPU
 @pytest.mark.skipif(not _has_cxx(), reason="inductor on CPU needs a C++ compiler (g++/c++/clang++ not found)")
 def test_compile_inductor_losses_match_eager(tmp_path, monkeypatch):
-    """--compile (inductor on CPU) trains 3 VQ-VAE steps (codebook init, then EMA) with the losses of eager."""
+    """--compile (inductor on CPU) trains 2 VQ-VAE steps (codebook init, then EMA) with the losses of eager."""
     import torch._inductor.config as inductor_config
     monkeypatch.setattr(inductor_config, "fallback_random", True)  # the codebook init draws the same numbers
     losses = {}
     for mode in ("eager", "compile"):
         torch._dynamo.reset()
         args = train.build_parser("vqvae").parse_args(
-            ["--data_path", "-", *VQ_FLAGS, "--max_steps", "3", "--output", str(tmp_path / mode)]
+            ["--data_path", "-", *VQ_FLAGS, "--max_steps", "2", "--output", str(tmp_path / mode)]
             + (["--compile"] if mode == "compile" else []))
         args.stage = "vqvae"
         hist = train.Trainer(args, MovingShapesDataset(6, 4, 16)).fit()
         losses[mode] = [r["loss"] for r in hist if "loss" in r]
-    assert len(losses["eager"]) == 3
+    assert len(losses["eager"]) == 2
     for a, b in zip(losses["eager"], losses["compile"]):
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), losses
 
