@@ -124,16 +124,24 @@ def test_tf32_on_cuda_sets_matmul_and_cudnn(monkeypatch):
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = tf32, bench
 
 
-def test_optimizer_is_foreach_on_cpu_fused_on_cuda(tmp_path, capsys):
+def test_trainer_flags_on_cpu(tmp_path, capsys):
+    """A one-step run with --tf32 --channels_last_3d --activation_checkpointing attention: foreach
+    AdamW, channels-last convolution weights, and the start-up report saying all of it."""
     assert perf.optimizer_kwargs(torch.device("cuda", 0))[0] == {"fused": True}
     assert perf.optimizer_kwargs(torch.device("cpu"))[0] == {"foreach": True}
     args = train.build_parser("vqvae").parse_args(["--data_path", "-", *VQ_FLAGS, "--max_steps", "1", "--tf32",
+                                                   "--channels_last_3d", "--activation_checkpointing", "attention",
                                                    "--output", str(tmp_path)])
     args.stage = "vqvae"
     t = train.Trainer(args, MovingShapesDataset(2, 4, 16))
     assert t.optimizer.defaults["foreach"] is True and not t.optimizer.defaults["fused"]
+    w = t.model.encoder.conv_last.conv.weight
+    assert w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+    hist = t.fit()
+    assert [r["step"] for r in hist if "loss" in r] == [1] and math.isfinite(hist[0]["loss"])
     out = capsys.readouterr().out
     assert "performance:" in out and "AdamW foreach" in out and "--tf32 has no effect on CPU" in out
+    assert "channels_last_3d on" in out and "axial attention of VQ-VAE residual blocks [0, 1]" in out
 
 
 # ==============================================================================================
@@ -168,7 +176,8 @@ def test_channels_last_3d_same_numbers():
 # selective activation checkpointing
 # ==============================================================================================
 @pytest.mark.parametrize("spec,cond", [("attention", False), ("all", False), ("1", False), ("0,1", False),
-                                       ("attention", True)])  # cond: frame (cross-attention) + class
+                                       # frame (cross-attention) + class conditioning; its ResNet-34 is slow on CPU
+                                       pytest.param("attention", True, marks=pytest.mark.slow)])
 def test_prior_checkpointing_same_gradients(spec, cond):
     """Recomputed attention / blocks give the same loss and gradients (dropout replayed)."""
     kw = dict(n_cond_frames=1, class_cond=True, class_cond_dim=3) if cond else {}

@@ -269,6 +269,11 @@ class Codebook(nn.Module):
     Buffers: ``embeddings`` (K, D), ``N`` (K,) EMA counts, ``z_avg`` (K, D) EMA sums. The first
     training-mode batch initialises the codebook from (tiled, noised) inputs unless a state dict
     was loaded into it (see :meth:`_on_load_state_dict`).
+
+    Under an initialised process group (DDP), as in the original, the batch statistics (counts and
+    sums) are summed over all ranks before the EMA update and the init / restart rows come from
+    rank 0, so every rank keeps the same codebook. The collectives are functional ones, which
+    torch.compile keeps inside the graph.
     """
 
     def __init__(self, n_codes: int, embedding_dim: int):
