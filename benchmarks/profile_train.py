@@ -13,9 +13,13 @@ Triton kernels mostly land in ``other`` (module ranges are not kept in compiled 
 
 Every phase runs in its own process with a timeout (``--phase_timeout``): a slow compile or a hang
 costs that phase only. ``explain`` reports torch.compile graph breaks of both loss modules on the
-device (the GPU paths call the Triton kernels, which the CPU tests cannot trace).
+device (the GPU paths call the Triton kernels, which the CPU tests cannot trace); ``max_batch``
+(not run by default) finds the largest per-GPU batch of each stage within ``--memory_gib`` (80).
 
     python -m benchmarks.profile_train --device cuda --precision bf16 --out benchmarks/results/profile_train
+    python -m benchmarks.profile_train --device cuda --precision 32 --tf32 --out benchmarks/results/profile_train_tf32
+    python -m benchmarks.profile_train --device cuda --compile --phase_timeout 580 --out ...   # compiled steps
+    python -m benchmarks.profile_train --device cuda --phases max_batch --out ...             # largest batch in 80 GiB
     python -m benchmarks.profile_train --device cpu --tiny            # seconds; what the tests run
 
 Writes ``OUT/profile_train.json`` and ``OUT/profile_train.md`` (and ``OUT/trace_STAGE.json``
@@ -40,7 +44,8 @@ import torch
 
 CATEGORIES = ("conv3d_fwd", "conv3d_bwd", "axial_attention", "codebook_ema", "attention", "frozen_vqvae_encode",
               "norm_act", "matmul", "optimizer", "data", "other")
-PHASES = ("vqvae", "gpt", "explain")
+PHASES = ("vqvae", "gpt", "explain", "max_batch")
+DEFAULT_PHASES = ("vqvae", "gpt", "explain")
 
 # (stage, model flags, batch): the issue's configurations on GPU, tiny ones for --tiny
 CONFIGS = {
@@ -267,6 +272,53 @@ def _top_ops(prof, dev: torch.device, n: int = 15) -> Dict[str, float]:
     return {e.key: round((getattr(e, key, 0.0) or 0.0) / 1e3, 4) for e in rows}
 
 
+def _fits(stage: str, a: argparse.Namespace, workdir: Path, batch: int) -> bool:
+    """Two training steps at ``batch`` run without running out of device memory."""
+    import gc
+    trainer = None
+    try:
+        a2 = argparse.Namespace(**{**vars(a), "batch": batch})
+        trainer, host_batch = _trainer(stage, a2, workdir)
+        for _ in range(2):
+            trainer.train_step(trainer._to_device(host_batch))
+        _sync(trainer.device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del trainer
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def run_max_batch(a: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    """The largest per-GPU batch of each stage whose steps fit in ``--memory_gib`` (CUDA only):
+    doubling from 1, then bisection between the last fit and the first failure."""
+    if not a.device.startswith("cuda"):
+        return {"status": "ok", "skipped": "CUDA only"}
+    dev = torch.device(a.device)
+    total = torch.cuda.get_device_properties(dev).total_memory / 2 ** 30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, a.memory_gib / total), dev)
+    out: Dict[str, Any] = {"status": "ok", "memory_gib": a.memory_gib, "device_gib": round(total, 1)}
+    for stage in ("vqvae", "gpt"):
+        lo, hi = largest_fitting(lambda b, st=stage: _fits(st, a, workdir, b), a.max_batch_limit)
+        out[stage] = {"largest_batch": lo, "first_failing": hi}
+    return out
+
+
+def largest_fitting(fits, limit: int):
+    """``(largest b <= limit with fits(b), smallest failing b or None)``, assuming fits is monotone:
+    doubling from 1, then bisection. ``(0, 1)`` when even 1 does not fit."""
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, (hi if hi <= limit else None)
+
+
 def run_explain(a: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
     """torch._dynamo.explain of each stage's loss module on the device (graph breaks, with reasons)."""
     from videogpt_fast import train
@@ -292,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda or cpu")
     p.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke test)")
-    p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--phases", default=",".join(DEFAULT_PHASES),
+                   help=f"comma-separated subset of {','.join(PHASES)} (default {','.join(DEFAULT_PHASES)})")
     p.add_argument("--precision", choices=("32", "bf16", "16"), default="bf16")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--tf32", action="store_true")
@@ -302,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--steps", type=int, default=10, help="timed steps, then as many profiled steps")
     p.add_argument("--phase_timeout", type=float, default=300.0, help="seconds per phase (its own process)")
+    p.add_argument("--memory_gib", type=float, default=80.0, help="max_batch: device memory allowed (GiB)")
+    p.add_argument("--max_batch_limit", type=int, default=256, help="max_batch: largest batch tried")
     p.add_argument("--trace", action="store_true", help="also write Chrome traces")
     p.add_argument("--out", default="benchmarks/results/profile_train")
     p.add_argument("--_phase", help=argparse.SUPPRESS)
@@ -312,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _child(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        res = run_explain(a, work) if a._phase == "explain" else run_profile(a._phase, a, work)
+        run = {"explain": run_explain, "max_batch": run_max_batch}.get(a._phase)
+        res = run(a, work) if run else run_profile(a._phase, a, work)
     Path(a._result).write_text(json.dumps(res, default=str))
     return 0
 
@@ -343,6 +399,11 @@ def _table(results: Dict[str, Any]) -> str:
         lines += ["", "torch.compile graph breaks: " + (
             ", ".join(f"{s}: {ex[s]['graph_breaks']}" for s in ("vqvae", "gpt") if s in ex)
             if ex.get("status") == "ok" else ex.get("status", "?"))]
+    mb = results["phases"].get("max_batch")
+    if mb:
+        lines += ["", f"Largest batch within {mb.get('memory_gib', '?')} GiB: " + (
+            ", ".join(f"{s}: {mb[s]['largest_batch']}" for s in ("vqvae", "gpt") if s in mb)
+            or mb.get("skipped", mb.get("status", "?")))]
     return "\n".join(lines) + "\n"
 
 

@@ -362,3 +362,14 @@ def test_profile_train_script_on_cpu(tmp_path):
     assert gpt["attention"] > 0 and gpt["frozen_vqvae_encode"] > 0 and gpt["conv3d_bwd"] == 0  # frozen: no conv grads
     assert res["phases"]["gpt"]["tokens_per_s"] > 0
     assert (tmp_path / "profile_train.md").read_text().count("|") > 10
+
+
+@pytest.mark.parametrize("cap,limit,expect", [(13, 256, (13, 14)), (1, 256, (1, 2)), (0, 256, (0, 1)),
+                                              (300, 256, (256, None)), (64, 100, (64, 65))])
+def test_profile_train_batch_search(cap, limit, expect):
+    """max_batch's search (the phase itself needs CUDA): exact, and only monotone probes."""
+    from benchmarks import profile_train
+    probes = []
+    fits = lambda b: probes.append(b) or b <= cap  # noqa: E731
+    assert profile_train.largest_fitting(fits, limit) == expect
+    assert all(1 <= b <= limit for b in probes) and len(probes) <= 2 * math.log2(limit) + 2
