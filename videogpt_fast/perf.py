@@ -1,23 +1,21 @@
 """Training-speed options of :mod:`videogpt_fast.train`: TF32, the optimiser implementation,
 channels_last_3d, cuDNN autotuning, selective activation checkpointing and the DDP configuration.
 
-None of them changes what is computed: TF32 rounds fp32 matmul/convolution inputs to 10-bit
-mantissas (on NVIDIA GPUs only), channels_last_3d changes the memory layout of the 3D convolutions,
-activation checkpointing recomputes activations in backward (same numbers, with the dropout RNG
-replayed), and the DDP settings change when gradients are all-reduced, not their values.
+Only TF32 changes the arithmetic (fp32 matmul/convolution inputs rounded to 10-bit mantissas, on
+NVIDIA GPUs only). The others compute the same thing: channels_last_3d changes the memory layout of
+the 3D convolutions (the kernels may sum in another order), activation checkpointing recomputes
+activations in backward (same numbers, the dropout RNG replayed), and the DDP settings change when
+gradients are all-reduced, not their values.
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
-
-log = logging.getLogger("videogpt_fast.train")
 
 CHECKPOINT_CHOICES = ("none", "attention", "all")
 FIRST_BUCKET_MB = torch.distributed._DEFAULT_FIRST_BUCKET_BYTES / 2 ** 20 if torch.distributed.is_available() else 1.0
