@@ -152,6 +152,7 @@ def resolve(op: str, device: torch.device, available: tuple) -> str:
         if why is not None:
             raise BackendUnavailableError(f"{ENV_VAR}={wanted} requested for {op} but {why}")
         chosen = wanted
-    if log.isEnabledFor(logging.DEBUG):
+    # not while torch.compile traces: a logging call there is a graph break in every op call
+    if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
         log.debug("%s: backend %s (requested %s, device %s)", op, chosen, wanted, device)
     return chosen

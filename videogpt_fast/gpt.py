@@ -161,7 +161,10 @@ class VideoGPT(nn.Module):
                                  f"got {tuple(label.shape)}")
             if label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
                 raise ValueError(f"VideoGPT: batch['label'] must hold integer class indices, got dtype {label.dtype}")
-            if label.numel() and (int(label.min()) < 0 or int(label.max()) >= self.args.class_cond_dim):
+            # the range check reads the labels on the host: eager only (a compiled step must not break
+            # its graph for it; there one_hot's own check applies)
+            if (label.numel() and not torch.compiler.is_compiling()
+                    and (int(label.min()) < 0 or int(label.max()) >= self.args.class_cond_dim)):
                 raise ValueError(f"VideoGPT: batch['label'] must be in [0, {self.args.class_cond_dim}) "
                                  f"(class_cond_dim), got values in [{int(label.min())}, {int(label.max())}]")
             cond["class_cond"] = F.one_hot(label.long(), self.args.class_cond_dim).type_as(video)

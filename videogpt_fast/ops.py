@@ -84,10 +84,19 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return codebook_nearest_torch(x, codebook)
 
 
+def code_counts(codes: torch.Tensor, n_codes: int, dtype: torch.dtype) -> torch.Tensor:
+    """How often each of ``n_codes`` codes occurs in ``codes`` (int64, any shape), as ``dtype`` (K,):
+    the original's ``one_hot.sum(0)``. A scatter-add of ones rather than ``bincount``, whose output
+    size depends on the data (a graph break under torch.compile); exact while counts < 2^24 in fp32."""
+    flat = codes.reshape(-1)
+    return torch.zeros(n_codes, dtype=dtype, device=codes.device).index_add_(
+        0, flat, torch.ones(flat.shape, dtype=dtype, device=codes.device))
+
+
 def codebook_stats_torch(x: torch.Tensor, codes: torch.Tensor, n_codes: int):
     """Per-code counts (K,) and sums (K, D) of the rows of ``x`` assigned to ``codes``: the
     original's ``one_hot.sum(0)`` and ``(x.t() @ one_hot).t()`` without the (N, K) one-hot."""
-    counts = torch.bincount(codes, minlength=n_codes).to(x.dtype)
+    counts = code_counts(codes, n_codes, x.dtype)
     sums = x.new_zeros(n_codes, x.shape[1]).index_add_(0, codes, x)
     return counts, sums
 

@@ -49,6 +49,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.utils.data as data
 
+from . import perf
 from .argtypes import DefaultsHelpFormatter
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 from .checkpoint import _split, check_fits, link_or_copy
@@ -117,10 +118,13 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--sync_batchnorm", action="store_true",
                    help="SyncBatchNorm in the VQ-VAE under DDP (CUDA only)")
-    t.add_argument("--activation_checkpointing", action="store_true",
-                   help="recompute the prior's attention blocks in backward (less memory)")
+    t.add_argument("--activation_checkpointing", nargs="?", const="all", default="none", metavar="PARTS",
+                   help="recompute activations in backward, only where memory needs it: none (default), "
+                        "attention (the prior's self-/cross-attention; the VQ-VAE's axial attention), all "
+                        "(every prior block; the bare flag), or block indices such as 0,3")
     t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
     t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    perf.add_perf_args(parser)
     o = parser.add_argument_group("output")
     o.add_argument("--output", type=str, default=f"runs/{stage}",
                    help="folder for checkpoints and metrics; locked while a run writes there, and it must be new "
@@ -551,6 +555,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, train_set: Optional[data.Dataset] = None,
                  val_set: Optional[data.Dataset] = None, progress_desc: Optional[str] = None):
         _validate_args(args)
+        perf.validate_args(args)
         self.args = args
         self.device, self.rank, self.world = _setup_distributed(args.device)
         self.is_main = self.rank == 0
@@ -572,9 +577,12 @@ class Trainer:
             else:
                 source = "PyAV" if os.path.isdir(args.data_path) else "HDF5"
                 self.announce(f"loader: PyTorch DataLoader + {source} ({reason})")
-        if len(train_set) == 0:
-            raise ValueError(f"the training set of {args.data_path!r} is empty (no clip of "
-                             f"sequence_length={args.sequence_length} frames)")
+        from .data import require_clips
+        require_clips(train_set, f"the training set of {args.data_path!r}")
+        unlabeled = getattr(val_set, "unlabeled", 0)
+        if args.stage == "gpt" and args.class_cond and unlabeled:
+            raise ValueError(f"--class_cond: {unlabeled} video(s) of the test split of {args.data_path!r} lie "
+                             "outside the class sub-folders, so they have no label; move them into test/CLASS/")
         self.train_set, self.val_set = train_set, val_set
 
         resume_path = self._resume_path()
@@ -587,8 +595,11 @@ class Trainer:
         np.random.seed(args.seed)
         random.seed(args.seed)
         self.model = build_model(args, train_set, ckpt).to(self.device)
-        if args.stage == "gpt" and args.activation_checkpointing:
-            self.model.attn_stack.activation_checkpointing = True
+        perf_msgs = perf.configure_backends(self.device, args.tf32, not args.no_cudnn_benchmark)
+        if args.channels_last_3d:
+            perf.to_channels_last_3d(self.model)
+        perf_msgs.append(perf.apply_activation_checkpointing(
+            self.model, args.stage, perf.activation_checkpointing_arg(args.activation_checkpointing)))
         if ckpt is not None:
             self.model.load_state_dict(ckpt["state_dict"], strict=True)
 
@@ -603,13 +614,19 @@ class Trainer:
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 self.model = net.model
             net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                net, **perf.ddp_kwargs(self.device, args.ddp_bucket_mb, compiled=args.compile))
+            perf_msgs.append(f"DDP: gradient buckets of {net.bucket_bytes_cap / 2 ** 20:g} MiB all-reduced during "
+                             "backward, static_graph, gradient_as_bucket_view")
         self.net = torch.compile(net) if args.compile else net
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params = params
+        opt_kwargs, opt_desc = perf.optimizer_kwargs(self.device)
         self.optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                                           **({"fused": True} if self.device.type == "cuda" else {}))
+                                           **opt_kwargs)
+        perf_msgs += [opt_desc, f"precision {args.precision}", f"torch.compile {'on' if args.compile else 'off'}",
+                      f"channels_last_3d {'on' if args.channels_last_3d else 'off'}"]
+        self.announce("performance: " + "; ".join(perf_msgs))
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, args.max_steps)
                           if args.stage == "gpt" else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "16")
@@ -756,7 +773,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _to_device(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return {k: (v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch = {k: (v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        return perf.channels_last_batch(batch) if self.args.channels_last_3d else batch
 
     def _autocast(self):
         if self.autocast_dtype is None:

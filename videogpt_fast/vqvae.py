@@ -4,7 +4,7 @@ Module, parameter and buffer names are the original's, so its state dicts load w
 ``strict=True`` and produce the same numbers. Differences, none of which change results:
 
 * the nearest code comes from :func:`videogpt_fast.ops.codebook_nearest` (chunked, or a kernel);
-* EMA statistics use ``bincount``/``index_add_`` instead of a dense (rows x codes) one-hot;
+* EMA statistics use ``index_add_`` instead of a dense (rows x codes) one-hot;
 * random restarts pick ``n_codes`` rows of the tiled inputs without materialising the tiling;
 * the three axial attentions of a block share one fused q/k/v projection and one output
   projection (same weights, same sum);
@@ -37,6 +37,24 @@ __all__ = [
 
 def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+# Functional collectives (new tensors, not in-place c10d calls): torch.compile traces them into the
+# graph, where an in-place dist.all_reduce / dist.broadcast is a graph break.
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over all ranks (``t`` itself without a process group)."""
+    if not _dist_active():
+        return t
+    from torch.distributed import _functional_collectives as funcol
+    return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
+
+
+def _broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (``t`` itself without a process group)."""
+    if not _dist_active():
+        return t
+    from torch.distributed import _functional_collectives as funcol
+    return funcol.wait_tensor(funcol.broadcast(t, 0, dist.group.WORLD))
 
 
 def _log2_factors(downsample: Sequence[int], what: str = "downsample") -> List[int]:
@@ -256,6 +274,11 @@ class Codebook(nn.Module):
     Buffers: ``embeddings`` (K, D), ``N`` (K,) EMA counts, ``z_avg`` (K, D) EMA sums. The first
     training-mode batch initialises the codebook from (tiled, noised) inputs unless a state dict
     was loaded into it (see :meth:`_on_load_state_dict`).
+
+    Under an initialised process group (DDP), as in the original, the batch statistics (counts and
+    sums) are summed over all ranks before the EMA update and the init / restart rows come from
+    rank 0, so every rank keeps the same codebook. The collectives are functional ones, which
+    torch.compile keeps inside the graph.
     """
 
     def __init__(self, n_codes: int, embedding_dim: int):
@@ -301,9 +324,7 @@ class Codebook(nn.Module):
         rows = flat[idx % d]
         if d < self.n_codes:
             rows = rows + torch.randn_like(rows) * (0.01 / math.sqrt(ew))
-        if _dist_active():
-            dist.broadcast(rows, 0)
-        return rows
+        return _broadcast_from_rank0(rows)
 
     @torch.no_grad()
     def _init_embeddings(self, z: torch.Tensor) -> None:
@@ -339,7 +360,7 @@ class Codebook(nn.Module):
             indices, counts, sums = ops.codebook_nearest_with_stats(flat, self.embeddings)
         else:
             indices = ops.codebook_nearest(flat, self.embeddings)
-            counts = torch.bincount(indices, minlength=self.n_codes).to(flat.dtype)
+            counts = ops.code_counts(indices, self.n_codes, flat.dtype)
         encoding_indices = indices.view(z.shape[0], *z.shape[2:])
 
         embeddings = F.embedding(encoding_indices, self.embeddings).movedim(-1, 1)
@@ -355,10 +376,9 @@ class Codebook(nn.Module):
                     commitment_loss=commitment_loss, perplexity=perplexity)
 
     def _ema_update(self, flat: torch.Tensor, n_total: torch.Tensor, encode_sum: torch.Tensor) -> None:
-        if _dist_active():
-            n_total, encode_sum = n_total.clone(), encode_sum.clone()
-            dist.all_reduce(n_total)
-            dist.all_reduce(encode_sum)
+        if _dist_active():  # the statistics of all ranks' batches, in one all-reduce
+            packed = _all_reduce_sum(torch.cat([n_total.unsqueeze(1), encode_sum], dim=1))
+            n_total, encode_sum = packed[:, 0], packed[:, 1:]
         self.N.mul_(0.99).add_(n_total, alpha=0.01)
         self.z_avg.mul_(0.99).add_(encode_sum, alpha=0.01)
 
