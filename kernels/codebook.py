@@ -303,7 +303,7 @@ _STATS_SWEEP = [{"BLOCK_N": 64, "BLOCK_D": 128, "num_warps": 4, "num_stages": 2}
 
 def _config(n: int, dtype: torch.dtype, precision: str, device: torch.device) -> dict:
     if _interpret() or device.type != "cuda":  # small tiles, so that tiny tests still loop over tiles
-        return _cfg(16, 16, 16, 1, 1)
+        return _cfg(16, 16, 32, 1, 1)
     cfg = dict(_TABLE["half" if dtype != torch.float32 else precision])
     if arch(device) < 80:   # pre-Ampere: no TF32/bf16 tensor cores and less shared memory
         cfg.update(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2)
