@@ -4,14 +4,16 @@ FlashAttention-2 style kernels (compare Triton's tutorial ``06-fused-attention``
 the non-zero blocks of a block layout, as ``StridedSparsityConfig.make_layout()`` makes it:
 
 * the layout (``(nb, nb)`` shared by all heads, or ``(heads, nb, nb)``) becomes padded CSR tables
-  on the host, cached per layout: for every query block the key-block columns it sees, and the
-  transposed table (for every key block, the query blocks that see it) for dK/dV. With
-  ``causal=True`` blocks above the diagonal are dropped, so only the diagonal block is masked
-  element-wise;
+  on the device, built once per layout and cached (:func:`layout_tables`; no host sync on later
+  calls): for every query block the key-block columns it sees, and the transposed table (for
+  every key block, the query blocks that see it) for dK/dV. With ``causal=True`` blocks above the
+  diagonal are dropped, so only the diagonal block is masked element-wise;
 * forward: one program per query tile, online softmax (base 2) over the row's key blocks, stores
   ``O`` and the row logsumexp (fp32);
-* backward: ``delta = rowsum(dO * O)``, then a dK/dV kernel that walks the query blocks seeing
-  each key tile and a dQ kernel that walks the row's key blocks: no atomics, fp32 accumulation;
+* backward: a dQ kernel that walks the row's key blocks and also computes and stores
+  ``delta = rowsum(dO * O)`` for its rows, then a dK/dV kernel that walks the query blocks seeing
+  each key tile and reads delta: two launches (three per forward+backward), no atomics, fp32
+  accumulation;
 * decode: one query row at position ``pos`` against a KV cache (keys ``<= pos`` of the layout row
   ``pos // block``), ``pos`` a Python int or a one-element integer tensor (read on device, so the
   step can be captured in a CUDA graph once the layout tables are cached).
@@ -21,6 +23,22 @@ IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head 
 two power-of-two column chunks with masking (144 as 128 + 16, 24 as 32), not padded to 256.
 
 Queries that see no key (an empty layout row) give zeros, as ``ops.blocksparse_attention_torch``.
+
+Configs: one tile/warps/stages config per kernel, shape and dtype (:func:`_fixed_config`;
+:func:`compiled_variants` lists them); ``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_TILE_CONFIGS``.
+Hopper paths: Triton (3.6) picks wgmma (MMAv3) on sm_90 by itself where a tile allows it (64-row
+multiples per 4-warp group); whether the 32-row tiles of the paper's block 32 get it is left to
+the GPU run to check (``_fwd_kernel[grid](...).asm["ttgir"]`` shows ``warp_group_dot``). TMA
+descriptors (``tl.make_tensor_descriptor``) are not used: the interpreter cannot check them, and
+they need a GPU run to verify.
+
+Bound at the paper's size (L=4096, 8 heads x 128, block 32, strided layout keeping ~5 % of the
+blocks, i.e. ~820 of 128^2 per head; H200 ceilings of ``shared/gpu/2026-11-29-H200``): the forward
+needs 4 * 128 * 820 * 32^2 * 8 = 3.4 GFLOP and the backward 2.5x that, 12 GFLOP in all per batch
+element: 16 us at 760 TFLOP/s bf16; the bytes (q, k, v, o, lse; then q, k, v, o, dO, dq, dk, dv)
+are ~100 MB per batch element: 24 us at 4.15 TB/s. Measured (H200, B=1, bf16, previous version
+with autotuning and a separate delta launch): 0.976 ms forward+backward, 2.5 % of that bound:
+per-call costs dominate at B=1. This version: not measured on GPU.
 """
 from __future__ import annotations
 
