@@ -27,7 +27,7 @@ Configs: the tile (``SEG`` x ``R`` rows, padded head dims) comes from the regist
 the warps and pipeline stages from a heuristic: one config per kernel, shape and dtype, so a first
 call compiles two or three kernels (:func:`compiled_variants` lists them). The previous
 per-shape autotuning over 6 warp/stage configs did not let 6 cases finish in 55 s on H200.
-``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_WARP_CONFIGS`` for a tuning session (see ``_tuning``).
+``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_WARP_CONFIGS`` for a tuning session (see ``tuning``).
 
 One launch for all three axes: not done. The VQ-VAE's axial block projects separate q, k, v per
 axis, so a fused launch would move the same bytes and save only two launches (~10 us against the
@@ -52,7 +52,7 @@ import triton.language as tl
 
 from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
 
-from ._tuning import Launcher  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
+from .tuning import Launcher  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
 
 __all__ = ["axial_attention", "compiled_variants", "reference", "reference_explicit"]
 

@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpret as _interpret
-from ._tuning import Launcher
+from .tuning import Launcher
 from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
                                check_layout)
 

@@ -37,7 +37,7 @@ calls it through ``ops.codebook_nearest_with_stats``), and :func:`codebook_ema_s
 same for codes computed elsewhere. fp32 atomics are order-dependent in the last bits, like
 ``torch.index_add_`` on CUDA. Sums and counts are fp32 whatever the input dtype.
 
-Launch configs: one per (shape, dtype) from :func:`_config` (see :mod:`._tuning`);
+Launch configs: one per (shape, dtype) from :func:`_config` (see :mod:`.tuning`);
 :func:`compiled_variants` lists them.
 
 Bound at the paper's size (N=65,536, K=2,048, D=256, H200 ceilings of
@@ -59,7 +59,7 @@ import triton.language as tl
 from videogpt_fast.ops import codebook_nearest_torch
 
 from ._interpreter import interpret as _interpret
-from ._tuning import Launcher, arch
+from .tuning import Launcher, arch
 
 __all__ = ["codebook_nearest", "codebook_nearest_with_stats", "codebook_ema_stats", "compiled_variants",
            "dot_error_bound", "reference", "reference_float64", "ema_stats_reference"]

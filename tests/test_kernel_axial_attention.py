@@ -224,7 +224,7 @@ def test_at_most_two_compiled_variants(latent, dtype, monkeypatch):
     """The VQ-VAE's sizes (B=16, 2 heads x 120) on every axis: one config per kernel, shape and
     dtype, so a first call compiles 2-3 kernels, not 6 warp/stage variants of each; the sweep over
     _WARP_CONFIGS only with VIDEOGPT_FAST_AUTOTUNE=1."""
-    from videogpt_fast.kernels import _tuning
+    from videogpt_fast.kernels import tuning as _tuning
     monkeypatch.setattr(_tuning, "interpret", lambda: False)
     monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
     for dim in (2, 3, 4):
@@ -232,3 +232,20 @@ def test_at_most_two_compiled_variants(latent, dtype, monkeypatch):
         assert {"fwd", "bwd"} <= set(variants) and all(len(v) == 1 for v in variants.values())
     monkeypatch.setenv(_tuning.ENV_VAR, "1")
     assert len(ax.compiled_variants((16, 2, *latent, 120), 120, 2, dtype)["fwd"]) == len(ax._WARP_CONFIGS)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_compiles_at_most_two_variants(dtype):
+    """Forward + backward along each axis of a VQ-VAE latent compile at most 2 binaries per
+    kernel and axis (no autotuning of warps/stages)."""
+    from videogpt_fast.kernels.tuning import compiled_count
+    shape = (16, 2, 4, 32, 32, 120)
+    for dim in (2, 3, 4):
+        before = {n: compiled_count(lz.kernel) for n, lz in ax._LAUNCHERS.items()}
+        for _ in range(2):
+            q, k, v, grad = (torch.randn(shape, device="cuda").to(dtype) for _ in range(4))
+            _run(q, k, v, dim, grad)
+        for n, lz in ax._LAUNCHERS.items():
+            assert compiled_count(lz.kernel) - before[n] <= 2, (dim, n)

@@ -460,7 +460,7 @@ def test_second_call_builds_no_tables_and_never_syncs(monkeypatch):
 def test_at_most_two_compiled_variants(L, heads, dim, dtype, monkeypatch):
     """One launch config per kernel, shape and dtype (no autotuning storm); the full sweep only
     with VIDEOGPT_FAST_AUTOTUNE=1, pruned to tiles that fit the block and head dim."""
-    from videogpt_fast.kernels import _tuning
+    from videogpt_fast.kernels import tuning as _tuning
     monkeypatch.setattr(_tuning, "interpret", lambda: False)
     monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
     variants = bsa.compiled_variants((16, heads, L, dim), dim, 32, dtype)
@@ -492,3 +492,20 @@ def test_launch_uses_the_listed_configs(monkeypatch):
     listed = bsa.compiled_variants(tuple(q.shape), 16, 16, q.dtype)
     for name in ("fwd", "bwd_dq", "bwd_dkdv"):
         assert [seen[name]] == listed[name]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_compiles_at_most_two_variants(dtype):
+    """Forward + backward at a paper size compile at most 2 binaries per kernel (no autotuning)."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    from videogpt_fast.kernels.tuning import compiled_count
+    layout = StridedSparsityConfig((4, 32, 32), 8, True, 32, 4).make_layout()
+    before = {n: compiled_count(lz.kernel) for n, lz in bsa._LAUNCHERS.items()}
+    for _ in range(2):
+        q, k, v = _inputs(2, 8, 4096, 128, 128, dtype=dtype, seed=5)
+        out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
+        torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    for n, lz in bsa._LAUNCHERS.items():
+        assert compiled_count(lz.kernel) - before[n] <= 2, n

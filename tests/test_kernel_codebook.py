@@ -254,7 +254,7 @@ def test_interpreter_dot_rounds_like_tf32():
 def test_at_most_two_compiled_variants(n, k, d, dtype, stats, monkeypatch):
     """One launch config per (op, shape, dtype) on GPU (no autotuning storm); the sweep for
     tuning sessions only with VIDEOGPT_FAST_AUTOTUNE=1."""
-    from videogpt_fast.kernels import _tuning
+    from videogpt_fast.kernels import tuning as _tuning
     monkeypatch.setattr(_tuning, "interpret", lambda: False)
     monkeypatch.setattr(cb, "_interpret", lambda: False)
     monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
@@ -294,3 +294,19 @@ def test_ops_codebook_nearest_with_stats_triton_backend():
     ref_counts, ref_sums = ops.codebook_stats_torch(x, ref_codes, 19)
     assert torch.equal(counts, ref_counts)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_compiles_at_most_two_variants(dtype):
+    """What Triton actually compiles for the search and the fused-statistics search of one shape
+    and dtype (two calls, two N of the same specialisation): at most 2 binaries per op."""
+    from videogpt_fast.kernels.tuning import compiled_count
+    x = torch.randn(4103, 256, device="cuda").to(dtype)
+    e = torch.randn(1000, 256, device="cuda").to(dtype)
+    for stats in (False, True):
+        before = compiled_count(cb._search.kernel)
+        for n in (4103, 4099):
+            cb._launch(x[:n], e, None, None, stats=stats)
+        assert compiled_count(cb._search.kernel) - before <= 2

@@ -5,7 +5,8 @@ dtype and took minutes on the H200 (``../shared/gpu/2026-11-29-H200``). So by de
 launch uses exactly **one** config per (op, shape, dtype), chosen by the kernel module's heuristic
 (a short table keyed by GPU architecture, head dim and dtype). Every kernel module exposes
 ``compiled_variants(...)``: the configs a call with the given shape and dtype launches (hence
-compiles), one list per kernel; the tests hold every list to at most 2 entries.
+compiles), one list per kernel; the tests hold every list to at most 2 entries, and on GPU
+:func:`compiled_count` counts what Triton actually compiled.
 
 Tuning session: ``VIDEOGPT_FAST_AUTOTUNE=1`` makes every launch go through ``triton.autotune``
 over the module's full sweep list (cached per autotune key for the process). Run it with
@@ -22,7 +23,7 @@ import triton
 
 from ._interpreter import interpret
 
-__all__ = ["ENV_VAR", "sweep", "arch", "Launcher"]
+__all__ = ["ENV_VAR", "sweep", "arch", "compiled_count", "Launcher"]
 
 #: ``1``: full autotune sweep (tuning sessions); anything else: the heuristic config.
 ENV_VAR = "VIDEOGPT_FAST_AUTOTUNE"
@@ -42,6 +43,16 @@ def arch(device: torch.device) -> int:
         return 0
     major, minor = torch.cuda.get_device_capability(device)
     return major * 10 + minor
+
+
+def compiled_count(kernel) -> int:
+    """How many binaries Triton has compiled in this process for a ``@triton.jit`` kernel (every
+    device and specialisation): the GPU tests and benchmarks check the first call's variants with
+    it. Raises RuntimeError where Triton keeps no per-device caches (not the interpreter's way)."""
+    caches = getattr(kernel, "device_caches", None)
+    if caches is None:
+        raise RuntimeError(f"{kernel!r}: this Triton keeps no device_caches; cannot count compiled variants")
+    return sum(len(entry[0]) for entry in caches.values())
 
 
 class Launcher:
