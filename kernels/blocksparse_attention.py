@@ -519,30 +519,46 @@ _LAUNCHERS = {name: Launcher(kernel, _TILE_CONFIGS, _KEY, prune=_fits)
               for name, kernel in (("fwd", _fwd_kernel), ("bwd_dq", _bwd_dq_kernel), ("bwd_dkdv", _bwd_dkdv_kernel))}
 
 
-def _fixed_config(block: int, dpad: int) -> dict:
-    """The heuristic tile: square, at most the layout block, 64 rows up to a padded head dim of 128
-    (32 beyond), 4 warps, 2 stages (the config every GPU test of 2026-11-29 passed with; not timed)."""
+def _fixed_config(name: str, block: int, dpad: int, dtype: torch.dtype) -> dict:
+    """The heuristic config of kernel ``name`` (``fwd``, ``bwd_dq``, ``bwd_dkdv``) for layout
+    block ``block``, padded head width ``dpad`` (sum of the column chunks) and input ``dtype``.
+
+    Each program holds a tile of ``min(block, 64)`` rows (32 beyond a width of 128) and loops over
+    inner tiles of the other side (dK/dV: rows are keys, the loop walks queries). Checked with
+    ``python -m videogpt_fast.kernels.aot_check`` for sm_90 at block 32 (ptxas, no GPU run): with
+    4 warps at d=128 the backward kernels spilled; 8 warps from a width of 128 on removes that, and
+    16-row inner tiles for widths above 128 (d=144) remove most of the rest. fp32 operands take
+    twice the registers: 16 x 16 tiles (the 32 x 32 fp32 dK/dV kernel spilled 25 KB and took 35 s
+    to compile). Not timed on a GPU.
+    """
     if _FORCED_CONFIG is not None:
         cfg = dict(_FORCED_CONFIG)
         if block % cfg["BLOCK_M"] or block % cfg["BLOCK_N"]:
             raise ValueError(f"forced config {cfg} does not divide block {block}")
         return cfg
-    tile = min(block, 64 if dpad <= 128 else 32)
-    return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+    tile = min(block, 16 if dtype == torch.float32 else 64 if dpad <= 128 else 32)
+    inner = tile if dpad <= 128 else min(tile, 16)
+    rows, loop = ("BLOCK_N", "BLOCK_M") if name == "bwd_dkdv" else ("BLOCK_M", "BLOCK_N")
+    return {rows: tile, loop: inner, "num_warps": 8 if dpad >= 128 else 4,
+            "num_stages": 1 if name == "bwd_dkdv" and dpad > 128 else 2}
 
 
 def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
-    """Launch kernel ``name`` over ``rows`` positions (tiles of BLOCK_N for dK/dV, else BLOCK_M)."""
+    """Launch kernel ``name`` over ``rows`` positions (tiles of BLOCK_N for dK/dV, else BLOCK_M);
+    ``args[0]`` is q."""
     tile = "BLOCK_N" if name == "bwd_dkdv" else "BLOCK_M"
     launcher = _LAUNCHERS[name]
-    config = _fixed_config(meta["BLOCK"], _width(meta))
+    config = _fixed_config(name, meta["BLOCK"], _width(meta), args[0].dtype)
     if _FORCED_CONFIG is not None:   # forced tiles bypass the sweep
         launcher.kernel[(rows // config[tile], bh)](*args, **meta, **config)
         return
     launcher(lambda c: (rows // c[tile], bh), args, meta, config)
 
 
-_DECODE_WARPS = 4
+def _decode_warps(d_pad: int, dv_pad: int) -> int:
+    """Warps of the decode kernel: 8 for 256-lane head dims (d=144: 4 warps spilled 756 bytes on
+    sm_90 per ``aot_check``), else 4."""
+    return 8 if max(d_pad, dv_pad) >= 256 else 4
 
 
 def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torch.dtype,
@@ -552,9 +568,9 @@ def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torc
     unless ``VIDEOGPT_FAST_AUTOTUNE=1`` (the pruned sweep list)."""
     d = q_shape[-1]
     meta = dict(BLOCK=block, **_chunk_meta(d, dv), CAUSAL=bool(causal), PRECISION=_precision(dtype), L=q_shape[2])
-    config = _fixed_config(block, _width(meta))
-    out = {name: _LAUNCHERS[name].candidates(config, meta) for name in ("fwd", "bwd_dq", "bwd_dkdv")}
-    out["decode"] = [{"BLOCK_N": min(block, 64), "num_warps": _DECODE_WARPS}]
+    out = {name: _LAUNCHERS[name].candidates(_fixed_config(name, block, _width(meta), dtype), meta)
+           for name in ("fwd", "bwd_dq", "bwd_dkdv")}
+    out["decode"] = [{"BLOCK_N": min(block, 64), "num_warps": _decode_warps(_pad(d), _pad(dv))}]
     return out
 
 
@@ -754,7 +770,7 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
         out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, L, D, DV,
         BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
-        num_warps=_DECODE_WARPS)
+        num_warps=_decode_warps(_pad(D), _pad(DV)))
     return out
 
 
