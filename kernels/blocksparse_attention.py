@@ -536,7 +536,11 @@ def _fixed_config(name: str, block: int, dpad: int, dtype: torch.dtype) -> dict:
         if block % cfg["BLOCK_M"] or block % cfg["BLOCK_N"]:
             raise ValueError(f"forced config {cfg} does not divide block {block}")
         return cfg
-    tile = min(block, 16 if dtype == torch.float32 else 64 if dpad <= 128 else 32)
+    tile = min(block, 64 if dpad <= 128 else 32)
+    if _interpret():   # square tiles as large as allowed: fewer interpreted ops (sub-tiles: test_sub_tiles)
+        return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+    if dtype == torch.float32:
+        tile = min(block, 16)
     inner = tile if dpad <= 128 else min(tile, 16)
     rows, loop = ("BLOCK_N", "BLOCK_M") if name == "bwd_dkdv" else ("BLOCK_M", "BLOCK_N")
     return {rows: tile, loop: inner, "num_warps": 8 if dpad >= 128 else 4,
