@@ -383,10 +383,13 @@ def _launch(x: torch.Tensor, codebook: torch.Tensor, out: Optional[torch.Tensor]
         counts = sums = torch.zeros(1, dtype=torch.float32, device=x.device)  # unused
     if n == 0:
         return out, counts, sums
-    esq64 = codebook.double().square().sum(dim=1)
-    emax = esq64.max().reshape(1)            # stays on the device: no host sync
     if unsure is None:
         unsure = torch.zeros(1, dtype=torch.int32, device=x.device)
+    elif unsure.shape != (1,) or unsure.dtype != torch.int32 or unsure.device != x.device:
+        raise ValueError(f"codebook_nearest: unsure must be an int32 tensor of shape (1,) on {x.device}, "
+                         f"got {unsure.dtype} {tuple(unsure.shape)} on {unsure.device}")
+    esq64 = codebook.double().square().sum(dim=1)
+    emax = esq64.max().reshape(1)            # stays on the device: no host sync
     topk = _topk(x.dtype, prec)
     meta = dict(PRECISION=prec, STATS=stats, TOPK=topk, REFINE=refine)
     _search(lambda c: (triton.cdiv(n, c["BLOCK_N"]),),
@@ -398,7 +401,7 @@ def _launch(x: torch.Tensor, codebook: torch.Tensor, out: Optional[torch.Tensor]
 
 
 def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[torch.Tensor] = None,
-                     precision: Optional[str] = None) -> torch.Tensor:
+                     precision: Optional[str] = None, unsure: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2, ties to the lowest index) for each row of x:
     exactly the float64 argmin (:func:`reference_float64`) for finite inputs.
 
@@ -408,12 +411,14 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[t
         out: optional int64 (N,) tensor to write into.
         precision: candidate-search products for fp32 inputs: ``"tf32"`` (default, fastest),
             ``"tf32x3"`` or ``"ieee"``; the result is the same, only the speed differs.
+        unsure: optional int32 (1,) tensor on x's device (diagnostics): the number of rows whose
+            candidate list was not certified, and that took the full float64 scan, is added to it.
     Returns:
         int64 (N,). NaN inputs give unspecified codes.
     Raises:
-        ValueError: shapes, dtypes, devices or ``out`` that do not fit.
+        ValueError: shapes, dtypes, devices or ``out``/``unsure`` that do not fit.
     """
-    return _launch(x, codebook, out, precision, stats=False)[0]
+    return _launch(x, codebook, out, precision, stats=False, unsure=unsure)[0]
 
 
 def codebook_nearest_with_stats(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[torch.Tensor] = None,

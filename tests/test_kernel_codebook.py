@@ -169,6 +169,8 @@ def test_empty_and_validation():
         cb.codebook_nearest(x, e, precision="fp64")
     with pytest.raises(ValueError, match="out"):
         cb.codebook_nearest(x, e, out=torch.empty(4, dtype=torch.int64, device=DEVICE))
+    with pytest.raises(ValueError, match="unsure"):
+        cb.codebook_nearest(x, e, unsure=torch.zeros(1, dtype=torch.int64, device=DEVICE))
     with pytest.raises(ValueError, match="codes"):
         cb.codebook_ema_stats(x, torch.zeros(3, device=DEVICE), 5)
     with pytest.raises(ValueError, match="codes"):
@@ -188,7 +190,7 @@ def test_paper_size_gpu(dtype):
     x = torch.randn(n, d, device="cuda").to(dtype)
     e = torch.randn(k, d, device="cuda").to(dtype)
     unsure = torch.zeros(1, dtype=torch.int32, device="cuda")
-    codes = cb._launch(x, e, _poisoned(n), None, stats=False, unsure=unsure)[0]
+    codes = cb.codebook_nearest(x, e, out=_poisoned(n), unsure=unsure)
     check_codes(codes, x, e)
     assert int(unsure) <= n // 100, f"{int(unsure)} rows needed the full float64 scan"
     codes2, counts, sums = cb.codebook_nearest_with_stats(x, e)
