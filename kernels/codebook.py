@@ -414,7 +414,8 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[t
         unsure: optional int32 (1,) tensor on x's device (diagnostics): the number of rows whose
             candidate list was not certified, and that took the full float64 scan, is added to it.
     Returns:
-        int64 (N,). NaN inputs give unspecified codes.
+        int64 (N,). Exact for finite inputs whose squared norms are finite in fp32; NaN inputs
+        give unspecified codes.
     Raises:
         ValueError: shapes, dtypes, devices or ``out``/``unsure`` that do not fit.
     """
