@@ -41,6 +41,8 @@ def arch(device: torch.device) -> int:
     """CUDA compute capability as ``major * 10 + minor`` (90 for H100/H200); 0 for the interpreter."""
     if device.type != "cuda":
         return 0
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"arch: no CUDA device to read the architecture of {device} from")
     major, minor = torch.cuda.get_device_capability(device)
     return major * 10 + minor
 
