@@ -23,15 +23,28 @@ exact-fp32 FMA dots of this shape spill registers and overflow shared memory on 
 backward, which recomputes the probabilities (FlashAttention-2 style); when the axis fits in one
 block, dq, dk and dv come from a single kernel.
 
-Configs: the tile (``SEG`` x ``R`` rows, padded head dims) comes from the register budget above;
-on GPU the warps and pipeline stages of each kernel are autotuned per shape (``_WARP_CONFIGS``),
-under the interpreter or with ``VIDEOGPT_FAST_AUTOTUNE=0`` the heuristic's choice is launched.
+Configs: the tile (``SEG`` x ``R`` rows, padded head dims) comes from the register budget above,
+the warps and pipeline stages from a heuristic: one config per kernel, shape and dtype, so a first
+call compiles two or three kernels (:func:`compiled_variants` lists them). The previous
+per-shape autotuning over 6 warp/stage configs did not let 6 cases finish in 55 s on H200.
+``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_WARP_CONFIGS`` for a tuning session (see ``tuning``).
+
+One launch for all three axes: not done. The VQ-VAE's axial block projects separate q, k, v per
+axis, so a fused launch would move the same bytes and save only two launches (~10 us against the
+~100 us the three calls need at the sizes below); the axes' tiles also differ (T = 4 vs 32).
+
+Bound at the VQ-VAE's sizes (B=16, 2 heads x 120, latent 4x32x32 = 131,072 rows of 120 per
+tensor; H200 ceilings of ``shared/gpu/2026-11-29-H200``): along a 32-long axis the forward needs
+4 * 32 * 120 * 131,072 = 2.0 GFLOP (2.6 us at 760 TFLOP/s bf16) but moves q, k, v, o = 126 MB in
+bf16 (30 us at 4.15 TB/s), the backward 5.0 GFLOP against 252 MB (61 us): memory-bound, so the
+bound is bytes / 4.15 TB/s (fp32: twice the bytes; 8x32x32 latents: twice the rows). Measured:
+not measured on GPU (the H200 run of 2026-11-29 timed out compiling autotune variants).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -39,9 +52,9 @@ import triton.language as tl
 
 from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
 
-from ._interpreter import autotune  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
+from .tuning import Launcher  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
 
-__all__ = ["axial_attention", "reference", "reference_explicit"]
+__all__ = ["axial_attention", "compiled_variants", "reference", "reference_explicit"]
 
 #: The plain-PyTorch implementation (SDPA along the moved axis) this kernel replaces.
 reference = axial_attention_torch
@@ -214,21 +227,14 @@ _empty_fn = torch.empty
 
 
 # --------------------------------------------------------------------------------------------
-# configs: warps and stages autotuned on GPU (the tile is fixed by _Config), heuristic otherwise
+# configs: the tile comes from _Config; warps and stages from its heuristic (one config per
+# kernel, shape and dtype), or with VIDEOGPT_FAST_AUTOTUNE=1 from a sweep over _WARP_CONFIGS
 # --------------------------------------------------------------------------------------------
-_WARP_CONFIGS = [triton.Config({}, num_warps=w, num_stages=st) for w in (4, 8) for st in (1, 2, 3)]
+_WARP_CONFIGS = [{"num_warps": w, "num_stages": st} for w in (4, 8) for st in (1, 2, 3)]
 _KEY = ["S", "D", "DVD", "SEG", "R", "BLOCK_D", "BLOCK_DV", "PRECISION"]
-_fwd_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY)(_fwd_kernel)
-_bwd_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY + ["FUSED_DQ"])(_bwd_kernel)
-_bwd_dq_tuned = triton.autotune(configs=_WARP_CONFIGS, key=_KEY)(_bwd_dq_kernel)
-
-
-def _launch(kernel, tuned, grid, args: tuple, meta: dict) -> None:
-    """``kernel`` with the heuristic's warps, or its autotuned twin (same tile) on GPU."""
-    if autotune():
-        tuned[grid](*args, **{k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")})
-    else:
-        kernel[grid](*args, **meta)
+_LAUNCHERS = {"fwd": Launcher(_fwd_kernel, _WARP_CONFIGS, _KEY),
+              "bwd": Launcher(_bwd_kernel, _WARP_CONFIGS, _KEY + ["FUSED_DQ"]),
+              "bwd_dq": Launcher(_bwd_dq_kernel, _WARP_CONFIGS, _KEY)}
 
 
 def _empty_in_order(like: torch.Tensor, last: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -290,10 +296,23 @@ class _Config:
         tile = self.seg * self.r * width
         self.warps_fwd = 4 if tile <= 4096 else 8
         self.warps_bwd = 8 if tile >= 4096 or q.dtype == torch.float32 else 4
+        # one loop iteration when the axis fits a block: nothing to pipeline
+        self.stages = 1 if self.n_blocks == 1 else 2
 
-    def meta(self, backward: bool = False):
-        return dict(SEG=self.seg, R=self.r, BLOCK_D=self.block_d, BLOCK_DV=self.block_dv,
-                    PRECISION=self.precision, num_warps=self.warps_bwd if backward else self.warps_fwd)
+    def meta(self):
+        return dict(SEG=self.seg, R=self.r, BLOCK_D=self.block_d, BLOCK_DV=self.block_dv, PRECISION=self.precision)
+
+    def launch(self, name: str, args: tuple, **extra) -> None:
+        """Launch kernel ``name`` (``fwd``, ``bwd``, ``bwd_dq``) with this call's tile and config."""
+        _LAUNCHERS[name](lambda c: self.grid, args, dict(self.meta(), **extra), self.config(name))
+
+    def config(self, name: str) -> dict:
+        return {"num_warps": self.warps_fwd if name == "fwd" else self.warps_bwd, "num_stages": self.stages}
+
+    def variants(self) -> Dict[str, List[dict]]:
+        names = ["fwd", "bwd"] + ([] if self.n_blocks == 1 else ["bwd_dq"])
+        return {n: [dict(c, **self.meta()) for c in _LAUNCHERS[n].candidates(self.config(n), self.meta())]
+                for n in names}
 
     def strides(self, *ts: torch.Tensor) -> Sequence[int]:
         return [s for t in ts for s in (t.stride(self.axis), t.stride(-1))]
@@ -303,8 +322,8 @@ def _forward(q, k, v, cfg: _Config):
     o = _empty_in_order(q, cfg.dv)
     lse = _empty_fn((cfg.groups * cfg.seq,), dtype=torch.float32, device=q.device)
     offs = [_group_offsets(t, cfg.axis) for t in (q, k, v, o)]
-    _launch(_fwd_kernel, _fwd_tuned, cfg.grid, (q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv,
-                                                *cfg.strides(q, k, v, o), cfg.sm_scale * _LOG2E), cfg.meta())
+    cfg.launch("fwd", (q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv, *cfg.strides(q, k, v, o),
+                       cfg.sm_scale * _LOG2E))
     return o, lse
 
 
@@ -314,14 +333,11 @@ def _backward(q, k, v, o, lse, do, cfg: _Config):
             dict(q=q, k=k, v=v, o=o, do=do, dq=dq, dk=dk, dv=dv).items()}
     scales = (cfg.sm_scale, cfg.sm_scale * _LOG2E)
     fused = cfg.n_blocks == 1
-    _launch(_bwd_kernel, _bwd_tuned, cfg.grid,
-            (q, k, v, o, do, dq, dk, dv, lse, *offs.values(), cfg.groups, cfg.seq, cfg.d, cfg.dv,
-             *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales), dict(FUSED_DQ=fused, **cfg.meta(backward=True)))
+    cfg.launch("bwd", (q, k, v, o, do, dq, dk, dv, lse, *offs.values(), cfg.groups, cfg.seq, cfg.d, cfg.dv,
+                       *cfg.strides(q, k, v, o, do, dq, dk, dv), *scales), FUSED_DQ=fused)
     if not fused:
-        _launch(_bwd_dq_kernel, _bwd_dq_tuned, cfg.grid,
-                (q, k, v, o, do, dq, lse, *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
-                 cfg.groups, cfg.seq, cfg.d, cfg.dv, *cfg.strides(q, k, v, o, do, dq), *scales),
-                cfg.meta(backward=True))
+        cfg.launch("bwd_dq", (q, k, v, o, do, dq, lse, *(offs[n] for n in ("q", "k", "v", "o", "do", "dq")),
+                              cfg.groups, cfg.seq, cfg.d, cfg.dv, *cfg.strides(q, k, v, o, do, dq), *scales))
     return dq, dk, dv
 
 
@@ -360,6 +376,17 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, block
         raise ValueError(f"axial_attention: min_rows must be a power of two >= 16 (tensor-core tiles), "
                          f"got {min_rows}")
     return axis
+
+
+def compiled_variants(shape: Sequence[int], dv: int, dim: int, dtype: torch.dtype, *, block: int = 64,
+                      min_rows: int = 16) -> Dict[str, List[dict]]:
+    """The launch configs (tile and warps/stages) that :func:`axial_attention` forward (``fwd``) and
+    backward (``bwd``, and ``bwd_dq`` for axes longer than one block) compile for q, k of
+    ``shape`` (B, heads, *spatial, d), v head dim ``dv`` and ``dtype``: one per kernel unless
+    ``VIDEOGPT_FAST_AUTOTUNE=1``. Allocates nothing."""
+    q = torch.empty(tuple(shape), dtype=dtype, device="meta")
+    v = torch.empty(*tuple(shape)[:-1], dv, dtype=dtype, device="meta")
+    return _Config(q, v, _validate(q, q, v, dim, block, min_rows), block, min_rows).variants()
 
 
 def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, *,

@@ -4,14 +4,16 @@ FlashAttention-2 style kernels (compare Triton's tutorial ``06-fused-attention``
 the non-zero blocks of a block layout, as ``StridedSparsityConfig.make_layout()`` makes it:
 
 * the layout (``(nb, nb)`` shared by all heads, or ``(heads, nb, nb)``) becomes padded CSR tables
-  on the host, cached per layout: for every query block the key-block columns it sees, and the
-  transposed table (for every key block, the query blocks that see it) for dK/dV. With
-  ``causal=True`` blocks above the diagonal are dropped, so only the diagonal block is masked
-  element-wise;
+  on the device, built once per layout and cached (:func:`layout_tables`; no host sync on later
+  calls): for every query block the key-block columns it sees, and the transposed table (for
+  every key block, the query blocks that see it) for dK/dV. With ``causal=True`` blocks above the
+  diagonal are dropped, so only the diagonal block is masked element-wise;
 * forward: one program per query tile, online softmax (base 2) over the row's key blocks, stores
   ``O`` and the row logsumexp (fp32);
-* backward: ``delta = rowsum(dO * O)``, then a dK/dV kernel that walks the query blocks seeing
-  each key tile and a dQ kernel that walks the row's key blocks: no atomics, fp32 accumulation;
+* backward: a dQ kernel that walks the row's key blocks and also computes and stores
+  ``delta = rowsum(dO * O)`` for its rows, then a dK/dV kernel that walks the query blocks seeing
+  each key tile and reads delta: two launches (three per forward+backward), no atomics, fp32
+  accumulation;
 * decode: one query row at position ``pos`` against a KV cache (keys ``<= pos`` of the layout row
   ``pos // block``), ``pos`` a Python int or a one-element integer tensor (read on device, so the
   step can be captured in a CUDA graph once the layout tables are cached).
@@ -21,19 +23,36 @@ IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head 
 two power-of-two column chunks with masking (144 as 128 + 16, 24 as 32), not padded to 256.
 
 Queries that see no key (an empty layout row) give zeros, as ``ops.blocksparse_attention_torch``.
+
+Configs: one tile/warps/stages config per kernel, shape and dtype (:func:`_fixed_config`;
+:func:`compiled_variants` lists them); ``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_TILE_CONFIGS``.
+Hopper paths: Triton (3.6) picks wgmma (MMAv3) on sm_90 by itself where a tile allows it (64-row
+multiples per 4-warp group); whether the 32-row tiles of the paper's block 32 get it is left to
+the GPU run to check (``_fwd_kernel[grid](...).asm["ttgir"]`` shows ``warp_group_dot``). TMA
+descriptors (``tl.make_tensor_descriptor``) are not used: the interpreter cannot check them, and
+they need a GPU run to verify.
+
+Bound at the paper's size (L=4096, 8 heads x 128, block 32, strided layout keeping ~5 % of the
+blocks, i.e. ~820 of 128^2 per head; H200 ceilings of ``shared/gpu/2026-11-29-H200``): the forward
+needs 4 * 128 * 820 * 32^2 * 8 = 3.4 GFLOP and the backward 2.5x that, 12 GFLOP in all per batch
+element: 16 us at 760 TFLOP/s bf16; the bytes (q, k, v, o, lse; then q, k, v, o, dO, dq, dk, dv)
+are ~100 MB per batch element: 24 us at 4.15 TB/s. Measured (H200, B=1, bf16, previous version
+with autotuning and a separate delta launch): 0.976 ms forward+backward, 2.5 % of that bound:
+per-call costs dominate at B=1. This version: not measured on GPU.
 """
 from __future__ import annotations
 
 import collections
 import math
 import threading
-from typing import Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import autotune, interpret as _interpret
+from ._interpreter import interpret as _interpret
+from .tuning import Launcher
 from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
                                check_layout)
 
@@ -83,25 +102,41 @@ _CACHE_SIZE = 64
 _CACHE_LOCK = threading.Lock()
 
 
+def _content_key(layout: torch.Tensor) -> Optional[tuple]:
+    """Shape, dtype and a hash of the values of a CPU layout (reading it needs no device sync);
+    None for a device layout."""
+    if layout.device.type != "cpu":
+        return None
+    return (tuple(layout.shape), layout.dtype, hash(layout.contiguous().numpy().tobytes()))
+
+
 def layout_tables(layout: torch.Tensor, causal: bool, device: torch.device) -> _Tables:
     """The (cached) kernel tables of ``layout`` ((nb, nb) or (heads, nb, nb), 0/1) on ``device``.
 
-    Layouts are reused every step, so tables are cached (LRU, 64 entries) by the layout tensor's
-    identity (storage pointer, shape, strides, dtype and in-place version counter; the entry keeps
-    the tensor alive so its pointer is not reused). A miss costs a host sync; warm the cache before
-    capturing a CUDA graph.
+    Layouts are reused every step, so tables are built once and kept on ``device`` (LRU, 64
+    entries), found by the layout tensor's identity (storage pointer, shape, strides, dtype and
+    in-place version counter; the entry keeps the tensor alive so its pointer is not reused) and,
+    for a CPU layout, also by its content, so that an equal layout rebuilt on the host each step
+    reuses them. A hit does no device work and no host sync; a miss (the first call with a device
+    layout) costs one: warm the cache before capturing a CUDA graph.
     """
     lay = layout if layout.dim() == 3 else layout.unsqueeze(0)
-    key = (layout.data_ptr(), str(layout.device), tuple(layout.shape), tuple(layout.stride()), layout.dtype,
-           layout._version, bool(causal), str(device))
+    ident = (layout.data_ptr(), str(layout.device), tuple(layout.shape), tuple(layout.stride()), layout.dtype,
+             layout._version, bool(causal), str(device))
     with _CACHE_LOCK:
-        hit = _CACHE.get(key)
+        hit = _CACHE.get(ident)
         if hit is not None:
-            _CACHE.move_to_end(key)
+            _CACHE.move_to_end(ident)
             return hit[1]
-    tables = _Tables(lay, causal, torch.device(device))
+    content = _content_key(layout)
+    ckey = None if content is None else ("content", content, bool(causal), str(device))
     with _CACHE_LOCK:
-        _CACHE[key] = (layout, tables)
+        hit = _CACHE.get(ckey) if ckey is not None else None
+    tables = hit[1] if hit is not None else _Tables(lay, causal, torch.device(device))
+    with _CACHE_LOCK:
+        _CACHE[ident] = (layout, tables)
+        if ckey is not None:
+            _CACHE[ckey] = (None, tables)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return tables
@@ -239,26 +274,6 @@ def _fwd_kernel(Q, K, V, O, LSE, COLS, CNT, qk_scale,
 
 
 @triton.jit
-def _bwd_preprocess(O, DO, DELTA,
-                    stride_ob, stride_oh, stride_om, stride_od,
-                    stride_dob, stride_doh, stride_dom, stride_dod,
-                    H, L, DV, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """delta = rowsum(dO * O) in fp32."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, DV_PAD)
-    mask = (offs_d < DV)[None, :]
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1))
-
-
-@triton.jit
 def _bwd_dkdv_tile(dk0, dk1, dv0, dv1, k0, k1, v0, v1, Q, DO, LSE, DELTA, start_m, offs_n, offs_m0, D, DV,
                    stride_qm, stride_qd, stride_dom, stride_dod, qk_scale,
                    BLOCK_M: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
@@ -364,15 +379,19 @@ def _bwd_dq_tile(dq0, dq1, q0, q1, do0, do1, lse, delta, K, V, start_n, offs_m, 
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
+def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_ob, stride_oh, stride_om, stride_od,
                    stride_dob, stride_doh, stride_dom, stride_dod,
                    stride_th, stride_tr, stride_ch,
                    H, L, D, DV,
                    BLOCK: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of one query tile, walking its row's key blocks. It also computes the backward's
+    ``delta = rowsum(dO * O)`` of its rows (fp32) and stores it for the dK/dV kernel, which runs
+    after it: no separate preprocessing launch."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -387,8 +406,13 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale,
     DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
     q0, q1 = _load2(Q, offs_m, stride_qm, stride_qd, D, BLOCK_M, D0, D1)
     do0, do1 = _load2(DO, offs_m, stride_dom, stride_dod, DV, BLOCK_M, DV0, DV1)
+    o0, o1 = _load2(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh, offs_m, stride_om, stride_od, DV,
+                    BLOCK_M, DV0, DV1)
+    delta = tl.sum(do0.to(tl.float32) * o0.to(tl.float32), 1)
+    if DV1 > 0:
+        delta += tl.sum(do1.to(tl.float32) * o1.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta)
     lse = tl.load(LSE + pid_bh.to(tl.int64) * L + offs_m)
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * L + offs_m)
     dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, D1 if D1 > 0 else 16], tl.float32)
     base, n_off, has_diag = _row_blocks(COLS, CNT, h, lrow, stride_th, stride_tr, stride_ch, CAUSAL)
@@ -470,61 +494,88 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
 
 
 # --------------------------------------------------------------------------------------------
-# configs: autotuned on GPU, fixed under the interpreter (or VIDEOGPT_FAST_AUTOTUNE=0)
+# configs: one per (shape, dtype) from _fixed_config; VIDEOGPT_FAST_AUTOTUNE=1 sweeps _TILE_CONFIGS
 # --------------------------------------------------------------------------------------------
 # Tests may set this to {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..} to
-# exercise sub-tiling paths; it overrides both the heuristic and autotuning.
+# exercise sub-tiling paths; it overrides both the heuristic and the sweep.
 _FORCED_CONFIG: Optional[dict] = None
 
 _TILE_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
     for bm, bn, w, s in [(16, 16, 4, 2), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3),
                          (64, 64, 8, 3), (32, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 2), (64, 128, 8, 2),
                          (128, 128, 8, 2)]
 ]
 
 
-def _prune(configs, nargs, **kwargs):
-    """Keep tiles that divide the layout block and fit in registers next to the head dim."""
-    block = kwargs["BLOCK"]
-    dpad = max(kwargs["D0"] + kwargs["D1"], kwargs["DV0"] + kwargs["DV1"])
-    keep = [c for c in configs
-            if c.kwargs["BLOCK_M"] <= block and c.kwargs["BLOCK_N"] <= block
-            and max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * dpad <= 128 * 128]
-    return keep or [c for c in configs if c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_N"] == 16]
+def _fits(c: dict, meta: dict) -> bool:
+    """Tiles that divide the layout block and fit in registers next to the head dim."""
+    return (c["BLOCK_M"] <= meta["BLOCK"] and c["BLOCK_N"] <= meta["BLOCK"]
+            and max(c["BLOCK_M"], c["BLOCK_N"]) * _width(meta) <= 128 * 128)
 
 
-def _autotuned(fn):
-    return triton.autotune(configs=_TILE_CONFIGS, key=["L", "BLOCK", "D0", "D1", "DV0", "DV1", "CAUSAL", "PRECISION"],
-                           prune_configs_by={"early_config_prune": _prune})(fn)
+_KEY = ["L", "BLOCK", "D0", "D1", "DV0", "DV1", "CAUSAL", "PRECISION"]
+_LAUNCHERS = {name: Launcher(kernel, _TILE_CONFIGS, _KEY, prune=_fits)
+              for name, kernel in (("fwd", _fwd_kernel), ("bwd_dq", _bwd_dq_kernel), ("bwd_dkdv", _bwd_dkdv_kernel))}
 
 
-_fwd_tuned = _autotuned(_fwd_kernel)
-_dkdv_tuned = _autotuned(_bwd_dkdv_kernel)
-_dq_tuned = _autotuned(_bwd_dq_kernel)
+def _fixed_config(name: str, block: int, dpad: int, dtype: torch.dtype) -> dict:
+    """The heuristic config of kernel ``name`` (``fwd``, ``bwd_dq``, ``bwd_dkdv``) for layout
+    block ``block``, padded head width ``dpad`` (sum of the column chunks) and input ``dtype``.
 
-
-
-
-def _fixed_config(block: int, dpad: int) -> dict:
+    Each program holds a tile of ``min(block, 64)`` rows (32 beyond a width of 128) and loops over
+    inner tiles of the other side (dK/dV: rows are keys, the loop walks queries). Checked with
+    ``python -m videogpt_fast.kernels.aot_check`` for sm_90 at block 32 (ptxas, no GPU run): with
+    4 warps at d=128 the backward kernels spilled; 8 warps from a width of 128 on removes that, and
+    16-row inner tiles for widths above 128 (d=144) remove most of the rest. fp32 operands take
+    twice the registers: 16 x 16 tiles (the 32 x 32 fp32 dK/dV kernel spilled 25 KB and took 35 s
+    to compile). Not timed on a GPU.
+    """
     if _FORCED_CONFIG is not None:
         cfg = dict(_FORCED_CONFIG)
         if block % cfg["BLOCK_M"] or block % cfg["BLOCK_N"]:
             raise ValueError(f"forced config {cfg} does not divide block {block}")
         return cfg
     tile = min(block, 64 if dpad <= 128 else 32)
-    return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+    if _interpret():   # square tiles as large as allowed: fewer interpreted ops (sub-tiles: test_sub_tiles)
+        return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
+    if dtype == torch.float32:
+        tile = min(block, 16)
+    inner = tile if dpad <= 128 else min(tile, 16)
+    rows, loop = ("BLOCK_N", "BLOCK_M") if name == "bwd_dkdv" else ("BLOCK_M", "BLOCK_N")
+    return {rows: tile, loop: inner, "num_warps": 8 if dpad >= 128 else 4,
+            "num_stages": 1 if name == "bwd_dkdv" and dpad > 128 else 2}
 
 
-def _launch(kernel, tuned, grid_rows: int, bh: int, args: tuple, meta: dict, block: int, dpad: int):
-    """Launch ``kernel`` with a fixed config, or its autotuned twin on GPU."""
-    if _FORCED_CONFIG is None and autotune():
-        tuned[lambda m: (grid_rows // m["BLOCK_M" if kernel is not _bwd_dkdv_kernel else "BLOCK_N"], bh)](
-            *args, **meta)
+def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
+    """Launch kernel ``name`` over ``rows`` positions (tiles of BLOCK_N for dK/dV, else BLOCK_M);
+    ``args[0]`` is q."""
+    tile = "BLOCK_N" if name == "bwd_dkdv" else "BLOCK_M"
+    launcher = _LAUNCHERS[name]
+    config = _fixed_config(name, meta["BLOCK"], _width(meta), args[0].dtype)
+    if _FORCED_CONFIG is not None:   # forced tiles bypass the sweep
+        launcher.kernel[(rows // config[tile], bh)](*args, **meta, **config)
         return
-    cfg = _fixed_config(block, dpad)
-    tile = cfg["BLOCK_N"] if kernel is _bwd_dkdv_kernel else cfg["BLOCK_M"]
-    kernel[(grid_rows // tile, bh)](*args, **meta, **cfg)
+    launcher(lambda c: (rows // c[tile], bh), args, meta, config)
+
+
+def _decode_warps(d_pad: int, dv_pad: int) -> int:
+    """Warps of the decode kernel: 8 for 256-lane head dims (d=144: 4 warps spilled 756 bytes on
+    sm_90 per ``aot_check``), else 4."""
+    return 8 if max(d_pad, dv_pad) >= 256 else 4
+
+
+def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torch.dtype,
+                      causal: bool = True) -> Dict[str, List[dict]]:
+    """The launch configs a call with q/k of shape ``q_shape`` (B, heads, L, d), v head dim ``dv``
+    and ``dtype`` compiles, per kernel (``fwd``, ``bwd_dq``, ``bwd_dkdv``, ``decode``): one each
+    unless ``VIDEOGPT_FAST_AUTOTUNE=1`` (the pruned sweep list)."""
+    d = q_shape[-1]
+    meta = dict(BLOCK=block, **_chunk_meta(d, dv), CAUSAL=bool(causal), PRECISION=_precision(dtype), L=q_shape[2])
+    out = {name: _LAUNCHERS[name].candidates(_fixed_config(name, block, _width(meta), dtype), meta)
+           for name in ("fwd", "bwd_dq", "bwd_dkdv")}
+    out["decode"] = [{"BLOCK_N": min(block, 64), "num_warps": _decode_warps(_pad(d), _pad(dv))}]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,9 +596,13 @@ def _chunks(d: int) -> Tuple[int, int]:
     return (c0, c1) if c0 + c1 < p else (p, 0)
 
 
+def _chunk_meta(d: int, dv: int) -> dict:
+    (d0, d1), (dv0, dv1) = _chunks(d), _chunks(dv)
+    return dict(D0=d0, D1=d1, DV0=dv0, DV1=dv1)
+
+
 def _meta(q: torch.Tensor, v: torch.Tensor, block: int, causal: bool) -> dict:
-    (d0, d1), (dv0, dv1) = _chunks(q.shape[-1]), _chunks(v.shape[-1])
-    return dict(BLOCK=block, D0=d0, D1=d1, DV0=dv0, DV1=dv1, CAUSAL=causal, PRECISION=_precision(q.dtype))
+    return dict(BLOCK=block, **_chunk_meta(q.shape[-1], v.shape[-1]), CAUSAL=causal, PRECISION=_precision(q.dtype))
 
 
 def _width(meta: dict) -> int:
@@ -588,7 +643,7 @@ def _validate(q, k, v, layout, block, causal, name="blocksparse_attention") -> N
         raise ValueError(f"{name}: head dims up to {_MAX_HEAD_DIM} are supported, got {q.shape[-1]}, {v.shape[-1]}")
     if not isinstance(layout, torch.Tensor):
         raise ValueError(f"{name}: layout must be a tensor, got {type(layout)}")
-    check_layout(layout, q.shape[2], block, q.shape[1])
+    check_layout(layout, q.shape[2], block, q.shape[1], as_bool=False)
 
 
 def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tensor):
@@ -599,8 +654,7 @@ def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tens
     th, tr, ch = tables.strides(False)
     args = (q, k, v, out, lse, tables.cols, tables.cnt, sm_scale * _LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), th, tr, ch, H, L, D, DV)
-    meta = _meta(q, v, block, causal)
-    _launch(_fwd_kernel, _fwd_tuned, L, B * H, args, meta, block, _width(meta))
+    _launch("fwd", L, B * H, args, _meta(q, v, block, causal))
     return lse
 
 
@@ -610,26 +664,23 @@ def _empty(shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(q, k, v, o, lse, do, tables: _Tables, block: int, causal: bool):
+    """Two launches: dQ (which also stores delta = rowsum(dO * O)), then dK/dV (which reads it)."""
     B, H, L, D = q.shape
     DV = v.shape[-1]
     sm_scale = 1.0 / math.sqrt(D)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    pre_m = min(block, 64)
-    _bwd_preprocess[(L // pre_m, B * H)](o, do, delta, *o.stride(), *do.stride(), H, L, DV,
-                                         DV_PAD=_pad(DV), BLOCK_M=pre_m)
     dq = _empty((B, H, L, D), q)
     dk = _empty((B, H, L, D), k)
     dv = _empty((B, H, L, DV), v)
     meta = _meta(q, v, block, causal)
-    dpad = _width(meta)
-    th, tr, ch = tables.strides(True)
-    _launch(_bwd_dkdv_kernel, _dkdv_tuned, L, B * H,
-            (q, k, v, do, dk, dv, lse, delta, tables.rows, tables.cnt_t, sm_scale, sm_scale * _LOG2E,
-             *q.stride(), *k.stride(), *v.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta, block, dpad)
     th, tr, ch = tables.strides(False)
-    _launch(_bwd_dq_kernel, _dq_tuned, L, B * H,
-            (q, k, v, do, dq, lse, delta, tables.cols, tables.cnt, sm_scale, sm_scale * _LOG2E,
-             *q.stride(), *k.stride(), *v.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta, block, dpad)
+    _launch("bwd_dq", L, B * H,
+            (q, k, v, o, do, dq, lse, delta, tables.cols, tables.cnt, sm_scale, sm_scale * _LOG2E,
+             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta)
+    th, tr, ch = tables.strides(True)
+    _launch("bwd_dkdv", L, B * H,
+            (q, k, v, do, dk, dv, lse, delta, tables.rows, tables.cnt_t, sm_scale, sm_scale * _LOG2E,
+             *q.stride(), *k.stride(), *v.stride(), *do.stride(), th, tr, ch, H, L, D, DV), meta)
     return dq, dk, dv
 
 
@@ -723,7 +774,7 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
         out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, L, D, DV,
         BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
-        num_warps=4)
+        num_warps=_decode_warps(_pad(D), _pad(DV)))
     return out
 
 

@@ -189,31 +189,63 @@ def test_paper_sizes_gpu(latent, dtype):
             assert err <= 2 * err_torch + 1e-3, f"{dtype} {latent} dim={dim} {name}: {err:.3g} vs {err_torch:.3g}"
 
 
-def test_gpu_launch_goes_through_the_autotuner_with_the_same_tile(monkeypatch):
-    """On GPU every kernel launch goes to its autotuned twin (warps/stages tuned, tile kept); the
-    interpreter and VIDEOGPT_FAST_AUTOTUNE=0 launch the heuristic config."""
+def test_launches_use_the_listed_configs(monkeypatch):
+    """Every launch (forward, fused backward, separate dq for long axes) uses the tile of the
+    call's _Config and exactly the config compiled_variants lists for that shape and dtype."""
     launched = []
 
     class Spy:
-        def __init__(self, name):
-            self.name = name
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
 
         def __getitem__(self, grid):
-            return lambda *args, **meta: launched.append((self.name, grid, meta))
+            def run(*args, **meta):
+                launched.append((self.name, grid, meta))
+                return self.kernel[grid](*args, **meta)
+            return run
 
-    for name in ("_fwd_kernel", "_fwd_tuned", "_bwd_kernel", "_bwd_tuned", "_bwd_dq_kernel", "_bwd_dq_tuned"):
-        monkeypatch.setattr(ax, name, Spy(name))
-    q = torch.randn(2, 2, 3, 80, 24, device=DEVICE, requires_grad=True)
-    for tuned in (True, False):
-        launched.clear()
-        monkeypatch.setattr(ax, "autotune", lambda tuned=tuned: tuned)
-        cfg = ax._Config(q, q, 3, 64, 16)  # 80 > 64 positions: separate dq kernel in the backward
-        o, lse = ax._forward(q, q, q, cfg)
-        ax._backward(q, q, q, o, lse, torch.ones_like(o), cfg)
-        names = [n for n, _, _ in launched]
-        suffix = "_tuned" if tuned else "_kernel"
-        assert names == ["_fwd" + suffix, "_bwd" + suffix, "_bwd_dq" + suffix]
-        for _, grid, meta in launched:
-            assert grid == cfg.grid and meta["SEG"] == cfg.seg and meta["R"] == cfg.r
-            assert ("num_warps" in meta) is not tuned
-    assert [c.num_warps for c in ax._WARP_CONFIGS].count(4) and [c.num_warps for c in ax._WARP_CONFIGS].count(8)
+    for name, launcher in ax._LAUNCHERS.items():
+        monkeypatch.setattr(launcher, "kernel", Spy(launcher.kernel, name))
+    shape = (2, 2, 3, 80, 24)   # 80 > 64 positions: separate dq kernel in the backward
+    q = torch.randn(shape, device=DEVICE)
+    out, *grads = _run(q, q, q, 3, torch.ones_like(q))
+    assert all(torch.isfinite(t).all() for t in (out, *grads))
+    listed = ax.compiled_variants(shape, 24, 3, q.dtype)
+    assert [n for n, _, _ in launched] == ["fwd", "bwd", "bwd_dq"] == list(listed)
+    cfg = ax._Config(q, q, 3, 64, 16)
+    for name, grid, meta in launched:
+        (want,) = listed[name]
+        assert grid == cfg.grid and {k: meta[k] for k in want} == want
+
+
+@pytest.mark.parametrize("latent", [(4, 32, 32), (8, 32, 32), (16, 64, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_at_most_two_compiled_variants(latent, dtype, monkeypatch):
+    """The VQ-VAE's sizes (B=16, 2 heads x 120) on every axis: one config per kernel, shape and
+    dtype, so a first call compiles 2-3 kernels, not 6 warp/stage variants of each; the sweep over
+    _WARP_CONFIGS only with VIDEOGPT_FAST_AUTOTUNE=1."""
+    from videogpt_fast.kernels import tuning as _tuning
+    monkeypatch.setattr(_tuning, "interpret", lambda: False)
+    monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
+    for dim in (2, 3, 4):
+        variants = ax.compiled_variants((16, 2, *latent, 120), 120, dim, dtype)
+        assert {"fwd", "bwd"} <= set(variants) and all(len(v) == 1 for v in variants.values())
+    monkeypatch.setenv(_tuning.ENV_VAR, "1")
+    assert len(ax.compiled_variants((16, 2, *latent, 120), 120, 2, dtype)["fwd"]) == len(ax._WARP_CONFIGS)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_compiles_at_most_two_variants(dtype):
+    """Forward + backward along each axis of a VQ-VAE latent compile at most 2 binaries per
+    kernel and axis (no autotuning of warps/stages)."""
+    from videogpt_fast.kernels.tuning import compiled_count
+    shape = (16, 2, 4, 32, 32, 120)
+    for dim in (2, 3, 4):
+        before = {n: compiled_count(lz.kernel) for n, lz in ax._LAUNCHERS.items()}
+        for _ in range(2):
+            q, k, v, grad = (torch.randn(shape, device="cuda").to(dtype) for _ in range(4))
+            _run(q, k, v, dim, grad)
+        for n, lz in ax._LAUNCHERS.items():
+            assert compiled_count(lz.kernel) - before[n] <= 2, (dim, n)

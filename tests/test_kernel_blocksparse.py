@@ -389,3 +389,123 @@ def test_ops_decode_attention_triton_backend(sparse):
         assert_close(got, expected)
     with pytest.raises(ValueError, match="not both"):
         ops.decode_attention(q, k, v, pos, layout[:, 0], block, layout=layout)
+
+
+# ------------------------------------------------------------------------------------------
+# per-call costs: cached tables, launches, compiled variants
+# ------------------------------------------------------------------------------------------
+class _LaunchCounter:
+    """Wraps a Triton kernel: counts the launches (``kernel[grid](...)``) and forwards them."""
+
+    def __init__(self, kernel, log, name):
+        self.kernel, self.log, self.name = kernel, log, name
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(self.name)
+            return self.kernel[grid](*args, **kwargs)
+        return run
+
+
+def _count_launches(monkeypatch):
+    log = []
+    for name, launcher in bsa._LAUNCHERS.items():
+        monkeypatch.setattr(launcher, "kernel", _LaunchCounter(launcher.kernel, log, name))
+    monkeypatch.setattr(bsa, "_decode_kernel", _LaunchCounter(bsa._decode_kernel, log, "decode"))
+    return log
+
+
+def test_three_launches_per_forward_backward(monkeypatch):
+    """Forward: one kernel; backward: dQ (which also computes delta = rowsum(dO * O)) then dK/dV;
+    no separate preprocessing launch. Gradients still match float64."""
+    log = _count_launches(monkeypatch)
+    q, k, v = _inputs(2, 2, 64, 24, 16)
+    layout = _random_layout(2, 4, seed=31)
+    _check(q, k, v, layout, 16, True)
+    assert log == ["fwd", "bwd_dq", "bwd_dkdv"]
+
+
+def test_second_call_builds_no_tables_and_never_syncs(monkeypatch):
+    """Tables are built once per layout: the second call (same tensor, or an equal CPU layout
+    rebuilt by the caller) runs no table builder and calls no ``.item()`` (no host sync)."""
+    built = []
+    real = bsa._Tables
+
+    class CountingTables(real):
+        def __init__(self, *a, **kw):
+            built.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(bsa, "_Tables", CountingTables)
+    bsa._CACHE.clear()
+    layout = _random_layout(2, 4, seed=32)
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    out1 = bsa.blocksparse_attention(q, k, v, layout, 16, True)
+    assert len(built) == 1
+
+    def no_sync(self, *a, **kw):
+        raise AssertionError("host sync (.item()) on the second call")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    out2 = bsa.blocksparse_attention(q, k, v, layout, 16, True)
+    torch.autograd.grad(out2.sum(), (q, k, v))
+    out3 = bsa.blocksparse_attention(q, k, v, layout.clone(), 16, True)   # equal content, new tensor
+    monkeypatch.undo()
+    assert len(built) == 1
+    assert torch.equal(out1, out2) and torch.equal(out1, out3)
+
+
+@pytest.mark.parametrize("L,heads,dim,dtype", [(4096, 8, 128, torch.bfloat16), (8192, 4, 144, torch.float16),
+                                               (4096, 4, 144, torch.float32), (96, 2, 24, torch.float32)])
+def test_at_most_two_compiled_variants(L, heads, dim, dtype, monkeypatch):
+    """One launch config per kernel, shape and dtype (no autotuning storm); the full sweep only
+    with VIDEOGPT_FAST_AUTOTUNE=1, pruned to tiles that fit the block and head dim."""
+    from videogpt_fast.kernels import tuning as _tuning
+    monkeypatch.setattr(_tuning, "interpret", lambda: False)
+    monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
+    variants = bsa.compiled_variants((16, heads, L, dim), dim, 32, dtype)
+    assert set(variants) == {"fwd", "bwd_dq", "bwd_dkdv", "decode"}
+    assert all(len(v) == 1 for v in variants.values())
+    monkeypatch.setenv(_tuning.ENV_VAR, "1")
+    swept = bsa.compiled_variants((16, heads, L, dim), dim, 32, dtype)["fwd"]
+    assert 2 < len(swept) < len(bsa._TILE_CONFIGS) and all(c["BLOCK_M"] <= 32 for c in swept)
+
+
+def test_launch_uses_the_listed_configs(monkeypatch):
+    seen = {}
+
+    class Spy:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                seen[self.name] = {k: meta[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+                return self.kernel[grid](*args, **meta)
+            return run
+
+    for name, launcher in bsa._LAUNCHERS.items():
+        monkeypatch.setattr(launcher, "kernel", Spy(launcher.kernel, name))
+    q, k, v = _inputs(1, 2, 64, 16, 16)
+    out = bsa.blocksparse_attention(q, k, v, _random_layout(2, 4, seed=33), 16, True)
+    torch.autograd.grad(out.sum(), (q,))
+    listed = bsa.compiled_variants(tuple(q.shape), 16, 16, q.dtype)
+    for name in ("fwd", "bwd_dq", "bwd_dkdv"):
+        assert [seen[name]] == listed[name]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_compiles_at_most_two_variants(dtype):
+    """Forward + backward at a paper size compile at most 2 binaries per kernel (no autotuning)."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    from videogpt_fast.kernels.tuning import compiled_count
+    layout = StridedSparsityConfig((4, 32, 32), 8, True, 32, 4).make_layout()
+    before = {n: compiled_count(lz.kernel) for n, lz in bsa._LAUNCHERS.items()}
+    for _ in range(2):
+        q, k, v = _inputs(2, 8, 4096, 128, 128, dtype=dtype, seed=5)
+        out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
+        torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    for n, lz in bsa._LAUNCHERS.items():
+        assert compiled_count(lz.kernel) - before[n] <= 2, n

@@ -168,16 +168,20 @@ def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int)
     return axial_attention_torch(q, k, v, dim)
 
 
-def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int) -> torch.Tensor:
-    """Validate a block layout and return it as a bool tensor (heads, blocks, blocks)."""
+def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int, as_bool: bool = True) -> torch.Tensor:
+    """Validate a block layout and return it as a bool tensor (heads, blocks, blocks), or with
+    ``as_bool=False`` as given (shape checks only: no device work, as per-call validation needs)."""
     if block <= 0 or seq_len % block != 0:
         raise ValueError(f"blocksparse_attention: sequence length {seq_len} is not divisible by block {block}")
     nb = seq_len // block
+    given = layout
     if layout.dim() == 2:
         layout = layout.unsqueeze(0).expand(n_head, -1, -1)
     if layout.dim() != 3 or layout.shape[1:] != (nb, nb) or layout.shape[0] not in (1, n_head):
         raise ValueError(f"blocksparse_attention: layout must be ({nb}, {nb}) or ({n_head}, {nb}, {nb}) "
                          f"for L={seq_len}, block={block}, got {tuple(layout.shape)}")
+    if not as_bool:
+        return given
     if layout.shape[0] == 1:
         layout = layout.expand(n_head, -1, -1)
     return layout.to(device=layout.device, dtype=torch.bool)
@@ -242,7 +246,7 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"blocksparse_attention: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    check_layout(layout, q.shape[2], block, q.shape[1])
+    check_layout(layout, q.shape[2], block, q.shape[1], as_bool=False)
     _check_tensors("blocksparse_attention", "q, k, v", q, k, v)
     backend = resolve("blocksparse_attention", q.device, _IMPLEMENTED["blocksparse_attention"])
     if backend == "triton":

@@ -1,0 +1,185 @@
+"""Compile the kernels for a GPU architecture on a machine without one, and report each binary.
+
+``python -m videogpt_fast.kernels.aot_check [--arch 90] [--only codebook|axial|blocksparse]``
+runs each op's launcher at the paper's sizes with launches captured instead of run, compiles every
+captured launch (its heuristic config, see :mod:`.tuning`) with Triton's bundled ``ptxas`` for
+``sm_<arch>``, and prints: kernel, dtype, config, compile seconds, registers, spill bytes, shared
+memory, and whether the tensor-core instructions are Hopper's ``wgmma`` or ``mma.sync``.
+
+It checks that the kernels compile, without spills, before GPU time is spent; it measures
+nothing about speed. The compile times are this machine's (single-threaded, per binary); Triton
+compiles for the GPU run in the same way. Must run without ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, List, Tuple
+
+import torch
+
+_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+          torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def _signature(kernel, args: tuple, constexprs: dict) -> Tuple[dict, dict]:
+    names = kernel.arg_names
+    sig, consts = {}, {}
+    it = iter(args)
+    for i, name in enumerate(names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            consts[(i,)] = constexprs[name]
+            continue
+        a = next(it)
+        if isinstance(a, torch.Tensor):
+            sig[name] = "*" + _TYPES[a.dtype]
+        elif isinstance(a, bool):
+            sig[name] = "i1"
+        elif isinstance(a, int):
+            sig[name] = "i64" if abs(a) >= 2 ** 31 else "i32"
+        elif isinstance(a, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"{name}: cannot type argument {a!r}")
+    return sig, consts
+
+
+def _ptxas_report(ptx: str, arch: int) -> Tuple[str, str]:
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        suffix = "a" if arch == 90 else ""
+        r = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", f.name, "-o", os.devnull],
+                           capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    regs = ",".join(re.findall(r"Used (\d+) registers", r.stderr)) or "?"
+    spills = ",".join(re.findall(r"(\d+) bytes spill stores", r.stderr)) or "?"
+    return regs, spills
+
+
+class _Capture:
+    def __init__(self):
+        self.launches: List[Tuple[str, object, tuple, dict]] = []
+
+    def launcher_call(self, launcher, grid, args, meta, config):
+        self.launches.append((launcher.kernel.fn.__name__, launcher.kernel, args, dict(meta, **config)))
+
+    def direct(self, kernel):
+        cap = self
+
+        class Direct:
+            def __getitem__(self, grid):
+                def run(*args, **meta):
+                    cap.launches.append((kernel.fn.__name__, kernel, args, meta))
+                return run
+        return Direct()
+
+
+def _cases(only: str) -> List[Tuple[str, Callable[[], None]]]:
+    from . import axial_attention as ax, blocksparse_attention as bsa, codebook as cb
+
+    def codebook():
+        for dt in (torch.float32, torch.bfloat16, torch.float16):
+            x, e = torch.randn(65536, 256).to(dt), torch.randn(2048, 256).to(dt)
+            cb.codebook_nearest(x, e)
+            cb.codebook_nearest_with_stats(x, e)
+
+    def axial():
+        for dt in (torch.float32, torch.bfloat16, torch.float16):
+            for latent in ((4, 32, 32), (8, 32, 32)):
+                q = torch.randn(16, 2, *latent, 120).to(dt)
+                for dim in (2, 3, 4):
+                    cfg = ax._Config(q, q, dim, 64, 16)
+                    o, lse = ax._forward(q, q, q, cfg)
+                    ax._backward(q, q, q, o, lse, o, cfg)
+
+    def blocksparse():
+        from videogpt_fast.attention import StridedSparsityConfig
+        for heads, dim in ((8, 128), (4, 144)):
+            layout = StridedSparsityConfig((4, 32, 32), heads, True, 32, 4).make_layout()
+            for dt in (torch.bfloat16, torch.float16, torch.float32):
+                q = torch.randn(1, heads, 4096, dim).to(dt)
+                tables = bsa.layout_tables(layout, True, q.device)
+                out = torch.empty_like(q)
+                lse = bsa._forward(q, q, q, tables, 32, True, out)
+                bsa._backward(q, q, q, out, lse, out, tables, 32, True)
+                bsa.blocksparse_decode_attention(q[:, :, :1], q, q, layout, 32, 100)
+
+    cases = [("codebook", codebook), ("axial", axial), ("blocksparse", blocksparse)]
+    return [c for c in cases if only in ("all", c[0])]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
+    p.add_argument("--only", default="all", choices=["all", "codebook", "axial", "blocksparse"])
+    p.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                   help="override a config value of every launch (e.g. num_warps=8, BLOCK_M=16): to try "
+                        "a table entry before a GPU run")
+    p.add_argument("--kernel", default="", help="compile only kernels whose name contains this")
+    p.add_argument("--dtype", default="", help="compile only launches with this pointer dtype (fp32, bf16, fp16)")
+    a = p.parse_args(argv)
+    overrides = {k: int(v) for k, v in (item.split("=", 1) for item in a.set)}
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("aot_check: unset TRITON_INTERPRET (it compiles, it does not interpret)", file=sys.stderr)
+        return 2
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import blocksparse_attention as bsa, codebook as cb, tuning
+
+    cap = _Capture()
+    tuning.Launcher.__call__ = lambda self, grid, args, meta, config: cap.launcher_call(self, grid, args, meta, config)
+    cb._interpret = lambda: False          # GPU configs, not the interpreter's
+    cb.arch = lambda device: a.arch
+    cfg_fn = cb._config
+    cb._config = lambda n, dtype, precision, device: cfg_fn(n, dtype, precision, torch.device("cuda"))
+    bsa._interpret = lambda: True          # let CPU tensors through the device check
+    bsa._decode_kernel = cap.direct(bsa._decode_kernel)
+    target = GPUTarget("cuda", a.arch, 32)
+    seen = set()
+    print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma")
+    for name, run in _cases(a.only):
+        cap.launches.clear()
+        run()
+        for kname, kernel, args, meta in cap.launches:
+            meta.update({k: v for k, v in overrides.items() if k in meta or k in ("num_warps", "num_stages")})
+            opts = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
+            sig, consts = _signature(kernel, args, meta)
+            key = (kname, tuple(sorted(sig.items())), tuple(sorted((str(k), str(v)) for k, v in consts.items())),
+                   tuple(sorted(opts.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            dtypes = "/".join(sorted({t for t in sig.values() if t.startswith("*") and t[1:] in ("fp32", "bf16", "fp16")}))
+            first = next(t for t in sig.values() if t.startswith("*"))[1:]   # the inputs' dtype
+            if a.kernel not in kname or (a.dtype and a.dtype != first):
+                continue
+            shown = {k: v for k, v in meta.items() if k.isupper()}
+            t0 = time.time()
+            try:
+                out = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=target,
+                                     options=opts)
+            except Exception as exc:  # report and go on: every kernel gets its verdict
+                print(f"{kname:<18} {dtypes:<14} {shown} {opts} | FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            regs, spills = _ptxas_report(out.asm["ptx"], a.arch)
+            ptx = out.asm["ptx"]
+            mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
+            print(f"{kname:<18} {dtypes:<14} {shown} {opts} | {time.time() - t0:.1f} s, {regs} regs, "
+                  f"{spills} spill, {out.metadata.shared} shared, {mma}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
