@@ -630,4 +630,5 @@ def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
     assert "val/recon_loss" in trainer.validate()
     assert len(served) == 3  # 2 batches used, the loop stops at the third
     err = capsys.readouterr().err
-    assert "validate" in err and "2/2" in err
+    # the bar's total is the bound (tqdm redraws at most every 0.1 s, so "2/2" itself may not show)
+    assert "validate" in err and "/2 " in err.replace("|", " ") + " "
