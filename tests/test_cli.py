@@ -55,7 +55,11 @@ def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "-h"])
     assert e.value.code == 0
-    assert "usage" in capsys.readouterr().out.lower()
+    text = capsys.readouterr().out
+    assert "usage" in text.lower()
+    # what the subcommand does is said atop its own -h (not only in `videogpt-fast -h`), without rST backticks
+    description = text.split("\n\n")[1]
+    assert not description.startswith(("options:", "positional arguments:")) and "``" not in text
 
 
 def test_train_stage_help_and_top_level(capsys):

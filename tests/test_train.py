@@ -480,7 +480,9 @@ def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
 
 def test_model_flags_are_checked_up_front(tmp_path, capsys):
     for flags, message in ((["--downsample", "3", "2", "2"], "powers of two"), (["--n_hiddens", "7"], "n_hiddens"),
-                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads")):
+                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads"),
+                           (["--hidden_dim", "32", "--heads", "2"], "argument --hidden_dim: must be divisible by 3"),
+                           (["--hidden_dim", "48", "--heads", "5"], "argument --hidden_dim: must be divisible by --heads 5")):
         with pytest.raises(SystemExit):
             train.main(["vqvae" if "--heads" not in flags else "gpt", "--data_path", "x", "--max_steps", "1", *flags])
         assert message in capsys.readouterr().err

@@ -191,6 +191,12 @@ def cmd_fvd(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+def _subcommand(sub, name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose one-line ``summary`` is both its line in ``videogpt-fast -h`` and the
+    description atop its own ``-h``."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -203,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = DefaultsHelpFormatter
     grid = f"{' or '.join(GRID_EXTS)}; written to a temporary file in the same folder, then renamed"
 
-    p = sub.add_parser("sample", help="sample videos from a VideoGPT checkpoint into an MP4/GIF grid",
+    p = _subcommand(sub, "sample", "sample videos from a VideoGPT checkpoint into an MP4/GIF grid",
                        formatter_class=defaults)
     p.add_argument("--ckpt", required=True, help="prior checkpoint path or pretrained name (bair_gpt, ...)")
     p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
@@ -217,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("reconstruct", help="encode+decode a video with a VQ-VAE, side by side with the input",
+    p = _subcommand(sub, "reconstruct", "encode+decode a video with a VQ-VAE, side by side with the input",
                        formatter_class=defaults)
     p.add_argument("video", help="input video file")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
@@ -229,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", help="encode videos (files or folders) into VQ-VAE codes", formatter_class=defaults)
+    p = _subcommand(sub, "encode", "encode videos (files or folders) into VQ-VAE codes", formatter_class=defaults)
     p.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
     p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz; written to a temporary "
@@ -242,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("fvd", help="Frechet Video Distance between a folder of real and one of generated videos",
+    p = _subcommand(sub, "fvd", "Frechet Video Distance between a folder of real and one of generated videos",
                        formatter_class=defaults)
     p.add_argument("--real", required=True, help="folder of real videos")
     p.add_argument("--fake", required=True, help="folder of generated videos")

@@ -135,7 +135,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="validate every N steps (0: at the end of every epoch, as Lightning; -1: never)")
     o.add_argument("--limit_val_batches", type=int, default=VAL_BATCHES,
                    help="validation batches per rank at each validation (0: the whole test split)")
-    o.add_argument("--log_every", type=int, default=10, help="write training metrics every N steps")
+    o.add_argument("--log_every", type=int, default=10, help="write the training metrics to metrics.jsonl (one record per step) and the bar every N "
+                        "steps")
     o.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -189,6 +190,11 @@ def check_flag_values(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and not 0 <= v < 1:
             raise bad(name, "in [0, 1)")
+    if args.stage == "gpt":  # VideoGPT's own constraints, before the data is indexed
+        if args.hidden_dim % args.heads:
+            raise bad("hidden_dim", f"divisible by --heads {args.heads}")
+        if args.hidden_dim % 3:
+            raise bad("hidden_dim", "divisible by 3 (the position embedding splits it over the latent's T, H, W)")
     if args.stage == "vqvae":
         from .vqvae import VQVAE
         with torch.device("meta"):
