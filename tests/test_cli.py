@@ -116,6 +116,9 @@ def test_encode_matches_the_model(models, videos, tmp_path, suffix):
     else:
         z = np.load(out)
         codes, files = torch.from_numpy(z["codes"]), list(z["files"])
+        saved = {k: z[k].item() for k in ("vqvae", "sequence_length", "resolution")}
+        assert tuple(z["latent_shape"]) == (2, 4, 4)
+    assert saved["vqvae"] == str(vq_path) and (saved["sequence_length"], saved["resolution"]) == (4, 16)
     assert codes.shape == (3, 2, 4, 4) and codes.dtype == torch.int64
     assert [Path(f).name for f in files] == ["v0.mp4", "v1.mp4", "v2.mp4"]
     x = preprocess(torch.from_numpy(decode_video(str(videos / "v1.mp4"))[:4]), 16).unsqueeze(0)

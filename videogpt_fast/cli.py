@@ -137,7 +137,7 @@ def cmd_encode(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     codes: List[torch.Tensor] = []
     kept: List[str] = []
-    for i in tqdm(range(0, len(files), a.batch_size), desc="encode", disable=a.no_progress):
+    for i in tqdm(range(0, len(files), a.batch_size), desc="encode", unit="batch", disable=a.no_progress):
         chunk = files[i:i + a.batch_size]
         x = torch.stack([_clip(f, seq, res) for f in chunk]).to(device)
         with torch.no_grad():
@@ -145,12 +145,12 @@ def cmd_encode(a: argparse.Namespace) -> int:
         kept += chunk
     all_codes = torch.cat(codes)
     from .checkpoint import atomic_save, atomic_write
-    if out.suffix.lower() == ".npz":
-        atomic_write(out, lambda tmp: np.savez(tmp, codes=all_codes.numpy(), files=np.array(kept),
+    record = {"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq, "resolution": res}
+    if out.suffix.lower() == ".npz":  # the same keys as .pt, plus the latent shape
+        atomic_write(out, lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()},
                                                latent_shape=np.array(all_codes.shape[1:])))
     else:
-        atomic_save({"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq,
-                     "resolution": res}, out)
+        atomic_save(record, out)
     print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}")
     return 0
 
@@ -235,13 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = _subcommand(sub, "encode", "encode videos (files or folders) into VQ-VAE codes", formatter_class=defaults)
+    p = _subcommand(sub, "encode", "encode videos (files or folders) into VQ-VAE codes, one clip per video (its first frames)", formatter_class=defaults)
     p.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
     p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz; written to a temporary "
                                                         "file in the same folder, then renamed")
     p.add_argument("--sequence_length", type=positive_int, default=None,
-                   help="frames per video (default: the VQ-VAE's)")
+                   help="frames encoded from the start of each video; a shorter video is an error "
+                        "(default: the VQ-VAE's)")
     p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
     p.add_argument("--batch_size", type=positive_int, default=8, help="videos per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
