@@ -283,3 +283,35 @@ def test_help_shows_defaults_and_no_backticks(capsys):
     assert "download" not in gpt_help.replace("never downloaded", "") and "never downloaded" in gpt_help
     assert "--lr LR default: 0.0003" in gpt_help and "(default: 100)" in gpt_help
     assert "`" not in top_help and "`" not in train_help
+
+
+def test_sample_conditions_on_random_test_clips(models, tmp_path, monkeypatch, capsys):
+    """A class-conditional prior is conditioned on clips drawn at random (seeded by --seed) from the
+    test split, as the original's shuffled test loader, not always its first clips (one video)."""
+    from videogpt_fast.gpt import VideoGPT
+    vq, vq_path, _ = models
+    root = tmp_path / "data"
+    for split, n in (("train", 1), ("test", 2)):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i, v in enumerate(moving_shapes(n, 8, 16, seed=10 * c)):
+                write_video(v, str(root / split / cls / f"{i}.mp4"))
+    gpt = VideoGPT(argparse.Namespace(vqvae=str(vq_path), n_cond_frames=0, class_cond=True, class_cond_dim=2,
+                                      hidden_dim=24, heads=2, layers=1, dropout=0.0, attn_type="full",
+                                      attn_dropout=0.0, resolution=16, sequence_length=4, data_path=str(root)),
+                   vqvae=vq)
+    save_checkpoint(tmp_path / "c.ckpt", gpt)
+    labels = []
+
+    def fake_sample(self, n, batch=None, **kwargs):  # the draw itself is tested elsewhere
+        labels.append(tuple(batch["label"].tolist()))
+        return torch.zeros(n, 3, 4, 16, 16)
+
+    monkeypatch.setattr(VideoGPT, "sample", fake_sample)
+    for seed in range(6):
+        assert cli.main(["sample", "--ckpt", str(tmp_path / "c.ckpt"), "--n", "2", "--seed", str(seed), "--device",
+                         "cpu", "--no_progress", "--output", str(tmp_path / "s.gif")]) == 0
+    printed = capsys.readouterr().out
+    assert "conditioning on test clips" in printed and "with labels ['" in printed
+    assert len(set(labels)) > 1  # the first 2 clips (both from test/cat/0.mp4) would always give (0, 0)
+    assert {lab for pair in labels for lab in pair} == {0, 1}

@@ -84,7 +84,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     torch.manual_seed(a.seed)
     batch = None
     if gpt.use_frame_cond or gpt.args.class_cond:
-        # conditional prior: frames / labels from the test split of its data, as scripts/sample_videogpt.py
+        # conditional prior: frames / labels of random test clips (seeded by --seed), as
+        # scripts/sample_videogpt.py takes the first batch of its shuffled test loader
         from .train import open_datasets
         args = argparse.Namespace(**vars(gpt.args))
         if a.data_path:
@@ -94,10 +95,15 @@ def cmd_sample(a: argparse.Namespace) -> int:
         _, test = open_datasets(args)
         if len(test) < a.n:
             raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
-        items = [test[i] for i in range(a.n)]
+        picked = torch.randperm(len(test), generator=torch.Generator().manual_seed(a.seed))[:a.n].tolist()
+        items = [test[i] for i in picked]
         batch = {"video": torch.stack([it["video"] for it in items]).to(device)}
+        said = f"conditioning on test clips {picked} of {args.data_path}"
         if gpt.args.class_cond:
             batch["label"] = torch.tensor([it["label"] for it in items], device=device)
+            classes = getattr(test, "classes", None)
+            said += " with labels " + str([classes[i] if classes else i for i in batch["label"].tolist()])
+        print(said, flush=True)
     with torch.no_grad():
         samples = gpt.sample(a.n, batch, progress=not a.no_progress)
     _save_grid(samples.cpu(), out, fps=a.fps)
@@ -215,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
     p.add_argument("--n", type=positive_int, default=8, help="number of videos")
     p.add_argument("--output", default="samples.mp4", help=grid)
-    p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors "
-                                                      "(default: the prior's own data_path)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors: --n random "
+                   "clips of its test split, drawn with --seed (default: the prior's own data_path)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling and of the conditioning clips")
     p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
