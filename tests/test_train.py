@@ -633,3 +633,13 @@ def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
     assert len(served) == 3  # 2 batches used, the loop stops at the third
     err = capsys.readouterr().err
     assert "validate" in err and "2/2" in err
+
+
+def test_progress_bar_marks_validation_metrics(dataset, tmp_path, capsys):
+    """After a validation the bar shows val_* metrics, which a reader cannot take for training ones."""
+    flags = [f for f in VQ_FLAGS if f != "--no_progress"]
+    assert train.main(["vqvae", "--data_path", dataset, *flags, "--max_steps", "1", "--limit_val_batches", "1",
+                       "--output", str(tmp_path / "run")]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    last = [line for line in bar if line.startswith("train vqvae")][-1]
+    assert "val_recon_loss=" in last and " recon_loss=" not in last

@@ -931,7 +931,7 @@ class Trainer:
         if vals:
             self._log({"step": self.global_step, "epoch": self.epoch, **vals})
             if bar is not None:
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in vals.items()})
+                bar.set_postfix({k.replace("/", "_"): f"{v:.4f}" for k, v in vals.items()})  # val_*: not train
 
 
 # ==============================================================================================
