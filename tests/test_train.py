@@ -89,7 +89,7 @@ def test_torchrun_two_processes_both_stages(dataset, tmp_path):
     torch.testing.assert_close(gpt.vqvae.codebook.embeddings, vq.codebook.embeddings, rtol=0, atol=0)
 
 
-def test_resume_vqvae_is_exact(dataset, tmp_path):
+def test_resume_vqvae_is_exact(dataset, tmp_path, capsys):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "6", "--save_every", "2"]
     train.main(base + ["--output", str(full)])
@@ -101,6 +101,11 @@ def test_resume_vqvae_is_exact(dataset, tmp_path):
     sa, sb = _state(full / "last.ckpt"), _state(resumed / "last.ckpt")
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+    # resuming a finished run says there is nothing to train (not a silent no-op)
+    capsys.readouterr()
+    assert train.main(base + ["--output", str(full), "--resume", "auto"]) == 0
+    assert "already --max_steps 6: nothing to train" in capsys.readouterr().out
+    assert sorted(_losses(full)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_gpt_is_exact_with_dropout_and_cosine(dataset, vqvae_ckpt, tmp_path):

@@ -870,6 +870,9 @@ class Trainer:
     def fit(self) -> List[Dict[str, Any]]:
         """Train to ``--max_steps``; returns the metric records (also in ``OUTPUT/metrics.jsonl``)."""
         args = self.args
+        if self.global_step >= args.max_steps:
+            self.announce(f"{args.stage}: the checkpoint is at step {self.global_step}, already --max_steps "
+                          f"{args.max_steps}: nothing to train (raise --max_steps to continue)", logging.WARNING)
         bar = None
         if self.is_main and not args.no_progress:
             from tqdm.auto import tqdm
