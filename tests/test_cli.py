@@ -55,7 +55,11 @@ def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "-h"])
     assert e.value.code == 0
-    assert "usage" in capsys.readouterr().out.lower()
+    text = capsys.readouterr().out
+    assert "usage" in text.lower()
+    # what the subcommand does is said atop its own -h (not only in `videogpt-fast -h`), without rST backticks
+    description = text.split("\n\n")[1]
+    assert not description.startswith(("options:", "positional arguments:")) and "``" not in text
 
 
 def test_train_stage_help_and_top_level(capsys):
@@ -112,6 +116,9 @@ def test_encode_matches_the_model(models, videos, tmp_path, suffix):
     else:
         z = np.load(out)
         codes, files = torch.from_numpy(z["codes"]), list(z["files"])
+        saved = {k: z[k].item() for k in ("vqvae", "sequence_length", "resolution")}
+        assert tuple(z["latent_shape"]) == (2, 4, 4)
+    assert saved["vqvae"] == str(vq_path) and (saved["sequence_length"], saved["resolution"]) == (4, 16)
     assert codes.shape == (3, 2, 4, 4) and codes.dtype == torch.int64
     assert [Path(f).name for f in files] == ["v0.mp4", "v1.mp4", "v2.mp4"]
     x = preprocess(torch.from_numpy(decode_video(str(videos / "v1.mp4"))[:4]), 16).unsqueeze(0)
@@ -276,3 +283,35 @@ def test_help_shows_defaults_and_no_backticks(capsys):
     assert "download" not in gpt_help.replace("never downloaded", "") and "never downloaded" in gpt_help
     assert "--lr LR default: 0.0003" in gpt_help and "(default: 100)" in gpt_help
     assert "`" not in top_help and "`" not in train_help
+
+
+def test_sample_conditions_on_random_test_clips(models, tmp_path, monkeypatch, capsys):
+    """A class-conditional prior is conditioned on clips drawn at random (seeded by --seed) from the
+    test split, as the original's shuffled test loader, not always its first clips (one video)."""
+    from videogpt_fast.gpt import VideoGPT
+    vq, vq_path, _ = models
+    root = tmp_path / "data"
+    for split, n in (("train", 1), ("test", 2)):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i, v in enumerate(moving_shapes(n, 8, 16, seed=10 * c)):
+                write_video(v, str(root / split / cls / f"{i}.mp4"))
+    gpt = VideoGPT(argparse.Namespace(vqvae=str(vq_path), n_cond_frames=0, class_cond=True, class_cond_dim=2,
+                                      hidden_dim=24, heads=2, layers=1, dropout=0.0, attn_type="full",
+                                      attn_dropout=0.0, resolution=16, sequence_length=4, data_path=str(root)),
+                   vqvae=vq)
+    save_checkpoint(tmp_path / "c.ckpt", gpt)
+    labels = []
+
+    def fake_sample(self, n, batch=None, **kwargs):  # the draw itself is tested elsewhere
+        labels.append(tuple(batch["label"].tolist()))
+        return torch.zeros(n, 3, 4, 16, 16)
+
+    monkeypatch.setattr(VideoGPT, "sample", fake_sample)
+    for seed in range(6):
+        assert cli.main(["sample", "--ckpt", str(tmp_path / "c.ckpt"), "--n", "2", "--seed", str(seed), "--device",
+                         "cpu", "--no_progress", "--output", str(tmp_path / "s.gif")]) == 0
+    printed = capsys.readouterr().out
+    assert "conditioning on test clips" in printed and "with labels ['" in printed
+    assert len(set(labels)) > 1  # the first 2 clips (both from test/cat/0.mp4) would always give (0, 0)
+    assert {lab for pair in labels for lab in pair} == {0, 1}

@@ -9,6 +9,7 @@ from PIL import Image
 
 from videogpt_fast import demo
 from videogpt_fast.checkpoint import load_videogpt, load_vqvae
+from videogpt_fast.run_dir import LOCK_NAME
 from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
 
 
@@ -18,7 +19,9 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo.main(["--output", str(out), "--steps", "3", "--gpt_steps", "2", "--n_videos", "16",
                       "--n_samples", "2", "--no_progress"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "sampling" not in captured.err  # --no_progress covers the sampling bar too
     for name in ("reconstructions.mp4", "reconstructions.gif", "samples.mp4", "samples.gif", "losses.png"):
         assert (out / name).is_file(), name
         assert name in printed  # the demo says where it wrote
@@ -32,11 +35,32 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     assert Image.open(out / "losses.png").size[0] > 100
     assert load_vqvae(out / "vqvae" / "last.ckpt").latent_shape == (4, 8, 8)
     assert load_videogpt(out / "gpt" / "last.ckpt").shape == (4, 8, 8)
+    # a second demo into the same folder is refused before any work (no mixed checkpoints/metrics)
+    def files():  # everything but the lock file, which every attempt opens
+        return sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*") if p.name != LOCK_NAME)
+    before = files()
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--output", str(out), "--steps", "1", "--n_videos", "2", "--no_progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--output {out} is not empty" in err and "choose a new --output" in err and "--resume" not in err
+    assert files() == before
 
 
-def test_bad_demo_arguments():
+@pytest.mark.parametrize("flag", ["--steps", "--gpt_steps", "--n_videos", "--n_samples", "--lr"])
+def test_bad_demo_arguments(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main([flag, "0", "--output", str(tmp_path / "d")])
+    assert e.value.code == 2  # argparse's usage error, before any work
+    assert f"argument {flag}: must be a positive" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
-        demo.main(["--steps", "0"])
+        demo.main(["-h"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 600)" in text and "(default: ./demo_output)" in text and "``" not in text
 
 
 def test_synthetic_videos_move_and_are_deterministic():

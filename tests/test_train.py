@@ -89,7 +89,7 @@ def test_torchrun_two_processes_both_stages(dataset, tmp_path):
     torch.testing.assert_close(gpt.vqvae.codebook.embeddings, vq.codebook.embeddings, rtol=0, atol=0)
 
 
-def test_resume_vqvae_is_exact(dataset, tmp_path):
+def test_resume_vqvae_is_exact(dataset, tmp_path, capsys):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "6", "--save_every", "2"]
     train.main(base + ["--output", str(full)])
@@ -101,6 +101,11 @@ def test_resume_vqvae_is_exact(dataset, tmp_path):
     sa, sb = _state(full / "last.ckpt"), _state(resumed / "last.ckpt")
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+    # resuming a finished run says there is nothing to train (not a silent no-op)
+    capsys.readouterr()
+    assert train.main(base + ["--output", str(full), "--resume", "auto"]) == 0
+    assert "already --max_steps 6: nothing to train" in capsys.readouterr().out
+    assert sorted(_losses(full)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_gpt_is_exact_with_dropout_and_cosine(dataset, vqvae_ckpt, tmp_path):
@@ -480,7 +485,9 @@ def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
 
 def test_model_flags_are_checked_up_front(tmp_path, capsys):
     for flags, message in ((["--downsample", "3", "2", "2"], "powers of two"), (["--n_hiddens", "7"], "n_hiddens"),
-                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads")):
+                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads"),
+                           (["--hidden_dim", "32", "--heads", "2"], "argument --hidden_dim: must be divisible by 3"),
+                           (["--hidden_dim", "48", "--heads", "5"], "argument --hidden_dim: must be divisible by --heads 5")):
         with pytest.raises(SystemExit):
             train.main(["vqvae" if "--heads" not in flags else "gpt", "--data_path", "x", "--max_steps", "1", *flags])
         assert message in capsys.readouterr().err
@@ -632,3 +639,13 @@ def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
     err = capsys.readouterr().err
     # the bar's total is the bound (tqdm redraws at most every 0.1 s, so "2/2" itself may not show)
     assert "validate" in err and "/2 " in err.replace("|", " ") + " "
+
+
+def test_progress_bar_marks_validation_metrics(dataset, tmp_path, capsys):
+    """After a validation the bar shows val_* metrics, which a reader cannot take for training ones."""
+    flags = [f for f in VQ_FLAGS if f != "--no_progress"]
+    assert train.main(["vqvae", "--data_path", dataset, *flags, "--max_steps", "1", "--limit_val_batches", "1",
+                       "--output", str(tmp_path / "run")]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    last = [line for line in bar if line.startswith("train vqvae")][-1]
+    assert "val_recon_loss=" in last and " recon_loss=" not in last

@@ -84,7 +84,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     torch.manual_seed(a.seed)
     batch = None
     if gpt.use_frame_cond or gpt.args.class_cond:
-        # conditional prior: frames / labels from the test split of its data, as scripts/sample_videogpt.py
+        # conditional prior: frames / labels of random test clips (seeded by --seed), as
+        # scripts/sample_videogpt.py takes the first batch of its shuffled test loader
         from .train import open_datasets
         args = argparse.Namespace(**vars(gpt.args))
         if a.data_path:
@@ -94,10 +95,15 @@ def cmd_sample(a: argparse.Namespace) -> int:
         _, test = open_datasets(args)
         if len(test) < a.n:
             raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
-        items = [test[i] for i in range(a.n)]
+        picked = torch.randperm(len(test), generator=torch.Generator().manual_seed(a.seed))[:a.n].tolist()
+        items = [test[i] for i in picked]
         batch = {"video": torch.stack([it["video"] for it in items]).to(device)}
+        said = f"conditioning on test clips {picked} of {args.data_path}"
         if gpt.args.class_cond:
             batch["label"] = torch.tensor([it["label"] for it in items], device=device)
+            classes = getattr(test, "classes", None)
+            said += " with labels " + str([classes[i] if classes else i for i in batch["label"].tolist()])
+        print(said, flush=True)
     with torch.no_grad():
         samples = gpt.sample(a.n, batch, progress=not a.no_progress)
     _save_grid(samples.cpu(), out, fps=a.fps)
@@ -137,7 +143,7 @@ def cmd_encode(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     codes: List[torch.Tensor] = []
     kept: List[str] = []
-    for i in tqdm(range(0, len(files), a.batch_size), desc="encode", disable=a.no_progress):
+    for i in tqdm(range(0, len(files), a.batch_size), desc="encode", unit="batch", disable=a.no_progress):
         chunk = files[i:i + a.batch_size]
         x = torch.stack([_clip(f, seq, res) for f in chunk]).to(device)
         with torch.no_grad():
@@ -145,12 +151,12 @@ def cmd_encode(a: argparse.Namespace) -> int:
         kept += chunk
     all_codes = torch.cat(codes)
     from .checkpoint import atomic_save, atomic_write
-    if out.suffix.lower() == ".npz":
-        atomic_write(out, lambda tmp: np.savez(tmp, codes=all_codes.numpy(), files=np.array(kept),
+    record = {"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq, "resolution": res}
+    if out.suffix.lower() == ".npz":  # the same keys as .pt, plus the latent shape
+        atomic_write(out, lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()},
                                                latent_shape=np.array(all_codes.shape[1:])))
     else:
-        atomic_save({"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq,
-                     "resolution": res}, out)
+        atomic_save(record, out)
     print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}")
     return 0
 
@@ -191,6 +197,12 @@ def cmd_fvd(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+def _subcommand(sub, name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose one-line ``summary`` is both its line in ``videogpt-fast -h`` and the
+    description atop its own ``-h``."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      epilog=__doc__.split("\n\n", 1)[1],
@@ -203,21 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = DefaultsHelpFormatter
     grid = f"{' or '.join(GRID_EXTS)}; written to a temporary file in the same folder, then renamed"
 
-    p = sub.add_parser("sample", help="sample videos from a VideoGPT checkpoint into an MP4/GIF grid",
+    p = _subcommand(sub, "sample", "sample videos from a VideoGPT checkpoint into an MP4/GIF grid",
                        formatter_class=defaults)
     p.add_argument("--ckpt", required=True, help="prior checkpoint path or pretrained name (bair_gpt, ...)")
     p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
     p.add_argument("--n", type=positive_int, default=8, help="number of videos")
     p.add_argument("--output", default="samples.mp4", help=grid)
-    p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors "
-                                                      "(default: the prior's own data_path)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors: --n random "
+                   "clips of its test split, drawn with --seed (default: the prior's own data_path)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling and of the conditioning clips")
     p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("reconstruct", help="encode+decode a video with a VQ-VAE, side by side with the input",
+    p = _subcommand(sub, "reconstruct", "encode+decode a video with a VQ-VAE, side by side with the input",
                        formatter_class=defaults)
     p.add_argument("video", help="input video file")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
@@ -229,20 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", help="encode videos (files or folders) into VQ-VAE codes", formatter_class=defaults)
+    p = _subcommand(sub, "encode", "encode videos (files or folders) into VQ-VAE codes, one clip per video (its first frames)", formatter_class=defaults)
     p.add_argument("inputs", nargs="+", help="video files or folders (searched recursively)")
     p.add_argument("--vqvae", required=True, help="VQ-VAE checkpoint path or pretrained name")
     p.add_argument("--output", default="codes.pt", help=".pt (torch.save dict) or .npz; written to a temporary "
                                                         "file in the same folder, then renamed")
     p.add_argument("--sequence_length", type=positive_int, default=None,
-                   help="frames per video (default: the VQ-VAE's)")
+                   help="frames encoded from the start of each video; a shorter video is an error "
+                        "(default: the VQ-VAE's)")
     p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
     p.add_argument("--batch_size", type=positive_int, default=8, help="videos per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("fvd", help="Frechet Video Distance between a folder of real and one of generated videos",
+    p = _subcommand(sub, "fvd", "Frechet Video Distance between a folder of real and one of generated videos",
                        formatter_class=defaults)
     p.add_argument("--real", required=True, help="folder of real videos")
     p.add_argument("--fake", required=True, help="folder of generated videos")

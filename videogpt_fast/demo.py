@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import train
+from .argtypes import DefaultsHelpFormatter, positive_float, positive_int
+from .run_dir import OutputLock, check_fresh_output
 from .synthetic import MovingShapesDataset
 
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
@@ -28,16 +30,20 @@ GPT_FLAGS = ["--hidden_dim", "96", "--heads", "2", "--layers", "2", "--dropout",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="videogpt-fast demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="./demo_output", help="folder for videos, plot and checkpoints")
-    p.add_argument("--steps", type=int, default=600, help="VQ-VAE training steps")
-    p.add_argument("--gpt_steps", type=int, default=None, help="prior training steps (default: 2.5 x --steps)")
-    p.add_argument("--n_videos", type=int, default=512, help="synthetic training videos")
-    p.add_argument("--n_samples", type=int, default=8, help="videos to sample from the prior")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p = argparse.ArgumentParser(prog="videogpt-fast demo", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--output", default="./demo_output",
+                   help="folder for videos, plot and checkpoints; must be new or empty (a second demo into the "
+                        "same folder is refused, not mixed with the first)")
+    p.add_argument("--steps", type=positive_int, default=600,
+                   help="VQ-VAE training steps (the bar shows the rate; try 100 for a quick look)")
+    p.add_argument("--gpt_steps", type=positive_int, default=None, help="prior training steps (default: 2.5 x --steps)")
+    p.add_argument("--n_videos", type=positive_int, default=512, help="synthetic training videos")
+    p.add_argument("--n_samples", type=positive_int, default=8, help="videos to sample from the prior")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate of both stages (higher than the original's 3e-4: the demo is short)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no_progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
     return p
 
 
@@ -88,12 +94,24 @@ def _save_frame_strip(video: torch.Tensor, fname: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    opts = build_parser().parse_args(argv)
-    if opts.steps <= 0 or opts.n_videos <= 0 or opts.n_samples <= 0:
-        raise SystemExit("videogpt-fast demo: --steps, --n_videos and --n_samples must be positive")
-    gpt_steps = opts.gpt_steps if opts.gpt_steps is not None else max(1, round(2.5 * opts.steps))
+    parser = build_parser()
+    opts = parser.parse_args(argv)
     out = Path(opts.output)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out)
+    try:
+        lock.acquire()  # a second demo writing into the same folder stops here
+        check_fresh_output(out, advice="choose a new --output, or delete that folder (an earlier demo's?)")
+    except ValueError as e:
+        lock.release()
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    try:
+        return _run(opts, out)
+    finally:
+        lock.release()
+
+
+def _run(opts: argparse.Namespace, out: Path) -> int:
+    gpt_steps = opts.gpt_steps if opts.gpt_steps is not None else max(1, round(2.5 * opts.steps))
     t0 = time.time()
     print(f"[demo] {opts.n_videos} synthetic moving-shape videos of {SEQUENCE_LENGTH}x{RESOLUTION}x{RESOLUTION}; "
           f"training on CPU ({torch.get_num_threads()} threads)", flush=True)
@@ -122,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            samples = gpt.sample(opts.n_samples)
+            samples = gpt.sample(opts.n_samples, progress=not opts.no_progress)
         finally:
             torch.set_num_threads(threads)
     files = []

@@ -104,9 +104,11 @@ class OutputLock:
         self.release()
 
 
-def check_fresh_output(folder: os.PathLike) -> None:
+def check_fresh_output(folder: os.PathLike,
+                       advice: str = "pass --resume auto to continue the run there, or choose a new or empty "
+                                     "--output") -> None:
     """Raise ValueError when ``folder`` holds anything but its lock file: a new run (no ``--resume``)
-    would mix its checkpoints and metrics with an earlier run's."""
+    would mix its checkpoints and metrics with an earlier run's. ``advice`` ends the message."""
     folder = Path(folder)
     if not folder.exists():
         return
@@ -115,8 +117,7 @@ def check_fresh_output(folder: os.PathLike) -> None:
     entries = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
     if entries:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-        raise ValueError(f"--output {folder} is not empty ({shown}): pass --resume auto to continue the run "
-                         f"there, or choose a new or empty --output")
+        raise ValueError(f"--output {folder} is not empty ({shown}): {advice}")
 
 
 def remove_stale_temporaries(folder: os.PathLike) -> List[Path]:

@@ -139,7 +139,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="validate every N steps (0: at the end of every epoch, as Lightning; -1: never)")
     o.add_argument("--limit_val_batches", type=int, default=VAL_BATCHES,
                    help="validation batches per rank at each validation (0: the whole test split)")
-    o.add_argument("--log_every", type=int, default=10, help="write training metrics every N steps")
+    o.add_argument("--log_every", type=int, default=10, help="write the training metrics to metrics.jsonl (one record per step) and the bar every N "
+                        "steps")
     o.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     return parser
 
@@ -193,6 +194,11 @@ def check_flag_values(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and not 0 <= v < 1:
             raise bad(name, "in [0, 1)")
+    if args.stage == "gpt":  # VideoGPT's own constraints, before the data is indexed
+        if args.hidden_dim % args.heads:
+            raise bad("hidden_dim", f"divisible by --heads {args.heads}")
+        if args.hidden_dim % 3:
+            raise bad("hidden_dim", "divisible by 3 (the position embedding splits it over the latent's T, H, W)")
     if args.stage == "vqvae":
         from .vqvae import VQVAE
         with torch.device("meta"):
@@ -882,6 +888,9 @@ class Trainer:
     def fit(self) -> List[Dict[str, Any]]:
         """Train to ``--max_steps``; returns the metric records (also in ``OUTPUT/metrics.jsonl``)."""
         args = self.args
+        if self.global_step >= args.max_steps:
+            self.announce(f"{args.stage}: the checkpoint is at step {self.global_step}, already --max_steps "
+                          f"{args.max_steps}: nothing to train (raise --max_steps to continue)", logging.WARNING)
         bar = None
         if self.is_main and not args.no_progress:
             from tqdm.auto import tqdm
@@ -943,7 +952,7 @@ class Trainer:
         if vals:
             self._log({"step": self.global_step, "epoch": self.epoch, **vals})
             if bar is not None:
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in vals.items()})
+                bar.set_postfix({k.replace("/", "_"): f"{v:.4f}" for k, v in vals.items()})  # val_*: not train
 
 
 # ==============================================================================================
