@@ -349,13 +349,17 @@ class VideoGPT(nn.Module):
         parser = argparse.ArgumentParser(parents=[parent_parser], add_help=False)
         parser.add_argument("--vqvae", type=str, default="kinetics_stride4x4x4",
                             help="VQ-VAE checkpoint path, or a pretrained name in the local cache (never downloaded)")
-        parser.add_argument("--n_cond_frames", type=int, default=0)
-        parser.add_argument("--class_cond", action="store_true")
+        parser.add_argument("--n_cond_frames", type=int, default=0,
+                            help="condition on the first N frames of each clip (ResNet features, cross-attention)")
+        parser.add_argument("--class_cond", action="store_true",
+                            help="condition on the class label (video folders with class sub-folders)")
         # VideoGPT hyperparameters
-        parser.add_argument("--hidden_dim", type=int, default=576)
-        parser.add_argument("--heads", type=int, default=4)
-        parser.add_argument("--layers", type=int, default=8)
-        parser.add_argument("--dropout", type=float, default=0.2)
-        parser.add_argument("--attn_type", type=str, default="full", choices=["full", "sparse"])
-        parser.add_argument("--attn_dropout", type=float, default=0.3)
+        parser.add_argument("--hidden_dim", type=int, default=576,
+                            help="transformer width; divisible by 3 (the latent dims) and by --heads")
+        parser.add_argument("--heads", type=int, default=4, help="attention heads")
+        parser.add_argument("--layers", type=int, default=8, help="transformer blocks")
+        parser.add_argument("--dropout", type=float, default=0.2, help="residual dropout")
+        parser.add_argument("--attn_type", type=str, default="full", choices=["full", "sparse"],
+                            help="full causal or strided block-sparse attention")
+        parser.add_argument("--attn_dropout", type=float, default=0.3, help="dropout on attention weights")
         return parser
