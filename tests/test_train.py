@@ -467,6 +467,8 @@ def test_rank0_builds_the_clip_index_first(video_folder, tmp_path, monkeypatch):
     (["--lr", "0"], "--lr"), (["--limit_val_batches", "-1"], "--limit_val_batches"),
     (["--val_every", "-2"], "--val_every"), (["--max_steps", "0"], "--max_steps"),
     (["--gradient_clip_val", "-1"], "--gradient_clip_val"), (["--batch_size", "0"], "--batch_size"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 64)], "--seed"), (["--device", "banana"], "--device"),
+    (["--device", "cuda:x"], "--device"),
 ])
 def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
     """Checked before anything else: the data path does not even exist, and nothing is written."""
@@ -480,7 +482,10 @@ def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
 
 def test_model_flags_are_checked_up_front(tmp_path, capsys):
     for flags, message in ((["--downsample", "3", "2", "2"], "powers of two"), (["--n_hiddens", "7"], "n_hiddens"),
-                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads")):
+                           (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads"),
+                           (["--n_res_layers", "1000000"], "GiB of memory of this device: lower --n_hiddens, "
+                                                           "--n_res_layers"),
+                           (["--n_hiddens", "100000000"], "the VQ-VAE would have")):
         with pytest.raises(SystemExit):
             train.main(["vqvae" if "--heads" not in flags else "gpt", "--data_path", "x", "--max_steps", "1", *flags])
         assert message in capsys.readouterr().err
@@ -631,3 +636,27 @@ def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
     assert len(served) == 3  # 2 batches used, the loop stops at the third
     err = capsys.readouterr().err
     assert "validate" in err and "2/2" in err
+
+
+def test_a_prior_too_big_for_memory_is_refused_before_it_is_built(dataset, vqvae_ckpt, tmp_path, capsys):
+    """Attack: --layers 10**8 used to build 10**8 layers for hours; now a one-line error up front."""
+    argv = ["gpt", "--data_path", dataset, *_set(GPT_FLAGS, "layers", str(10 ** 8)), "--vqvae", vqvae_ckpt,
+            "--max_steps", "1", "--output", str(tmp_path / "o")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: the prior would have" in err and "lower --hidden_dim or --layers" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_out_of_memory_is_one_line(dataset, tmp_path, capsys, monkeypatch):
+    def oom(self):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 480000000000 bytes. Error code 12")
+    monkeypatch.setattr(train.Trainer, "fit", oom)
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--output",
+                       str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory (" in err and "lower --batch_size, --resolution" in err and err.count("\n") == 1
+    monkeypatch.setattr(train.Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("other bug")))
+    with pytest.raises(RuntimeError, match="other bug"):  # only allocation failures are turned into a message
+        train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--output", str(tmp_path / "p")])

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ import torch.utils.data as data
 from .argtypes import DefaultsHelpFormatter
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 from .checkpoint import _split, check_fits, link_or_copy
+from .model_size import check_model_memory, estimated_params, out_of_memory_message
 from .run_dir import OutputLock, check_fresh_output, periodic_checkpoints, remove_stale_temporaries
 
 log = logging.getLogger("videogpt_fast.train")
@@ -189,8 +191,15 @@ def check_flag_values(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and not 0 <= v < 1:
             raise bad(name, "in [0, 1)")
+    if not 0 <= args.seed < 2**32:
+        raise bad("seed", "in [0, 2**32 - 1]")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise bad("device", "auto, cpu, cuda or cuda:N")
     if args.stage == "vqvae":
         from .vqvae import VQVAE
+        n_params = estimated_params(lambda a: VQVAE(_model_namespace(a)), args, "n_res_layers")
+        check_model_memory(n_params, "the VQ-VAE", "--n_hiddens, --n_res_layers, --embedding_dim or --n_codes",
+                           args.device)
         with torch.device("meta"):
             VQVAE(_model_namespace(args)).latent_shape  # noqa: B018 (raises on clip sizes the strides do not divide)
 
@@ -470,6 +479,8 @@ def build_model(args: argparse.Namespace, train_set: data.Dataset,
     else:
         vqvae = load_vqvae(args.vqvae)
     check_latent_fit(vqvae, args)
+    n_params = estimated_params(lambda a: VideoGPT(_model_namespace(a), vqvae=vqvae), args, "layers")
+    check_model_memory(n_params, "the prior", "--hidden_dim or --layers", args.device)
     return VideoGPT(_model_namespace(args), vqvae=vqvae)
 
 
@@ -948,6 +959,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Trainer(args).fit()
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        message = out_of_memory_message(e)
+        if message is None:
+            raise
+        print(f"videogpt-fast train {args.stage}: error: {message}", file=sys.stderr)
         return 2
     finally:
         lock.release()
