@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.utils.data as data
 
-from .argtypes import DefaultsHelpFormatter
+from .argtypes import DefaultsHelpFormatter, device_name, seed_int
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 from .checkpoint import _split, check_fits, link_or_copy
 from .model_size import check_model_memory, estimated_params, out_of_memory_message
@@ -121,8 +120,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="SyncBatchNorm in the VQ-VAE under DDP (CUDA only)")
     t.add_argument("--activation_checkpointing", action="store_true",
                    help="recompute the prior's attention blocks in backward (less memory)")
-    t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
-    t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    t.add_argument("--seed", type=seed_int, default=1234, help="as the original's pl.seed_everything(1234)")
+    t.add_argument("--device", type=device_name, default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
     o = parser.add_argument_group("output")
     o.add_argument("--output", type=str, default=f"runs/{stage}",
                    help="folder for checkpoints and metrics; locked while a run writes there, and it must be new "
@@ -191,10 +190,6 @@ def check_flag_values(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and not 0 <= v < 1:
             raise bad(name, "in [0, 1)")
-    if not 0 <= args.seed < 2**32:
-        raise bad("seed", "in [0, 2**32 - 1]")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
-        raise bad("device", "auto, cpu, cuda or cuda:N")
     if args.stage == "vqvae":
         from .vqvae import VQVAE
         n_params = estimated_params(lambda a: VQVAE(_model_namespace(a)), args, "n_res_layers")
