@@ -660,3 +660,41 @@ def test_out_of_memory_is_one_line(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train.Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("other bug")))
     with pytest.raises(RuntimeError, match="other bug"):  # only allocation failures are turned into a message
         train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--output", str(tmp_path / "p")])
+
+
+def test_metrics_rewrite_on_resume_is_atomic_and_a_torn_middle_line_says_what_to_do(tmp_path, monkeypatch):
+    """Attack: resuming rewrote metrics.jsonl in place (a kill then lost the whole log); a torn line in
+    the middle of it blocked the resume without saying what to do."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    written = []
+    real = train.atomic_write
+    monkeypatch.setattr(train, "atomic_write", lambda p, w: written.append(Path(p).name) or real(p, w))
+    train.MetricsWriter(tmp_path, True, resume_step=2).close()
+    assert written == ["metrics.jsonl"]
+    assert [r["step"] for r in train.read_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\n{"step": 2, "lo{"step": 3}\n{"step": 4}\n')
+    with pytest.raises(ValueError, match=r"cannot resume: .*metrics\.jsonl line 2 is not a metrics record.*fix or "
+                                         r"delete that line"):
+        train.MetricsWriter(tmp_path, True, resume_step=4)
+    assert path.read_text().count("\n") == 3  # the log is left as it was
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("user data")
+    with pytest.raises(ValueError, match=r"--output .*f/run: cannot create the folder \(Not a directory\)"):
+        from videogpt_fast.run_dir import OutputLock
+        OutputLock(tmp_path / "f" / "run").acquire()
+    assert (tmp_path / "f").read_text() == "user data"
+
+
+def test_resume_past_max_steps_is_an_error_not_a_silent_no_op(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--val_every", "-1", "--output", str(out)]
+    assert train.main(base + ["--max_steps", "3"]) == 0
+    before = (out / "last.ckpt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert train.main(base + ["--max_steps", "2", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint is at step 3, past --max_steps 2: nothing to train" in err and err.count("\n") == 1
+    assert (out / "last.ckpt").stat().st_mtime_ns == before

@@ -434,7 +434,8 @@ def check_fits(build: Callable[[], torch.nn.Module], state_dict: Dict[str, Any],
 def check_size(build: Callable[[argparse.Namespace], torch.nn.Module], args: argparse.Namespace, layers_attr: str,
                state_dict: Dict[str, Any], path: PathLike) -> None:
     """CheckpointMismatchError when ``args`` (with more than 2 repeated layers ``layers_attr``) describe
-    a model with more values than ``state_dict`` holds, found without building it (see :func:`videogpt_fast.model_size.estimated_params`): so
+    a model with more values than ``state_dict`` holds, found without building it (see
+    :func:`videogpt_fast.model_size.estimated_params`): so
     ``n_res_layers=10**6`` in a small file fails at once instead of building a million layers. Args that
     cannot build a model are left to :func:`check_fits`, which names the error."""
     from .model_size import estimated_params

@@ -51,7 +51,7 @@ import torch.utils.data as data
 
 from .argtypes import DefaultsHelpFormatter, device_name, seed_int
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
-from .checkpoint import _split, check_fits, link_or_copy
+from .checkpoint import _split, atomic_write, check_fits, link_or_copy
 from .model_size import check_model_memory, estimated_params, out_of_memory_message
 from .run_dir import OutputLock, check_fresh_output, periodic_checkpoints, remove_stale_temporaries
 
@@ -121,7 +121,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     t.add_argument("--activation_checkpointing", action="store_true",
                    help="recompute the prior's attention blocks in backward (less memory)")
     t.add_argument("--seed", type=seed_int, default=1234, help="as the original's pl.seed_everything(1234)")
-    t.add_argument("--device", type=device_name, default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    t.add_argument("--device", type=device_name, default="auto",
+                   help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
     o = parser.add_argument_group("output")
     o.add_argument("--output", type=str, default=f"runs/{stage}",
                    help="folder for checkpoints and metrics; locked while a run writes there, and it must be new "
@@ -493,8 +494,14 @@ class MetricsWriter:
             return
         if resume_step is not None and self.path.exists():
             # drop what a killed run logged after the checkpoint we resume from (and a torn last line)
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            try:
+                kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            except ValueError as e:
+                raise ValueError(f"cannot resume: {e}; fix or delete that line (metrics.jsonl is only the log of "
+                                 "the run; the checkpoints are intact), then resume again") from None
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            # atomically: a run killed while rewriting it must not lose the log of the earlier steps
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         elif self.path.exists():
             self.path.unlink()
         try:
@@ -638,6 +645,12 @@ class Trainer:
         random.seed(args.seed + self.rank)
         if ckpt is not None:
             self._restore(ckpt)
+            if self.global_step > args.max_steps:
+                raise ValueError(f"--resume: the checkpoint is at step {self.global_step}, past --max_steps "
+                                 f"{args.max_steps}: nothing to train; give a larger --max_steps to continue")
+            if self.global_step == args.max_steps:
+                self.announce(f"--resume: the checkpoint is already at --max_steps {args.max_steps}; nothing to "
+                              "train (give a larger --max_steps to continue)", logging.WARNING)
         if self.is_main:
             stale = remove_stale_temporaries(self.output)
             if stale:
