@@ -698,3 +698,18 @@ def test_resume_past_max_steps_is_an_error_not_a_silent_no_op(dataset, tmp_path,
     err = capsys.readouterr().err
     assert "the checkpoint is at step 3, past --max_steps 2: nothing to train" in err and err.count("\n") == 1
     assert (out / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_class_cond_with_unlabeled_test_files_fails_up_front(vqvae_ckpt, tmp_path, capsys):
+    """Attack: a file directly in test/ (label -1) crashed validation in F.one_hot after training began."""
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    root = tmp_path / "videos"
+    for rel, seed in [("train/cats/a.mp4", 0), ("train/dogs/b.mp4", 1), ("test/loose.mp4", 2)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(root / rel), smooth_frames(6, 16, 16, seed=seed))
+    out = tmp_path / "gpt"
+    assert train.main(["gpt", "--data_path", str(root), *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--class_cond",
+                       "--max_steps", "2", "--device", "cpu", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--class_cond: 1 video file(s) directly in" in err and "test have no class" in err
+    assert not list(out.glob("*.ckpt"))

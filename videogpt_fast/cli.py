@@ -94,6 +94,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if not getattr(args, "data_path", None):
             raise ValueError("this prior is conditional (frames or class): give --data_path for the conditioning videos")
         _, test = open_datasets(args)
+        if gpt.args.class_cond:
+            from .train import check_labeled
+            check_labeled(test)
         if len(test) < a.n:
             raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
         items = [test[i] for i in range(a.n)]

@@ -397,6 +397,16 @@ def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse
                            num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=False)
 
 
+def check_labeled(dataset: Optional[data.Dataset]) -> None:
+    """ValueError when a class-conditional model would meet label -1: files of a video folder's split
+    that have no class (directly in ``test/`` while ``train/`` has class folders only)."""
+    unlabeled = getattr(dataset, "unlabeled", 0)
+    if unlabeled:
+        folder = getattr(getattr(dataset, "index", None), "folder", "the dataset")
+        raise ValueError(f"--class_cond: {unlabeled} video file(s) directly in {folder} have no class (train/ has "
+                         "class folders only, so their label is -1); move them into class folders")
+
+
 def _n_classes(dataset: data.Dataset) -> int:
     try:
         return int(dataset.n_classes)  # type: ignore[attr-defined]
@@ -588,6 +598,9 @@ class Trainer:
         if len(train_set) == 0:
             raise ValueError(f"the training set of {args.data_path!r} is empty (no clip of "
                              f"sequence_length={args.sequence_length} frames)")
+        if args.stage == "gpt" and args.class_cond:
+            for ds in (train_set, val_set):
+                check_labeled(ds)
         self.train_set, self.val_set = train_set, val_set
 
         resume_path = self._resume_path()
