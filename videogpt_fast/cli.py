@@ -281,12 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        from .model_size import out_of_memory_message
-        message = out_of_memory_message(e)
-        if message is None:
-            raise
-        print(f"videogpt-fast {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        from .model_size import report_out_of_memory
+        return report_out_of_memory(e, f"videogpt-fast {args.command}")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["estimated_params", "memory_bytes", "check_model_memory"]
+__all__ = ["estimated_params", "memory_bytes", "check_model_memory", "out_of_memory_message",
+           "report_out_of_memory"]
 
 #: bytes per parameter while training in fp32 with Adam: weights, gradients, two moment buffers
 TRAIN_BYTES_PER_PARAM = 16
@@ -77,3 +79,13 @@ def out_of_memory_message(e: BaseException) -> Optional[str]:
     first = " ".join(text.split()).split(". ")[0][:200] or type(e).__name__
     return (f"out of memory ({first}): lower --batch_size, --resolution, --sequence_length or the model size "
             "flags")
+
+
+def report_out_of_memory(e: BaseException, prog: str) -> int:
+    """For a command's ``main``: print ``PROG: error: out of memory (...)`` on stderr and return the
+    exit status 2 when ``e`` is an allocation failure; re-raise ``e`` otherwise."""
+    message = out_of_memory_message(e)
+    if message is None:
+        raise e
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2

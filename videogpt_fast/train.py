@@ -52,7 +52,7 @@ import torch.utils.data as data
 from .argtypes import DefaultsHelpFormatter, device_name, seed_int
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
 from .checkpoint import _split, atomic_write, check_fits, link_or_copy
-from .model_size import check_model_memory, estimated_params, out_of_memory_message
+from .model_size import check_model_memory, estimated_params, report_out_of_memory
 from .run_dir import OutputLock, check_fresh_output, periodic_checkpoints, remove_stale_temporaries
 
 log = logging.getLogger("videogpt_fast.train")
@@ -982,11 +982,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        message = out_of_memory_message(e)
-        if message is None:
-            raise
-        print(f"videogpt-fast train {args.stage}: error: {message}", file=sys.stderr)
-        return 2
+        return report_out_of_memory(e, f"videogpt-fast train {args.stage}")
     finally:
         lock.release()
         if dist.is_initialized():
