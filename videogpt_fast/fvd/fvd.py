@@ -208,9 +208,10 @@ def load_i3d_pretrained(path: Optional[Union[str, os.PathLike, torch.device]] = 
     missing = [k for k in i3d.state_dict() if k not in state_dict]
     unexpected = [k for k in state_dict if k not in i3d.state_dict()]
     if missing or unexpected:  # e.g. a VQ-VAE or prior checkpoint given as --i3d
+        parts = [f"{len(keys)} key(s) {what} (first: {keys[0]})" for keys, what in
+                 ((missing, "missing"), (unexpected, "unexpected")) if keys]
         raise CheckpointError(f"{file} is not the I3D network's state dict (i3d_pretrained_400.pt): "
-                              f"{len(missing)} key(s) missing (first: {missing[:1]}), {len(unexpected)} unexpected "
-                              f"(first: {unexpected[:1]})")
+                              f"{', '.join(parts)}")
     try:
         i3d.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:  # shapes differ
