@@ -303,3 +303,51 @@ def test_temporary_names():
     os.unlink(tmp)
     assert ckpt_mod.is_temporary(Path(tmp).name) and ckpt_mod.is_temporary(".last.ckpt.x1y2.tmp")
     assert not any(ckpt_mod.is_temporary(n) for n in ("last.ckpt", "epoch=1-step=2.ckpt", "metrics.jsonl", ".hidden"))
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 15 follow-up attacks: damaged bytes, integer or NaN weights, a million layers in a small file
+# ----------------------------------------------------------------------------------------------
+def _tiny_vqvae_file(path, **override):
+    from videogpt_fast.vqvae import VQVAE
+    vq = VQVAE(argparse.Namespace(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2],
+                                  sequence_length=4, resolution=8))
+    save_checkpoint(path, vq)
+    return path
+
+
+def test_a_flipped_byte_is_a_corrupt_checkpoint_not_silently_other_weights(tmp_path):
+    path = _tiny_vqvae_file(tmp_path / "vq.ckpt")
+    import zipfile
+    with zipfile.ZipFile(path) as z:  # flip a byte inside the codebook's stored tensor data
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size // 2
+    raw[at] ^= 0x55
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ckpt_mod.CorruptCheckpointError, match=r"vq\.ckpt is corrupt: its member .* fails its CRC-32"):
+        load_vqvae(path)
+
+
+@pytest.mark.parametrize("poison, match", [
+    (lambda t: t.to(torch.int64), r"is torch\.int64 in the file but torch\.float32 in the model"),
+    (lambda t: torch.full_like(t, float("nan")), r"holds NaN"),
+])
+def test_integer_or_nan_weights_are_refused(tmp_path, poison, match):
+    path = _tiny_vqvae_file(tmp_path / "vq.ckpt")
+    raw = safe_load(path)
+    raw["state_dict"]["codebook.embeddings"] = poison(raw["state_dict"]["codebook.embeddings"])
+    torch.save(raw, path)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"vq\.ckpt.*codebook\.embeddings.*" + match):
+        load_vqvae(path)
+
+
+def test_a_million_layers_in_a_small_file_fail_at_once(tmp_path):
+    """Args with n_res_layers=10**6 would take hours to build even on the meta device."""
+    path = _tiny_vqvae_file(tmp_path / "vq.ckpt")
+    raw = safe_load(path)
+    raw["hyper_parameters"]["args"].n_res_layers = 10 ** 6
+    torch.save(raw, path)
+    with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"vq\.ckpt: .* describe a model of [\d,]+ values "
+                                                               r"\(n_res_layers=1000000\), but its weights hold"):
+        load_vqvae(path)

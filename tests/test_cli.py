@@ -208,6 +208,9 @@ def test_random_bytes_checkpoint_in_a_real_process(videos, tmp_path):
     (["encode", "v.mp4", "--vqvae", "x", "--batch_size", "0"], "--batch_size"),
     (["encode", "v.mp4", "--vqvae", "x", "--sequence_length", "0"], "--sequence_length"),
     (["fvd", "--real", "a", "--fake", "b", "--resolution", "0"], "--resolution"),
+    (["sample", "--ckpt", "x", "--seed", str(10 ** 23)], "--seed"),
+    (["sample", "--ckpt", "x", "--device", "banana"], "--device"),
+    (["encode", "v.mp4", "--vqvae", "x", "--device", "gpu0"], "--device"),
 ])
 def test_flags_are_checked_up_front(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
@@ -315,3 +318,25 @@ def test_sample_conditions_on_random_test_clips(models, tmp_path, monkeypatch, c
     assert "conditioning on test clips" in printed and "with labels ['" in printed
     assert len(set(labels)) > 1  # the first 2 clips (both from test/cat/0.mp4) would always give (0, 0)
     assert {lab for pair in labels for lab in pair} == {0, 1}
+
+
+def test_out_of_memory_is_one_line_exit_2(models, videos, tmp_path, capsys, monkeypatch):
+    """Attack (issue 15 follow-up): --resolution 100000 or --n 10**8 ended in the CPU allocator's traceback."""
+    _, vq_path, _ = models
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 480000000000 bytes. Error code 12")
+    monkeypatch.setattr(cli, "_clip", oom)
+    assert cli.main(["reconstruct", str(videos / "v0.mp4"), "--vqvae", str(vq_path), "--output",
+                     str(tmp_path / "r.mp4"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("videogpt-fast reconstruct: error: out of memory (") and err.count("\n") == 1
+
+
+def test_fvd_with_a_model_checkpoint_as_i3d_is_one_line(models, videos, capsys):
+    _, vq_path, _ = models
+    assert cli.main(["fvd", "--real", str(videos), "--fake", str(videos), "--i3d", str(vq_path),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "vq.ckpt is not the I3D network's state dict" in err and err.count("\n") == 1

@@ -71,3 +71,20 @@ def test_file_damaged_after_open_names_it_on_read(tmp_path):
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cannot read frames \d+\.\.\d+ of train_data in .*d\.h5.*truncated or damaged"):
         ds[1]
+
+
+def test_file_replaced_after_open_is_named_on_read(tmp_path):
+    """Attack (issue 15 follow-up): the file rewritten with fewer frames after the dataset was created
+    is a ValueError naming the file and both shapes, not an empty clip deep in preprocess."""
+    path = _write(tmp_path / "r.h5")
+    ds = HDF5Dataset(path, 4, resolution=8)
+    _write(tmp_path / "r.h5", (5, 8, 8, 3), idx=(0,))
+    with pytest.raises(ValueError, match=r"train_data in .*r\.h5.* changed since the dataset was created: it was "
+                                         r"uint8 \(20, 8, 8, 3\), it is now uint8 \(5, 8, 8, 3\)"):
+        ds[1]
+
+
+def test_uint64_index_beyond_int64_is_named_with_its_value(tmp_path):
+    path = _write(tmp_path / "u.h5", idx=(0, 2 ** 63 + 5), idx_dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"train_idx\[1\]=9223372036854775813 in .*u\.h5.* out of range"):
+        HDF5Dataset(path, 4, resolution=8)

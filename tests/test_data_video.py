@@ -370,3 +370,16 @@ def test_argument_errors(folder, tmp_path):
         VideoDataset(str(folder), 4, resolution=-1)
     with pytest.raises(ValueError, match="does not exist"):
         VideoDataset(str(tmp_path / "nope"), 4)
+
+
+def test_nested_class_folders_are_warned_about(tmp_path, caplog):
+    """Attack: train/cat/x/a.mp4 and train/dog/x/b.mp4 both get the class 'x' (the original's
+    get_parent_dir); that silent label merge is now warned about."""
+    for rel, seed in [("train/cat/x/a.mp4", 0), ("train/dog/x/b.mp4", 1), ("test/cat/c.mp4", 2)]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(tmp_path / rel), smooth_frames(4, 16, 16, seed=seed))
+    with caplog.at_level(logging.WARNING, logger="videogpt_fast.data"):
+        ds = VideoDataset(str(tmp_path), 4, resolution=16, cache_dir=False)
+    assert ds.classes == ["x"] and ds.labels == [0, 0]
+    assert any("2 file(s)" in r.getMessage() and "nested more than one folder deep" in r.getMessage()
+               for r in caplog.records)

@@ -472,6 +472,8 @@ def test_rank0_builds_the_clip_index_first(video_folder, tmp_path, monkeypatch):
     (["--lr", "0"], "--lr"), (["--limit_val_batches", "-1"], "--limit_val_batches"),
     (["--val_every", "-2"], "--val_every"), (["--max_steps", "0"], "--max_steps"),
     (["--gradient_clip_val", "-1"], "--gradient_clip_val"), (["--batch_size", "0"], "--batch_size"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 64)], "--seed"), (["--device", "banana"], "--device"),
+    (["--device", "cuda:x"], "--device"),
 ])
 def test_train_flags_are_checked_up_front(flags, flag, tmp_path, capsys):
     """Checked before anything else: the data path does not even exist, and nothing is written."""
@@ -487,7 +489,10 @@ def test_model_flags_are_checked_up_front(tmp_path, capsys):
     for flags, message in ((["--downsample", "3", "2", "2"], "powers of two"), (["--n_hiddens", "7"], "n_hiddens"),
                            (["--resolution", "18"], "divisible"), (["--heads", "0"], "argument --heads"),
                            (["--hidden_dim", "32", "--heads", "2"], "argument --hidden_dim: must be divisible by 3"),
-                           (["--hidden_dim", "48", "--heads", "5"], "argument --hidden_dim: must be divisible by --heads 5")):
+                           (["--hidden_dim", "48", "--heads", "5"], "argument --hidden_dim: must be divisible by --heads 5"),
+                           (["--n_res_layers", "1000000"], "GiB of memory of this device: lower --n_hiddens, "
+                                                           "--n_res_layers"),
+                           (["--n_hiddens", "100000000"], "the VQ-VAE would have")):
         with pytest.raises(SystemExit):
             train.main(["vqvae" if "--heads" not in flags else "gpt", "--data_path", "x", "--max_steps", "1", *flags])
         assert message in capsys.readouterr().err
@@ -649,3 +654,80 @@ def test_progress_bar_marks_validation_metrics(dataset, tmp_path, capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     last = [line for line in bar if line.startswith("train vqvae")][-1]
     assert "val_recon_loss=" in last and " recon_loss=" not in last
+
+
+def test_a_prior_too_big_for_memory_is_refused_before_it_is_built(dataset, vqvae_ckpt, tmp_path, capsys):
+    """Attack: --layers 10**8 used to build 10**8 layers for hours; now a one-line error up front."""
+    argv = ["gpt", "--data_path", dataset, *_set(GPT_FLAGS, "layers", str(10 ** 8)), "--vqvae", vqvae_ckpt,
+            "--max_steps", "1", "--output", str(tmp_path / "o")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: the prior would have" in err and "lower --hidden_dim or --layers" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_out_of_memory_is_one_line(dataset, tmp_path, capsys, monkeypatch):
+    def oom(self):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 480000000000 bytes. Error code 12")
+    monkeypatch.setattr(train.Trainer, "fit", oom)
+    assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--output",
+                       str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory (" in err and "lower --batch_size, --resolution" in err and err.count("\n") == 1
+    monkeypatch.setattr(train.Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("other bug")))
+    with pytest.raises(RuntimeError, match="other bug"):  # only allocation failures are turned into a message
+        train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--output", str(tmp_path / "p")])
+
+
+def test_metrics_rewrite_on_resume_is_atomic_and_a_torn_middle_line_says_what_to_do(tmp_path, monkeypatch):
+    """Attack: resuming rewrote metrics.jsonl in place (a kill then lost the whole log); a torn line in
+    the middle of it blocked the resume without saying what to do."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    written = []
+    real = train.atomic_write
+    monkeypatch.setattr(train, "atomic_write", lambda p, w: written.append(Path(p).name) or real(p, w))
+    train.MetricsWriter(tmp_path, True, resume_step=2).close()
+    assert written == ["metrics.jsonl"]
+    assert [r["step"] for r in train.read_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\n{"step": 2, "lo{"step": 3}\n{"step": 4}\n')
+    with pytest.raises(ValueError, match=r"cannot resume: .*metrics\.jsonl line 2 is not a metrics record.*fix or "
+                                         r"delete that line"):
+        train.MetricsWriter(tmp_path, True, resume_step=4)
+    assert path.read_text().count("\n") == 3  # the log is left as it was
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("user data")
+    with pytest.raises(ValueError, match=r"--output .*f/run: cannot create the folder \(Not a directory\)"):
+        from videogpt_fast.run_dir import OutputLock
+        OutputLock(tmp_path / "f" / "run").acquire()
+    assert (tmp_path / "f").read_text() == "user data"
+
+
+def test_resume_past_max_steps_is_an_error_not_a_silent_no_op(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["vqvae", "--data_path", dataset, *VQ_FLAGS, "--val_every", "-1", "--output", str(out)]
+    assert train.main(base + ["--max_steps", "3"]) == 0
+    before = (out / "last.ckpt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert train.main(base + ["--max_steps", "2", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint is at step 3, past --max_steps 2: nothing to train" in err and err.count("\n") == 1
+    assert (out / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_class_cond_with_unlabeled_test_files_fails_up_front(vqvae_ckpt, tmp_path, capsys):
+    """Attack: a file directly in test/ (label -1) crashed validation in F.one_hot after training began."""
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    root = tmp_path / "videos"
+    for rel, seed in [("train/cats/a.mp4", 0), ("train/dogs/b.mp4", 1), ("test/loose.mp4", 2)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(root / rel), smooth_frames(6, 16, 16, seed=seed))
+    out = tmp_path / "gpt"
+    assert train.main(["gpt", "--data_path", str(root), *GPT_FLAGS, "--vqvae", vqvae_ckpt, "--class_cond",
+                       "--max_steps", "2", "--device", "cpu", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--class_cond: 1 video file(s) directly in" in err and "test have no class" in err
+    assert not list(out.glob("*.ckpt"))

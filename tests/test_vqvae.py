@@ -231,3 +231,40 @@ def test_validation_errors():
         Decoder(8, 1, (4, 4, 5))
     with pytest.raises(ValueError, match="n_head"):
         AxialBlock(9, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 15 follow-up attacks: wrong dtypes, devices, empty batches and out-of-range codes are clear
+# ValueErrors, not errors from deep in torch (a code >= n_codes is a device-side assert on CUDA)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, match", [
+    (lambda x: (x * 255 + 128).to(torch.uint8), r"float videos in \[-0\.5, 0\.5\], got torch\.uint8.*preprocess"),
+    (lambda x: x.double(), r"videos are torch\.float64 but the VQVAE's weights are torch\.float32"),
+    (lambda x: x.half(), r"videos are torch\.float16 but the VQVAE's weights are torch\.float32"),
+    (lambda x: x[:0], r"non-empty batch"),
+    (lambda x: x.to("meta"), r"videos are on meta but the VQVAE is on cpu"),
+    (lambda x: x.numpy(), r"torch\.Tensor \(B, 3, T, H, W\), got ndarray"),
+])
+def test_bad_videos_are_clear_errors(make, match):
+    vq = VQVAE(_args(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2]))
+    x = torch.rand(2, 3, 4, 8, 8) - 0.5
+    with pytest.raises(ValueError, match=match):
+        vq.encode(make(x))
+    with pytest.raises(ValueError, match=match):
+        vq(make(x))
+
+
+def test_float16_videos_are_fine_under_autocast():
+    vq = VQVAE(_args(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert vq.encode((torch.rand(1, 3, 4, 8, 8) - 0.5).bfloat16()).shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("fill", [-1, 8, 99])
+def test_decode_rejects_codes_outside_the_codebook(fill):
+    vq = VQVAE(_args(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2]))
+    codes = torch.zeros(2, 2, 4, 4, dtype=torch.long)
+    codes[1, 1, 2, 3] = fill
+    with pytest.raises(ValueError, match=rf"codes in \[0, n_codes=8\), got values in \[{min(fill, 0)}, {max(fill, 0)}\]"):
+        vq.decode(codes)
+    assert vq.decode(codes.clamp(0, 7)).shape == (2, 3, 4, 8, 8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,21 @@ def nonneg_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
     return value
+
+
+def seed_int(text: str) -> int:
+    """A random seed: an integer in [0, 2**32 - 1] (what NumPy's and torch's seeding both take)."""
+    value = _number(int, text, "an integer in [0, 2**32 - 1]")
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is there is checked when it is used)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def positive_float(text: str) -> float:

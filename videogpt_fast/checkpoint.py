@@ -126,6 +126,20 @@ def _unpickler_reason(e: BaseException) -> str:
     return re.split(r"\s(?:Please|Check|Re-running|You can)\b", reason)[0].rstrip(". ")
 
 
+def _check_zip_crcs(path: Path) -> None:
+    """CorruptCheckpointError when ``path`` is a zip checkpoint one of whose members fails its CRC-32
+    (``torch.load`` does not check them, so a flipped byte would load as silently different weights).
+    Legacy (non-zip) files and zips too damaged to list are left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return
+    if bad is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: its member {bad} fails its CRC-32 check "
+                                     "(the file was damaged after it was written)")
+
+
 def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` restricted to tensors, containers and the allow-list above.
 
@@ -141,6 +155,7 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"checkpoint {path} is empty (0 bytes): not a PyTorch checkpoint")
+    _check_zip_crcs(path)
     try:
         with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
             # a plain pickle (not a checkpoint) makes torch warn about its protocol before failing
@@ -391,8 +406,9 @@ def check_fits(build: Callable[[], torch.nn.Module], state_dict: Dict[str, Any],
     built, so that a small file whose ``args`` say ``n_codes=2**25`` fails at once.
 
     Raises:
-        CheckpointMismatchError: keys are missing or unexpected, a shape differs, or ``build`` fails
-            (the args do not describe a model); the message names ``path`` and the first differences.
+        CheckpointMismatchError: keys are missing or unexpected, a shape differs, a floating-point
+            weight is stored as integers, a weight holds NaN, or ``build`` fails (the args do not
+            describe a model); the message names ``path`` and the first differences.
     """
     try:
         with torch.device("meta"):
@@ -405,9 +421,35 @@ def check_fits(build: Callable[[], torch.nn.Module], state_dict: Dict[str, Any],
     problems += [f"{k} is {tuple(getattr(state_dict[k], 'shape', ()))} in the file but "
                  f"{tuple(v.shape)} by its args" for k, v in want.items()
                  if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)]
+    problems += [f"{k} is {state_dict[k].dtype} in the file but {v.dtype} in the model" for k, v in want.items()
+                 if isinstance(state_dict.get(k), torch.Tensor) and v.is_floating_point()
+                 and not state_dict[k].is_floating_point()]
+    problems += [f"{k} holds NaN (a diverged training?)" for k, v in state_dict.items()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point() and bool(torch.isnan(v).any())]
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CheckpointMismatchError(f"{path}: its hyper-parameters (args) do not match its weights: {shown}")
+
+
+def check_size(build: Callable[[argparse.Namespace], torch.nn.Module], args: argparse.Namespace, layers_attr: str,
+               state_dict: Dict[str, Any], path: PathLike) -> None:
+    """CheckpointMismatchError when ``args`` (with more than 2 repeated layers ``layers_attr``) describe
+    a model with more values than ``state_dict`` holds, found without building it (see
+    :func:`videogpt_fast.model_size.estimated_params`): so
+    ``n_res_layers=10**6`` in a small file fails at once instead of building a million layers. Args that
+    cannot build a model are left to :func:`check_fits`, which names the error."""
+    from .model_size import estimated_params
+    layers = getattr(args, layers_attr, None)
+    if not isinstance(layers, int) or layers <= 2:  # check_fits builds it quickly, and names the differences
+        return
+    try:
+        want = estimated_params(build, args, layers_attr)
+    except Exception:  # invalid hyper-parameters: check_fits reports them
+        return
+    have = sum(int(v.numel()) for v in state_dict.values() if isinstance(v, torch.Tensor))
+    if want > have:
+        raise CheckpointMismatchError(f"{path}: its hyper-parameters (args) describe a model of {want:,} values "
+                                      f"({layers_attr}={layers}), but its weights hold {have:,}")
 
 
 def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -454,6 +496,7 @@ def load_vqvae(model_name: PathLike, device: Optional[Union[str, torch.device]] 
     from .vqvae import VQVAE
 
     path, args, state_dict = _read(model_name, "vqvae", root)
+    check_size(VQVAE, args, "n_res_layers", state_dict, path)
     check_fits(lambda: VQVAE(args), state_dict, path)
     model = VQVAE(args)
     model.load_state_dict(state_dict, strict=True)
@@ -508,6 +551,7 @@ def load_videogpt(model_name: PathLike, device: Optional[Union[str, torch.device
             vqvae = VQVAE(infer_vqvae_args(args, state_dict, path))
     elif not isinstance(vqvae, torch.nn.Module):
         vqvae = load_vqvae(vqvae, root=root)
+    check_size(lambda a: VideoGPT(a, vqvae=vqvae), args, "layers", state_dict, path)
     check_fits(lambda: VideoGPT(args, vqvae=vqvae), state_dict, path)
     model = VideoGPT(args, vqvae=vqvae)
     model.load_state_dict(state_dict, strict=True)

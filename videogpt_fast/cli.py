@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from .argtypes import DefaultsHelpFormatter, check_output_path, nonneg_int, positive_int
+from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, nonneg_int, positive_int, seed_int
 
 from .data.video_reader import VIDEO_EXTS  # the one list of video extensions (data/ owns it)
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
@@ -34,6 +34,8 @@ def _device(flag: str) -> torch.device:
     device = torch.device(flag)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {flag}: CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {flag}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -93,6 +95,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if not getattr(args, "data_path", None):
             raise ValueError("this prior is conditional (frames or class): give --data_path for the conditioning videos")
         _, test = open_datasets(args)
+        if gpt.args.class_cond:
+            from .train import check_labeled
+            check_labeled(test)
         if len(test) < a.n:
             raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
         picked = torch.randperm(len(test), generator=torch.Generator().manual_seed(a.seed))[:a.n].tolist()
@@ -223,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="samples.mp4", help=grid)
     p.add_argument("--data_path", default=None, help="conditioning videos for conditional priors: --n random "
                    "clips of its test split, drawn with --seed (default: the prior's own data_path)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling and of the conditioning clips")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed of the sampling and of the conditioning clips")
     p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
     p.set_defaults(func=cmd_sample)
 
@@ -238,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
     p.add_argument("--start", type=nonneg_int, default=0, help="first frame")
     p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
     p = _subcommand(sub, "encode", "encode videos (files or folders) into VQ-VAE codes, one clip per video (its first frames)", formatter_class=defaults)
@@ -251,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the VQ-VAE's)")
     p.add_argument("--resolution", type=positive_int, default=None, help="default: the VQ-VAE's")
     p.add_argument("--batch_size", type=positive_int, default=8, help="videos per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=cmd_encode)
 
@@ -265,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=positive_int, default=None,
                    help="resize+crop every video to this size first")
     p.add_argument("--batch_size", type=positive_int, default=10, help="videos per I3D forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_fvd)
     return parser
 
@@ -284,6 +293,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
         print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        from .model_size import report_out_of_memory
+        return report_out_of_memory(e, f"videogpt-fast {args.command}")
 
 
 if __name__ == "__main__":

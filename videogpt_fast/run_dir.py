@@ -50,7 +50,10 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"--output {self.folder} is a file, not a folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a parent is a file, no permission, ...
+            raise ValueError(f"--output {self.folder}: cannot create the folder ({e.strerror or e})") from None
         try:
             import fcntl
         except ImportError:  # not POSIX

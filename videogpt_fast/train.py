@@ -50,9 +50,10 @@ import torch.nn as nn
 import torch.utils.data as data
 
 from . import perf
-from .argtypes import DefaultsHelpFormatter
+from .argtypes import DefaultsHelpFormatter, device_name, seed_int
 from .checkpoint import atomic_save, infer_vqvae_args, lightning_checkpoint, load_vqvae, safe_load, checkpoint_kind
-from .checkpoint import _split, check_fits, link_or_copy
+from .checkpoint import _split, atomic_write, check_fits, link_or_copy
+from .model_size import check_model_memory, estimated_params, report_out_of_memory
 from .run_dir import OutputLock, check_fresh_output, periodic_checkpoints, remove_stale_temporaries
 
 log = logging.getLogger("videogpt_fast.train")
@@ -122,8 +123,9 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="recompute activations in backward, only where memory needs it: none (default), "
                         "attention (the prior's self-/cross-attention; the VQ-VAE's axial attention), all "
                         "(every prior block; the bare flag), or block indices such as 0,3")
-    t.add_argument("--seed", type=int, default=1234, help="as the original's pl.seed_everything(1234)")
-    t.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
+    t.add_argument("--seed", type=seed_int, default=1234, help="as the original's pl.seed_everything(1234)")
+    t.add_argument("--device", type=device_name, default="auto",
+                   help="auto (cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda")
     perf.add_perf_args(parser)
     o = parser.add_argument_group("output")
     o.add_argument("--output", type=str, default=f"runs/{stage}",
@@ -201,6 +203,9 @@ def check_flag_values(args: argparse.Namespace) -> None:
             raise bad("hidden_dim", "divisible by 3 (the position embedding splits it over the latent's T, H, W)")
     if args.stage == "vqvae":
         from .vqvae import VQVAE
+        n_params = estimated_params(lambda a: VQVAE(_model_namespace(a)), args, "n_res_layers")
+        check_model_memory(n_params, "the VQ-VAE", "--n_hiddens, --n_res_layers, --embedding_dim or --n_codes",
+                           args.device)
         with torch.device("meta"):
             VQVAE(_model_namespace(args)).latent_shape  # noqa: B018 (raises on clip sizes the strides do not divide)
 
@@ -402,6 +407,16 @@ def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse
                            num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=False)
 
 
+def check_labeled(dataset: Optional[data.Dataset]) -> None:
+    """ValueError when a class-conditional model would meet label -1: files of a video folder's split
+    that have no class (directly in ``test/`` while ``train/`` has class folders only)."""
+    unlabeled = getattr(dataset, "unlabeled", 0)
+    if unlabeled:
+        folder = getattr(getattr(dataset, "index", None), "folder", "the dataset")
+        raise ValueError(f"--class_cond: {unlabeled} video file(s) directly in {folder} have no class (train/ has "
+                         "class folders only, so their label is -1); move them into class folders")
+
+
 def _n_classes(dataset: data.Dataset) -> int:
     try:
         return int(dataset.n_classes)  # type: ignore[attr-defined]
@@ -480,6 +495,8 @@ def build_model(args: argparse.Namespace, train_set: data.Dataset,
     else:
         vqvae = load_vqvae(args.vqvae)
     check_latent_fit(vqvae, args)
+    n_params = estimated_params(lambda a: VideoGPT(_model_namespace(a), vqvae=vqvae), args, "layers")
+    check_model_memory(n_params, "the prior", "--hidden_dim or --layers", args.device)
     return VideoGPT(_model_namespace(args), vqvae=vqvae)
 
 
@@ -497,8 +514,14 @@ class MetricsWriter:
             return
         if resume_step is not None and self.path.exists():
             # drop what a killed run logged after the checkpoint we resume from (and a torn last line)
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            try:
+                kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            except ValueError as e:
+                raise ValueError(f"cannot resume: {e}; fix or delete that line (metrics.jsonl is only the log of "
+                                 "the run; the checkpoints are intact), then resume again") from None
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            # atomically: a run killed while rewriting it must not lose the log of the earlier steps
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         elif self.path.exists():
             self.path.unlink()
         try:
@@ -585,10 +608,9 @@ class Trainer:
                 self.announce(f"loader: PyTorch DataLoader + {source} ({reason})")
         from .data import require_clips
         require_clips(train_set, f"the training set of {args.data_path!r}")
-        unlabeled = getattr(val_set, "unlabeled", 0)
-        if args.stage == "gpt" and args.class_cond and unlabeled:
-            raise ValueError(f"--class_cond: {unlabeled} video(s) of the test split of {args.data_path!r} lie "
-                             "outside the class sub-folders, so they have no label; move them into test/CLASS/")
+        if args.stage == "gpt" and args.class_cond:
+            for ds in (train_set, val_set):
+                check_labeled(ds)
         self.train_set, self.val_set = train_set, val_set
 
         resume_path = self._resume_path()
@@ -655,6 +677,12 @@ class Trainer:
         random.seed(args.seed + self.rank)
         if ckpt is not None:
             self._restore(ckpt)
+            if self.global_step > args.max_steps:
+                raise ValueError(f"--resume: the checkpoint is at step {self.global_step}, past --max_steps "
+                                 f"{args.max_steps}: nothing to train; give a larger --max_steps to continue")
+            if self.global_step == args.max_steps:
+                self.announce(f"--resume: the checkpoint is already at --max_steps {args.max_steps}; nothing to "
+                              "train (give a larger --max_steps to continue)", logging.WARNING)
         if self.is_main:
             stale = remove_stale_temporaries(self.output)
             if stale:
@@ -976,6 +1004,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        return report_out_of_memory(e, f"videogpt-fast train {args.stage}")
     finally:
         lock.release()
         if dist.is_initialized():

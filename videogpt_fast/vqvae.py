@@ -159,8 +159,23 @@ class VQVAE(nn.Module):
         return tuple(s // d for s, d in zip(input_shape, self.downsample))  # type: ignore[return-value]
 
     def _check_video(self, x: torch.Tensor) -> None:
+        """ValueError unless ``x`` is a non-empty float (B, 3, T, H, W) tensor on the model's device,
+        of the model's dtype (any float dtype under autocast), with T, H, W divisible by the strides."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"VQVAE expects videos as a torch.Tensor (B, 3, T, H, W), got {type(x).__name__}")
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"VQVAE expects videos (B, 3, T, H, W), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"VQVAE expects a non-empty batch of videos, got shape {tuple(x.shape)}")
+        weight = self.codebook.embeddings
+        if not x.is_floating_point():
+            raise ValueError(f"VQVAE expects float videos in [-0.5, 0.5], got {x.dtype} (uint8 frames go through "
+                             "videogpt_fast.data.preprocess first)")
+        if x.device != weight.device:
+            raise ValueError(f"videos are on {x.device} but the VQVAE is on {weight.device}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"videos are {x.dtype} but the VQVAE's weights are {weight.dtype} (cast the videos, or "
+                             "run under torch.autocast)")
         if any(s % d != 0 for s, d in zip(x.shape[2:], self.downsample)):
             raise ValueError(f"video (T, H, W) = {tuple(x.shape[2:])} must be divisible by "
                              f"downsample {self.downsample}")
@@ -182,6 +197,9 @@ class VQVAE(nn.Module):
         if encodings.dim() != 4 or encodings.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"decode expects int64/int32 codes (B, t, h, w), got "
                              f"{encodings.dtype} of shape {tuple(encodings.shape)}")
+        if encodings.numel() and not 0 <= int(encodings.min()) <= int(encodings.max()) < self.n_codes:
+            raise ValueError(f"decode expects codes in [0, n_codes={self.n_codes}), got values in "
+                             f"[{int(encodings.min())}, {int(encodings.max())}]")
         h = F.embedding(encodings, self.codebook.embeddings)
         h = self.post_vq_conv(h.movedim(-1, 1))
         return self.decoder(h)

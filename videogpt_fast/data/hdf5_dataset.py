@@ -27,7 +27,8 @@ class HDF5Dataset(data.Dataset):
     (truncated); a dataset missing; data not uint8 (N, H, W, 3) with N, H, W > 0 (1-channel data is
     rejected); the index not 1-D integers; an index entry out of ``[0, N)`` or not increasing (named
     with its position); a video shorter than ``sequence_length`` (the first ones named); the first or
-    last frame unreadable. Later read errors raise ``ValueError`` naming the file and frames.
+    last frame unreadable. Later read errors raise ``ValueError`` naming the file and frames, and so
+    does a file whose data changed dtype or shape since the dataset was created.
 
     The file is opened on first access in each process (and re-opened after a fork), so the dataset
     pickles cheaply into DataLoader workers.
@@ -67,8 +68,14 @@ class HDF5Dataset(data.Dataset):
         if index.ndim != 1 or index.dtype.kind not in "iu":
             raise ValueError(f"{ik} in {name!r} must be a 1-D integer array of video start frames, got "
                              f"{index.dtype} {index.shape}")
-        idx = index[:].astype(np.int64)
+        idx = index[:]
+        if idx.dtype.kind == "u" and len(idx) and idx.max() > np.iinfo(np.int64).max:
+            bad = int(np.argmax(idx > np.iinfo(np.int64).max))
+            raise ValueError(f"{ik}[{bad}]={idx[bad]} in {name!r} is out of range for {dk} with {images.shape[0]} "
+                             "frames")
+        idx = idx.astype(np.int64)
         n = images.shape[0]
+        self._shape = tuple(images.shape)
         if len(idx) == 0:
             raise ValueError(f"{ik} in {name!r} is empty: no video")
         bad = np.flatnonzero((idx < 0) | (idx >= n))
@@ -98,6 +105,13 @@ class HDF5Dataset(data.Dataset):
             self._file = h5py.File(self.data_file, "r")
             self._pid = os.getpid()
             self._images = self._file[f"{self.prefix}_data"]
+            if tuple(self._images.shape) != self._shape or self._images.dtype != np.uint8:
+                found = (self._images.dtype, tuple(self._images.shape))
+                self._file.close()
+                self._file = None
+                raise ValueError(f"{self.prefix}_data in {self.data_file!r} changed since the dataset was created: "
+                                 f"it was uint8 {self._shape}, it is now {found[0]} {found[1]}; create the dataset "
+                                 "again")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

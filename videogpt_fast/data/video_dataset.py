@@ -51,7 +51,8 @@ class VideoDataset(data.Dataset):
     recursively, hidden ones excluded; clips are ordered by sorted relative path.
 
     Labels: one class list for both splits, from ``train/`` (``class_names``): a file's class is its
-    parent folder's name. ``ValueError`` when ``test/`` holds a class ``train/`` lacks. Test files
+    parent folder's name (files nested deeper are warned about: ``cat/x/v.mp4`` and ``dog/x/w.mp4``
+    share the class ``x``). ``ValueError`` when ``test/`` holds a class ``train/`` lacks. Test files
     directly in ``test/`` while ``train/`` has class folders only have no class: label ``-1``,
     counted in ``unlabeled`` and warned about (unconditional models ignore labels).
     Items: ``dict(video=(C, T, H, W) float32 in [-0.5, 0.5], label=int64)``.
@@ -103,6 +104,11 @@ class VideoDataset(data.Dataset):
         if self.unlabeled:
             logger.warning("%d file(s) directly in %s have no class (train/ has class folders only): their label is "
                            "-1, so class-conditional models cannot use them", self.unlabeled, self.index.folder)
+        nested = [e.path for e in self.index.entries if e.path.count("/") >= 2]
+        if nested:
+            logger.warning("%d file(s) in %s are nested more than one folder deep (e.g. %s): as in the original, a "
+                           "file's class is its parent folder's name only, so equal sub-folder names in different "
+                           "classes share a label", len(nested), self.index.folder, nested[0])
         counts = [e.num_frames - sequence_length + 1 for e in self.videos]
         self._cum = np.cumsum([0] + counts).tolist()
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import PRETRAINED_I3D, cache_dirs, download, safe_load
+from ..checkpoint import PRETRAINED_I3D, CheckpointError, cache_dirs, download, safe_load
 from ..data.preprocess import resize_crop_geometry
 from .i3d import InceptionI3d
 
@@ -205,7 +205,18 @@ def load_i3d_pretrained(path: Optional[Union[str, os.PathLike, torch.device]] = 
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{file} must hold an I3D state dict, got {type(state_dict).__name__}")
     i3d = InceptionI3d(400, in_channels=3).to(device)
-    i3d.load_state_dict(state_dict, strict=True)
+    missing = [k for k in i3d.state_dict() if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in i3d.state_dict()]
+    if missing or unexpected:  # e.g. a VQ-VAE or prior checkpoint given as --i3d
+        parts = [f"{len(keys)} key(s) {what} (first: {keys[0]})" for keys, what in
+                 ((missing, "missing"), (unexpected, "unexpected")) if keys]
+        raise CheckpointError(f"{file} is not the I3D network's state dict (i3d_pretrained_400.pt): "
+                              f"{', '.join(parts)}")
+    try:
+        i3d.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # shapes differ
+        raise CheckpointError(f"{file} does not fit the I3D network: "
+                              f"{' '.join(str(e).split())[:300]}") from None
     i3d.eval()
     return i3d
 
