@@ -126,6 +126,33 @@ def test_encode_matches_the_model(models, videos, tmp_path, suffix):
         assert torch.equal(vq.eval().encode(x)[0], codes[1])
 
 
+def test_encode_skips_and_counts_unreadable_or_short_videos(models, videos, tmp_path, capsys):
+    """One corrupt or too-short file does not abort a folder: it is skipped, said and listed (as training
+    skips and counts it); a folder with nothing encodable is a one-line error."""
+    import shutil
+    vq, vq_path, _ = models
+    folder = tmp_path / "in"
+    shutil.copytree(videos, folder)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    write_video(moving_shapes(1, 2, 24, seed=3)[0], str(folder / "short.mp4"))  # 2 frames < sequence_length 4
+    out = tmp_path / "codes.pt"
+    assert cli.main(["encode", str(folder), "--vqvae", str(vq_path), "--output", str(out), "--batch_size", "2",
+                     "--device", "cpu", "--no_progress"]) == 0
+    saved = torch.load(out, weights_only=True)
+    assert [Path(f).name for f in saved["files"]] == ["v0.mp4", "v1.mp4", "v2.mp4"]
+    assert sorted(Path(f).name for f in saved["skipped"]) == ["broken.mp4", "short.mp4"]
+    assert saved["codes"].shape == (3, 2, 4, 4)
+    captured = capsys.readouterr()
+    assert captured.err.count("skipped") == 2 and "skipped 2" in captured.out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "broken.mp4", bad / "broken.mp4")
+    assert cli.main(["encode", str(bad), "--vqvae", str(vq_path), "--output", str(tmp_path / "none.pt"),
+                     "--device", "cpu", "--no_progress"]) == 2
+    assert "none of the 1 video files could be encoded" in capsys.readouterr().err
+    assert not (tmp_path / "none.pt").exists()
+
+
 def test_errors_are_clear(models, tmp_path, capsys):
     _, vq_path, _ = models
     assert cli.main(["reconstruct", str(tmp_path / "none.mp4"), "--vqvae", str(vq_path)]) == 2

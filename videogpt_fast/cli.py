@@ -148,21 +148,34 @@ def cmd_encode(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     codes: List[torch.Tensor] = []
     kept: List[str] = []
+    skipped: List[str] = []  # unreadable or too short: skipped and counted, as training skips them
     for i in tqdm(range(0, len(files), a.batch_size), desc="encode", unit="batch", disable=a.no_progress):
-        chunk = files[i:i + a.batch_size]
-        x = torch.stack([_clip(f, seq, res) for f in chunk]).to(device)
-        with torch.no_grad():
-            codes.append(vqvae.encode(x).cpu())
-        kept += chunk
+        clips = []
+        for f in files[i:i + a.batch_size]:
+            try:
+                clips.append(_clip(f, seq, res))
+            except ValueError as e:  # ClipReadError (corrupt file) or fewer than sequence_length frames
+                print(f"videogpt-fast encode: skipped {e}", file=sys.stderr)
+                skipped.append(f)
+                continue
+            kept.append(f)
+        if clips:
+            with torch.no_grad():
+                codes.append(vqvae.encode(torch.stack(clips).to(device)).cpu())
+    if not codes:
+        raise ValueError(f"none of the {len(files)} video files could be encoded (each was unreadable or shorter "
+                         f"than sequence_length={seq}; see above)")
     all_codes = torch.cat(codes)
     from .checkpoint import atomic_save, atomic_write
-    record = {"codes": all_codes, "files": kept, "vqvae": str(a.vqvae), "sequence_length": seq, "resolution": res}
+    record = {"codes": all_codes, "files": kept, "skipped": skipped, "vqvae": str(a.vqvae), "sequence_length": seq,
+              "resolution": res}
     if out.suffix.lower() == ".npz":  # the same keys as .pt, plus the latent shape
         atomic_write(out, lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in record.items()},
                                                latent_shape=np.array(all_codes.shape[1:])))
     else:
         atomic_save(record, out)
-    print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}")
+    print(f"encoded {len(kept)} videos into codes {tuple(all_codes.shape)} -> {out}"
+          + (f"; skipped {len(skipped)} unreadable or too short (listed under 'skipped')" if skipped else ""))
     return 0
 
 
