@@ -26,9 +26,9 @@ __all__ = ["DECODE_MODES", "decode_windows", "decode_latents"]
 DECODE_MODES = ("one_pass", "windows")
 
 
-def _ramp(n: int, device: torch.device) -> torch.Tensor:
-    """n weights rising linearly in (0, 1): (i + 1) / (n + 1)."""
-    return torch.arange(1, n + 1, device=device, dtype=torch.float32) / (n + 1)
+def _ramp(n: int, like: torch.Tensor) -> torch.Tensor:
+    """n weights rising linearly in (0, 1): (i + 1) / (n + 1), on ``like``'s device and dtype."""
+    return torch.arange(1, n + 1, device=like.device, dtype=like.dtype) / (n + 1)
 
 
 @torch.no_grad()
@@ -39,7 +39,8 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
     one :meth:`VQVAE.decode`; in the pixel frames two windows share, the earlier one fades out and
     the later one fades in linearly (weights normalised to sum to one).
 
-    Returns float32 videos (n, 3, t * ds_t, h * ds_h, w * ds_w), unclamped like ``decode``.
+    Returns videos (n, 3, t * ds_t, h * ds_h, w * ds_w) in the decoder's dtype, unclamped like
+    ``decode``.
     ValueError unless ``t >= window > overlap >= 0``.
     """
     if codes.dim() != 4:
@@ -50,14 +51,14 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
     ds = int(vqvae.downsample[0])
     out = weight = None
     for k, (start, shared) in enumerate(windows):
-        x = vqvae.decode(codes[:, start:start + window]).float()
-        w = torch.ones(window * ds, device=x.device)
+        x = vqvae.decode(codes[:, start:start + window])
+        w = x.new_ones(window * ds)
         if shared:  # fade in over the frames shared with the previous window
-            w[:shared * ds] = _ramp(shared * ds, x.device)
+            w[:shared * ds] = _ramp(shared * ds, x)
         if k + 1 < len(windows):  # fade out over the frames the next window shares
             nxt_start, nxt_shared = windows[k + 1]
             a = (nxt_start - start) * ds
-            w[a:a + nxt_shared * ds] = torch.minimum(w[a:a + nxt_shared * ds], 1 - _ramp(nxt_shared * ds, x.device))
+            w[a:a + nxt_shared * ds] = torch.minimum(w[a:a + nxt_shared * ds], 1 - _ramp(nxt_shared * ds, x))
         if out is None:
             out = x.new_zeros(*x.shape[:2], t * ds, *x.shape[3:])
             weight = x.new_zeros(t * ds)
