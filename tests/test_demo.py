@@ -17,8 +17,15 @@ from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
 def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo.main(["--output", str(out), "--steps", "3", "--gpt_steps", "2", "--n_videos", "16",
-                      "--n_samples", "2", "--no_progress"]) == 0
+                      "--n_samples", "2", "--no_progress", "--frames", "11"]) == 0
     printed = capsys.readouterr().out
+    # --frames: a long sample of 11 frames (6 latent frames, two windows) and its coherence report
+    assert decode_video(out / "long_samples.mp4").shape[0] == decode_video(out / "long_samples.gif").shape[0] == 11
+    assert "shape area per 8-frame window" in printed and "one-pass decode" in printed
+    import json
+    report = json.loads((out / "summary.json").read_text())["long_video"]
+    assert len(report["area_per_window"]) == 2 and report["latent_frames"] == 6
+    assert 0 < report["area_training"] < 0.3 and set(report["recon_mse"]) == {"one_pass", "windows", "trained_length"}
     for name in ("reconstructions.mp4", "reconstructions.gif", "samples.mp4", "samples.gif", "losses.png"):
         assert (out / name).is_file(), name
         assert name in printed  # the demo says where it wrote
@@ -37,6 +44,18 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
 def test_bad_demo_arguments():
     with pytest.raises(SystemExit):
         demo.main(["--steps", "0"])
+    with pytest.raises(SystemExit, match="--frames must exceed the trained 8 frames"):
+        demo.main(["--frames", "8"])
+
+
+def test_foreground_area_is_the_shape_area():
+    import torch
+    v = torch.zeros(2, 3, 3, 10, 10)
+    v[0, 1, :, 2:6, 3:8] = 0.9  # 4 x 5 green rectangle in every frame
+    v[1, :, 1, :, :] = 0.2  # dim grey frame: below the threshold
+    area = demo.foreground_area(v)
+    assert area.shape == (2, 3)
+    assert torch.equal(area, torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]]))
 
 
 def test_synthetic_videos_move_and_are_deterministic():
