@@ -252,9 +252,9 @@ def _long_video_flags(p: argparse.ArgumentParser, continuing: bool = False) -> N
                    help="latent frames each window keeps from the previous one"
                         + (" and that are encoded from the clip" if continuing else "")
                         + " (default: half the prior's latent frames)")
-    p.add_argument("--decode", choices=("one_pass", "windows"), default="one_pass",
-                   help="VQ-VAE decode of long latents: in one pass, or in windows of the trained length "
-                        "cross-faded at the seams")
+    p.add_argument("--decode", choices=("windows", "one_pass"), default="windows",
+                   help="VQ-VAE decode of long latents: in windows of the trained length cross-faded at the seams "
+                        "(better on the demo's data), or in one pass")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,18 @@ pass. Its temporal attention then spans the whole long video, a length it was no
 :func:`decode_windows` is the alternative that keeps every decode at the trained length and
 cross-fades overlapping windows at the seams. :func:`decode_latents` picks one by name.
 
-Measured on the demo's moving shapes (``videogpt-fast demo --frames 24``; the demo prints both),
-the one-pass decode reconstructs real long clips at least as well as the windowed one and has no
-seams, so it is the default (``decode="one_pass"``).
+Measured on the demo's moving shapes (the demo's VQ-VAE after 300 steps; 32 held-out clips
+encoded in one pass, MSE against the clip in [0, 1]; ``videogpt-fast demo --frames N`` prints the
+same comparison): windows of the trained 4 latent frames decode 24-frame clips with MSE 0.0193
+against 0.0201 for one pass, and 48-frame clips with 0.0194 against 0.0208 (trained-length 8-frame
+clips: 0.0179). At 24 frames the windowed error is lower in 19 of the 24 frames, frame 0 included
+(decoded by the first window alone), so the gain is mostly the attention staying at its trained
+length, not the averaging where windows overlap. The price is a little flicker where the blend shifts: the mean
+frame-to-frame change in excess of the real clip's is the same on average (0.0118 windowed, 0.0122
+one pass, pixel values in [0, 1]) but peaks at 0.026 against 0.018 on every fourth frame
+transition (the window stride). Windows are the default, for the lower error
+(``decode="windows"``); codes no longer than one window are decoded in one pass either way,
+exactly as the original's ``sample``.
 """
 from __future__ import annotations
 
@@ -69,12 +78,13 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
 
 
 @torch.no_grad()
-def decode_latents(vqvae: nn.Module, codes: torch.Tensor, decode: str = "one_pass",
+def decode_latents(vqvae: nn.Module, codes: torch.Tensor, decode: str = "windows",
                    window: Optional[int] = None) -> torch.Tensor:
-    """Videos (n, 3, T, H, W) in [0, 1] from codes (n, t, h, w): ``decode="one_pass"`` (one
-    :meth:`VQVAE.decode` over all t latent frames) or ``"windows"`` (:func:`decode_windows` with
-    windows of ``window`` latent frames, default the VQ-VAE's trained latent length). ValueError for
-    another mode."""
+    """Videos (n, 3, T, H, W) in [0, 1] from codes (n, t, h, w): ``decode="windows"`` (default,
+    see the module docstring: :func:`decode_windows` with windows of ``window`` latent frames,
+    default the VQ-VAE's trained latent length, half of them overlapping; codes of at most one
+    window are decoded in one pass) or ``"one_pass"`` (one :meth:`VQVAE.decode` over all t latent
+    frames). ValueError for another mode."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     if decode == "windows" and codes.shape[1] > (window or vqvae.latent_shape[0]):
