@@ -296,23 +296,27 @@ def test_sample_frames_writes_a_long_video(models, tmp_path, decode, capsys):
 
 
 @pytest.fixture(scope="module")
-def frame_prior(models, tmp_path_factory) -> Path:
-    """A tiny frame-conditional prior (one conditioning frame) over the models fixture's VQ-VAE."""
+def cond_priors(models, tmp_path_factory) -> dict:
+    """Tiny priors over the models fixture's VQ-VAE: frame-conditional (one conditioning frame) and
+    class-conditional (3 classes)."""
     from videogpt_fast.gpt import VideoGPT
     vq, vq_path, _ = models
-    torch.manual_seed(1)
-    gpt = VideoGPT(argparse.Namespace(vqvae=str(vq_path), n_cond_frames=1, class_cond=False, hidden_dim=24, heads=2,
-                                      layers=1, dropout=0.0, attn_type="full", attn_dropout=0.0, resolution=16,
-                                      sequence_length=4), vqvae=vq)
-    path = tmp_path_factory.mktemp("frame_prior") / "gpt_cond.ckpt"
-    save_checkpoint(path, gpt)
-    return path
+    paths = {}
+    for name, kw in (("frame_conditional", dict(n_cond_frames=1, class_cond=False)),
+                     ("class_conditional", dict(n_cond_frames=0, class_cond=True, class_cond_dim=3))):
+        torch.manual_seed(1)
+        gpt = VideoGPT(argparse.Namespace(vqvae=str(vq_path), hidden_dim=24, heads=2, layers=1, dropout=0.0,
+                                          attn_type="full", attn_dropout=0.0, resolution=16, sequence_length=4, **kw),
+                       vqvae=vq)
+        paths[name] = tmp_path_factory.mktemp(name) / "gpt.ckpt"
+        save_checkpoint(paths[name], gpt)
+    return paths
 
 
-@pytest.mark.parametrize("prior", ["unconditional", "frame_conditional"])
-def test_continue_writes_the_requested_length(models, frame_prior, videos, tmp_path, prior, monkeypatch, capsys):
+@pytest.mark.parametrize("prior", ["unconditional", "frame_conditional", "class_conditional"])
+def test_continue_writes_the_requested_length(models, cond_priors, videos, tmp_path, prior, monkeypatch, capsys):
     from videogpt_fast.gpt import VideoGPT
-    ckpt = models[2] if prior == "unconditional" else frame_prior
+    ckpt = models[2] if prior == "unconditional" else cond_priors[prior]
     calls = []
     real_sample_codes = VideoGPT.sample_codes
 
@@ -323,8 +327,9 @@ def test_continue_writes_the_requested_length(models, frame_prior, videos, tmp_p
 
     monkeypatch.setattr(VideoGPT, "sample_codes", spy)
     out = tmp_path / "cont.mp4"
+    label = ["--label", "2"] if prior == "class_conditional" else []
     assert cli.main(["continue", "--ckpt", str(ckpt), "--video", str(videos / "v0.mp4"), "--frames", "7",
-                     "--n", "2", "--output", str(out), "--device", "cpu", "--no_progress"]) == 0
+                     "--n", "2", "--output", str(out), "--device", "cpu", "--no_progress", *label]) == 0
     assert decode_video(str(out)).shape[0] == 7
     assert "continued the first 2 frames" in capsys.readouterr().out
     (gpt, batch, kw, codes), = calls
@@ -335,6 +340,8 @@ def test_continue_writes_the_requested_length(models, frame_prior, videos, tmp_p
     assert torch.equal(codes[:, :1], clip_codes.expand(2, -1, -1, -1))  # the clip's own first latent frame
     if prior == "frame_conditional":  # the clip's first frame conditions the prior
         assert torch.equal(batch["video"][:, :, :1], clip[:, :, :1].expand(2, -1, -1, -1, -1))
+    elif prior == "class_conditional":
+        assert batch["label"].tolist() == [2, 2]
     else:
         assert batch is None
 
@@ -346,6 +353,7 @@ def test_continue_errors_exit_2(models, videos, tmp_path, capsys):
     for argv, message in [
         (base + ["--frames", "2"], "--frames 2: must exceed the 2 frames taken from the clip"),
         (base + ["--frames", "9", "--context_frames", "2"], "--context_frames 2: must be in [1, 1]"),
+        (base + ["--frames", "9", "--label", "1"], "--label: this prior is not class-conditional"),
         (["continue", "--ckpt", str(gpt_path), "--video", str(tmp_path / "none.mp4"), "--frames", "9"],
          "no such file"),
         (base[:-1] + [str(tmp_path / "c.avi"), "--frames", "9"], "unsupported extension"),

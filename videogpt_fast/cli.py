@@ -131,14 +131,16 @@ def cmd_continue(a: argparse.Namespace) -> int:
     context = T // 2 if a.context_frames is None else a.context_frames
     if not 0 < context < T:
         raise ValueError(f"--context_frames {context}: must be in [1, {T - 1}] (the prior has T={T} latent frames)")
-    if gpt.args.class_cond and a.label is None:
-        raise ValueError("this prior is class-conditional: give --label")
+    if bool(gpt.args.class_cond) != (a.label is not None):
+        raise ValueError("this prior is class-conditional: give --label" if gpt.args.class_cond else
+                         "--label: this prior is not class-conditional")
     given = context * ds  # frames of the clip the prior continues from
     if a.frames <= given:
         raise ValueError(f"--frames {a.frames}: must exceed the {given} frames taken from the clip "
                          f"({context} latent frames x temporal downsample {ds})")
     n_cond = int(gpt.args.n_cond_frames) if gpt.use_frame_cond else 0
-    x = _clip(a.video, max(given, n_cond), gpt.args.resolution, a.start).unsqueeze(0).to(device)
+    resolution = getattr(gpt.args, "resolution", None) or gpt.vqvae.args.resolution
+    x = _clip(a.video, max(given, n_cond), resolution, a.start).unsqueeze(0).to(device)
     torch.manual_seed(a.seed)
     with torch.no_grad():
         prefix = gpt.vqvae.encode(x[:, :, :given]).expand(a.n, -1, -1, -1)
