@@ -19,7 +19,7 @@ from videogpt_fast.synthetic import moving_shapes
 from videogpt_fast.utils import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["train", "demo", "sample", "reconstruct", "encode", "fvd"]
+SUBCOMMANDS = ["train", "demo", "sample", "continue", "reconstruct", "encode", "fvd"]
 
 
 
@@ -238,6 +238,11 @@ def test_random_bytes_checkpoint_in_a_real_process(videos, tmp_path):
     (["sample", "--ckpt", "x", "--seed", str(10 ** 23)], "--seed"),
     (["sample", "--ckpt", "x", "--device", "banana"], "--device"),
     (["encode", "v.mp4", "--vqvae", "x", "--device", "gpu0"], "--device"),
+    (["sample", "--ckpt", "x", "--frames", "0"], "--frames"),
+    (["sample", "--ckpt", "x", "--context_frames", "-1"], "--context_frames"),
+    (["continue", "--ckpt", "x", "--video", "v.mp4", "--frames", "-3"], "--frames"),
+    (["continue", "--ckpt", "x", "--video", "v.mp4", "--frames", "8", "--context_frames", "0"], "--context_frames"),
+    (["continue", "--ckpt", "x", "--video", "v.mp4", "--frames", "8", "--n", "0"], "--n"),
 ])
 def test_flags_are_checked_up_front(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
@@ -367,3 +372,84 @@ def test_fvd_with_a_model_checkpoint_as_i3d_is_one_line(models, videos, capsys):
                      "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "vq.ckpt is not the I3D network's state dict" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# longer videos and continuation (issue 16); the tiny prior has T = 2 latent frames, downsample_t 2
+@pytest.mark.parametrize("decode", ["one_pass", "windows"])
+def test_sample_frames_writes_a_long_video(models, tmp_path, decode, capsys):
+    _, _, gpt_path = models
+    out = tmp_path / "long.mp4"
+    assert cli.main(["sample", "--ckpt", str(gpt_path), "--n", "2", "--frames", "11", "--output", str(out),
+                     "--device", "cpu", "--decode", decode]) == 0
+    assert decode_video(str(out)).shape[0] == 11  # 6 latent frames sampled in 5 windows, cut to 11 frames
+    assert "window 5/5" in capsys.readouterr().err  # the progress bar names the windows
+
+
+@pytest.fixture(scope="module")
+def cond_priors(models, tmp_path_factory) -> dict:
+    """Tiny priors over the models fixture's VQ-VAE: frame-conditional (one conditioning frame) and
+    class-conditional (3 classes)."""
+    from videogpt_fast.gpt import VideoGPT
+    vq, vq_path, _ = models
+    paths = {}
+    for name, kw in (("frame_conditional", dict(n_cond_frames=1, class_cond=False)),
+                     ("class_conditional", dict(n_cond_frames=0, class_cond=True, class_cond_dim=3))):
+        torch.manual_seed(1)
+        gpt = VideoGPT(argparse.Namespace(vqvae=str(vq_path), hidden_dim=24, heads=2, layers=1, dropout=0.0,
+                                          attn_type="full", attn_dropout=0.0, resolution=16, sequence_length=4, **kw),
+                       vqvae=vq)
+        paths[name] = tmp_path_factory.mktemp(name) / "gpt.ckpt"
+        save_checkpoint(paths[name], gpt)
+    return paths
+
+
+@pytest.mark.parametrize("prior", ["unconditional", "frame_conditional", "class_conditional"])
+def test_continue_writes_the_requested_length(models, cond_priors, videos, tmp_path, prior, monkeypatch, capsys):
+    from videogpt_fast.gpt import VideoGPT
+    ckpt = models[2] if prior == "unconditional" else cond_priors[prior]
+    calls = []
+    real_sample_codes = VideoGPT.sample_codes
+
+    def spy(self, n, batch=None, **kw):
+        codes = real_sample_codes(self, n, batch, **kw)
+        calls.append((self, batch, kw, codes))
+        return codes
+
+    monkeypatch.setattr(VideoGPT, "sample_codes", spy)
+    out = tmp_path / "cont.mp4"
+    label = ["--label", "2"] if prior == "class_conditional" else []
+    assert cli.main(["continue", "--ckpt", str(ckpt), "--video", str(videos / "v0.mp4"), "--frames", "7",
+                     "--n", "2", "--output", str(out), "--device", "cpu", "--no_progress", *label]) == 0
+    assert decode_video(str(out)).shape[0] == 7
+    assert "continued the first 2 frames" in capsys.readouterr().out
+    (gpt, batch, kw, codes), = calls
+    assert codes.shape == (2, 4, 4, 4) and kw["latent_frames"] == 4 and kw["context_frames"] == 1
+    clip = cli._clip(str(videos / "v0.mp4"), 2, 16).unsqueeze(0)
+    with torch.no_grad():
+        clip_codes = gpt.vqvae.encode(clip)
+    assert torch.equal(codes[:, :1], clip_codes.expand(2, -1, -1, -1))  # the clip's own first latent frame
+    if prior == "frame_conditional":  # the clip's first frame conditions the prior
+        assert torch.equal(batch["video"][:, :, :1], clip[:, :, :1].expand(2, -1, -1, -1, -1))
+    elif prior == "class_conditional":
+        assert batch["label"].tolist() == [2, 2]
+    else:
+        assert batch is None
+
+
+def test_continue_errors_exit_2(models, videos, tmp_path, capsys):
+    _, _, gpt_path = models
+    base = ["continue", "--ckpt", str(gpt_path), "--video", str(videos / "v0.mp4"), "--device", "cpu",
+            "--output", str(tmp_path / "c.mp4")]
+    for argv, message in [
+        (base + ["--frames", "2"], "--frames 2: must exceed the 2 frames taken from the clip"),
+        (base + ["--frames", "9", "--context_frames", "2"], "--context_frames 2: must be in [1, 1]"),
+        (base + ["--frames", "9", "--label", "1"], "--label: this prior is not class-conditional"),
+        (["continue", "--ckpt", str(gpt_path), "--video", str(tmp_path / "none.mp4"), "--frames", "9"],
+         "no such file"),
+        (base[:-1] + [str(tmp_path / "c.avi"), "--frames", "9"], "unsupported extension"),
+    ]:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -18,10 +18,17 @@ from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
 def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo.main(["--output", str(out), "--steps", "3", "--gpt_steps", "2", "--n_videos", "16",
-                      "--n_samples", "2", "--no_progress"]) == 0
+                      "--n_samples", "2", "--no_progress", "--frames", "11"]) == 0
     captured = capsys.readouterr()
     printed = captured.out
     assert "sampling" not in captured.err  # --no_progress covers the sampling bar too
+    # --frames: a long sample of 11 frames (6 latent frames, two windows) and its coherence report
+    assert decode_video(out / "long_samples.mp4").shape[0] == decode_video(out / "long_samples.gif").shape[0] == 11
+    assert "shape area per 8-frame window" in printed and "one-pass decode" in printed
+    import json
+    report = json.loads((out / "summary.json").read_text())["long_video"]
+    assert len(report["area_per_window"]) == 2 and report["latent_frames"] == 6
+    assert 0 < report["area_training"] < 0.3 and set(report["recon_mse"]) == {"one_pass", "windows", "trained_length"}
     for name in ("reconstructions.mp4", "reconstructions.gif", "samples.mp4", "samples.gif", "losses.png"):
         assert (out / name).is_file(), name
         assert name in printed  # the demo says where it wrote
@@ -61,6 +68,23 @@ def test_demo_help_shows_defaults(capsys):
         demo.main(["-h"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: 600)" in text and "(default: ./demo_output)" in text and "``" not in text
+
+
+def test_demo_frames_must_exceed_the_trained_length(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--frames", "8", "--output", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--frames: must exceed the trained 8 frames" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_foreground_area_is_the_shape_area():
+    import torch
+    v = torch.zeros(2, 3, 3, 10, 10)
+    v[0, 1, :, 2:6, 3:8] = 0.9  # 4 x 5 green rectangle in every frame
+    v[1, :, 1, :, :] = 0.2  # dim grey frame: below the threshold
+    area = demo.foreground_area(v)
+    assert area.shape == (2, 3)
+    assert torch.equal(area, torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]]))
 
 
 def test_synthetic_videos_move_and_are_deterministic():

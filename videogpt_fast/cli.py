@@ -1,8 +1,10 @@
-"""``videogpt-fast``: train, demo, sample, reconstruct, encode and fvd.
+"""``videogpt-fast``: train, demo, sample, continue, reconstruct, encode and fvd.
 
     videogpt-fast demo                                   # tiny models on synthetic videos, CPU
     videogpt-fast train vqvae --data_path bair.hdf5 ...  # or torchrun ... -m videogpt_fast.train
     videogpt-fast sample --ckpt bair_gpt --n 8 --output samples.mp4
+    videogpt-fast sample --ckpt bair_gpt --n 4 --frames 48 --output long.mp4
+    videogpt-fast continue --ckpt bair_gpt --video clip.mp4 --frames 48 --output continued.mp4
     videogpt-fast reconstruct --vqvae bair_stride4x2x2 clip.mp4 --output recon.mp4
     videogpt-fast encode --vqvae vq.ckpt videos/ --output codes.pt
     videogpt-fast fvd --real real_videos/ --fake fake_videos/ --i3d i3d_pretrained_400.pt
@@ -109,9 +111,60 @@ def cmd_sample(a: argparse.Namespace) -> int:
             classes = getattr(test, "classes", None)
             said += " with labels " + str([classes[i] if classes else i for i in batch["label"].tolist()])
         print(said, flush=True)
+    latent_frames = _latent_frames(gpt, a.frames)
     with torch.no_grad():
-        samples = gpt.sample(a.n, batch, progress=not a.no_progress)
-    _save_grid(samples.cpu(), out, fps=a.fps)
+        samples = gpt.sample(a.n, batch, progress=not a.no_progress, latent_frames=latent_frames,
+                             context_frames=a.context_frames, decode=a.decode)
+    _save_grid(samples[:, :, :a.frames].cpu(), out, fps=a.fps)
+    return 0
+
+
+def _latent_frames(gpt, frames: Optional[int]) -> int:
+    """Latent frames to sample for ``frames`` video frames: the prior's T at least (shorter videos
+    are cut from a full window), else ceil(frames / temporal downsample)."""
+    T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
+    return T if frames is None else max(T, -(-frames // ds))
+
+
+def cmd_continue(a: argparse.Namespace) -> int:
+    """Continue a video file past its first frames with a prior: encode the first
+    ``context_frames`` latent frames' worth of the clip, sample the rest by sliding windows
+    (:func:`videogpt_fast.sample.sample_codes` with ``prefix``), decode ``--frames`` frames."""
+    from .checkpoint import load_videogpt
+    from .long_video import decode_latents
+
+    out = check_output_path(a.output, GRID_EXTS)
+    if not Path(a.video).is_file():
+        raise ValueError(f"--video {a.video}: no such file")
+    device = _device(a.device)
+    gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
+    T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
+    context = T // 2 if a.context_frames is None else a.context_frames
+    if not 0 < context < T:
+        raise ValueError(f"--context_frames {context}: must be in [1, {T - 1}] (the prior has T={T} latent frames)")
+    if bool(gpt.args.class_cond) != (a.label is not None):
+        raise ValueError("this prior is class-conditional: give --label" if gpt.args.class_cond else
+                         "--label: this prior is not class-conditional")
+    given = context * ds  # frames of the clip the prior continues from
+    if a.frames <= given:
+        raise ValueError(f"--frames {a.frames}: must exceed the {given} frames taken from the clip "
+                         f"({context} latent frames x temporal downsample {ds})")
+    n_cond = int(gpt.args.n_cond_frames) if gpt.use_frame_cond else 0
+    resolution = getattr(gpt.args, "resolution", None) or gpt.vqvae.args.resolution
+    x = _clip(a.video, max(given, n_cond), resolution, a.start).unsqueeze(0).to(device)
+    torch.manual_seed(a.seed)
+    with torch.no_grad():
+        prefix = gpt.vqvae.encode(x[:, :, :given]).expand(a.n, -1, -1, -1)
+        batch = None
+        if gpt.use_frame_cond or gpt.args.class_cond:  # the clip's first frames condition a frame prior
+            batch = {"video": x.expand(a.n, -1, -1, -1, -1)}
+            if gpt.args.class_cond:
+                batch["label"] = torch.full((a.n,), a.label, device=device)
+        codes = gpt.sample_codes(a.n, batch, progress=not a.no_progress, latent_frames=_latent_frames(gpt, a.frames),
+                                 context_frames=context, prefix=prefix)
+        video = decode_latents(gpt.vqvae, codes, a.decode, window=T)[:, :, :a.frames]
+    _save_grid(video.cpu(), out, fps=a.fps)
+    print(f"continued the first {given} frames of {a.video} to {a.frames} frames")
     return 0
 
 
@@ -221,11 +274,26 @@ def _subcommand(sub, name: str, summary: str, **kwargs) -> argparse.ArgumentPars
     return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs)
 
 
+def _long_video_flags(p: argparse.ArgumentParser, continuing: bool = False) -> None:
+    """--frames (sample only), --context_frames and --decode of sample and continue (issue 16)."""
+    if not continuing:
+        p.add_argument("--frames", type=positive_int, default=None,
+                       help="frames per video (default: the prior's length); more slides the prior's window "
+                            "along time")
+    p.add_argument("--context_frames", type=nonneg_int if not continuing else positive_int, default=None,
+                   help="latent frames each window keeps from the previous one"
+                        + (" and that are encoded from the clip" if continuing else "")
+                        + " (default: half the prior's latent frames)")
+    p.add_argument("--decode", choices=("windows", "one_pass"), default="windows",
+                   help="VQ-VAE decode of long latents: in windows of the trained length cross-faded at the seams "
+                        "(better on the demo's data), or in one pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videogpt-fast", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{train,demo,sample,reconstruct,encode,fvd}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,demo,sample,continue,reconstruct,encode,fvd}")
     sub.required = True
     # train and demo forward their arguments to their own parsers (so `-h` shows their flags)
     sub.add_parser("train", add_help=False, help="train the VQ-VAE or the prior (train vqvae -h, train gpt -h)")
@@ -246,7 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_name, default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
+    _long_video_flags(p)
     p.set_defaults(func=cmd_sample)
+
+    p = _subcommand(sub, "continue", "continue a video file past its first frames with a VideoGPT prior",
+                    formatter_class=defaults)
+    p.add_argument("--ckpt", required=True, help="prior checkpoint path or pretrained name (bair_gpt, ...)")
+    p.add_argument("--video", required=True, help="video file whose first frames are continued (and, for a "
+                                                   "frame-conditional prior, give the conditioning frames)")
+    p.add_argument("--frames", type=positive_int, required=True, help="frames of the output video (the clip's "
+                   "first context_frames x temporal-downsample frames, reconstructed, then the continuation)")
+    p.add_argument("--vqvae", default=None, help="VQ-VAE checkpoint/name overriding the one the prior stores")
+    p.add_argument("--n", type=positive_int, default=1, help="continuations of the clip (one grid)")
+    p.add_argument("--label", type=nonneg_int, default=None, help="class label, for a class-conditional prior")
+    p.add_argument("--start", type=nonneg_int, default=0, help="first frame of the clip")
+    p.add_argument("--output", default="continuation.mp4", help=grid)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed of the sampling")
+    p.add_argument("--fps", type=positive_int, default=5, help="frames per second of the output video")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm bar over the sampled positions")
+    _long_video_flags(p, continuing=True)
+    p.set_defaults(func=cmd_continue)
 
     p = _subcommand(sub, "reconstruct", "encode+decode a video with a VQ-VAE, side by side with the input",
                        formatter_class=defaults)

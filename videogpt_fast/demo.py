@@ -5,6 +5,11 @@ It runs the same :class:`videogpt_fast.train.Trainer` as ``videogpt-fast train``
 ``--output``: ``reconstructions.mp4/.gif`` (held-out videos, original left, reconstruction right),
 ``samples.mp4/.gif`` (videos drawn from the prior), ``losses.png`` and the two runs' checkpoints and
 metrics (``vqvae/`` and ``gpt/``).
+
+With ``--frames N`` (more than the trained 8) it also samples ``long_samples.mp4/.gif`` of N frames by
+sliding the prior's window along time (issue 16) and prints two checks (:func:`long_video_report`):
+whether the long samples stay coherent (the shape's area per window against the training videos')
+and how one-pass and windowed VQ-VAE decoding reconstruct real N-frame clips.
 """
 from __future__ import annotations
 
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_samples", type=positive_int, default=8, help="videos to sample from the prior")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate of both stages (higher than the original's 3e-4: the demo is short)")
+    p.add_argument("--frames", type=positive_int, default=None,
+                   help=f"also sample long videos of this many frames (> {SEQUENCE_LENGTH}, the trained length) and "
+                        "report their coherence")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
     return p
@@ -93,9 +101,90 @@ def _save_frame_strip(video: torch.Tensor, fname: Path) -> None:
     Image.fromarray(img).resize((t * w * 3, b * h * 3), Image.NEAREST).save(fname)
 
 
+def foreground_area(video: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Fraction of pixels (B, T) float of videos (B, 3, T, H, W) in [0, 1] whose brightest channel
+    exceeds ``threshold``: the area of the moving shape on the black background (constant within a
+    training video: the shape neither grows nor leaves the frame)."""
+    return (video.amax(dim=1) > threshold).float().mean(dim=(-2, -1))
+
+
+def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = False,
+                      n_real: int = 32) -> Dict:
+    """Sample ``n`` videos of ``frames`` frames from the demo's prior by sliding windows and measure
+    (issue 16, must-have 4):
+
+    * ``area_per_window``: the shape's mean :func:`foreground_area` in each window of the trained
+      length (8 frames), against ``area_training`` (the same over ``n_real`` training-distribution
+      videos). A long sample that dissolves into noise or loses its shape drifts away from it.
+    * ``area_change``: mean |area(f) - area(f-1)| / area(f-1) between consecutive frames (the
+      shape's area is constant in a training video; ``area_change_training`` is that of their
+      VQ-VAE reconstructions, the floor a perfect prior would reach).
+    * ``recon_mse``: on ``n_real`` real ``frames``-frame clips, encoded in one pass, the MSE against
+      the clip (videos in [0, 1]) of the one-pass and of the windowed decode
+      (:func:`videogpt_fast.long_video.decode_latents`), and of the trained-length clips' own
+      reconstruction (``trained_length``) for scale.
+
+    Returns a dict of those numbers (floats, per-window lists) and ``samples`` (n, 3, frames, H, W)
+    in [0, 1]. ``frames`` > 8; the prior samples ceil(frames / 2) latent frames and the extra frame
+    of an odd ``frames`` is cut.
+    """
+    from .long_video import decode_latents
+    T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
+    latent = -(-frames // ds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one position at a time: one thread is faster (see main)
+    try:
+        samples = gpt.sample(n, latent_frames=latent, generator=torch.Generator().manual_seed(seed),
+                             progress=progress)[:, :, :frames]
+    finally:
+        torch.set_num_threads(threads)
+    real = MovingShapesDataset(n_real, latent * ds, RESOLUTION, seed=seed + 20_000).videos
+    with torch.no_grad():
+        codes = gpt.vqvae.encode(real)
+        recon = {mode: decode_latents(gpt.vqvae, codes, mode, window=T) for mode in ("one_pass", "windows")}
+        short = real[:, :, :T * ds]
+        recon_short = decode_latents(gpt.vqvae, gpt.vqvae.encode(short))
+    real01 = real + 0.5
+    win = T * ds
+    area = foreground_area(samples)
+
+    def change(a: torch.Tensor) -> float:
+        return float(((a[:, 1:] - a[:, :-1]).abs() / a[:, :-1].clamp_min(1e-3)).mean())
+
+    return {
+        "frames": frames, "latent_frames": latent, "window_frames": win,
+        "area_per_window": [round(float(area[:, i:i + win].mean()), 4) for i in range(0, frames, win)],
+        "area_training": round(float(foreground_area(real01).mean()), 4),
+        "area_change": round(change(area), 4),
+        "area_change_per_window": [round(change(area[:, i:i + win]), 4) for i in range(0, frames, win)
+                                   if area[:, i:i + win].shape[1] > 1],
+        "area_change_training": round(change(foreground_area(recon["one_pass"])), 4),
+        "recon_mse": {mode: round(float(((v - real01) ** 2).mean()), 5) for mode, v in recon.items()}
+        | {"trained_length": round(float(((recon_short - (short + 0.5)) ** 2).mean()), 5)},
+        "samples": samples,
+    }
+
+
+def format_long_video_report(r: Dict) -> str:
+    """The lines the demo prints for :func:`long_video_report`'s numbers."""
+    fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+    return (f"[demo] long samples: {r['frames']} frames ({r['latent_frames']} latent frames, windows of "
+            f"{r['window_frames']} frames)\n"
+            f"[demo]   shape area per {r['window_frames']}-frame window: {fmt(r['area_per_window'])} "
+            f"(training videos: {r['area_training']:.3f})\n"
+            f"[demo]   frame-to-frame area change: {r['area_change']:.3f}, "
+            f"per window {fmt(r['area_change_per_window'])} "
+            f"(training reconstructions: {r['area_change_training']:.3f})\n"
+            f"[demo]   real {r['frames']}-frame clips, reconstruction MSE: one-pass decode "
+            f"{r['recon_mse']['one_pass']:.5f}, windowed decode {r['recon_mse']['windows']:.5f} "
+            f"(trained-length clips: {r['recon_mse']['trained_length']:.5f})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    if opts.frames is not None and opts.frames <= SEQUENCE_LENGTH:
+        parser.error(f"argument --frames: must exceed the trained {SEQUENCE_LENGTH} frames, got {opts.frames}")
     out = Path(opts.output)
     lock = OutputLock(out)
     try:
@@ -147,10 +236,17 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
     for ext in ("mp4", "gif"):
         files.append(save_video_grid(pairs, str(out / f"reconstructions.{ext}"), nrow=2))
         files.append(save_video_grid(samples, str(out / f"samples.{ext}")))
+    if opts.frames is not None:
+        report = long_video_report(gpt, opts.frames, opts.n_samples, opts.seed, progress=not opts.no_progress)
+        long = report.pop("samples")
+        for ext in ("mp4", "gif"):
+            files.append(save_video_grid(long, str(out / f"long_samples.{ext}")))
+        print(format_long_video_report(report), flush=True)
     _save_frame_strip(pairs, out / "reconstructions.png")
     _save_frame_strip(samples, out / "samples.png")
     plot_losses({"VQ-VAE": out / "vqvae", "VideoGPT prior": out / "gpt"}, out / "losses.png")
     summary = {"seconds": round(time.time() - t0, 1), "vqvae_steps": opts.steps, "gpt_steps": gpt_steps,
+               **({"long_video": report} if opts.frames is not None else {}),
                "files": [str(Path(f)) for f in files] + [str(out / n) for n in
                                                          ("reconstructions.png", "samples.png", "losses.png")]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

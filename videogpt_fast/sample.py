@@ -340,7 +340,8 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  dtype: Optional[torch.dtype] = None, cuda_graph: Optional[bool] = None,
                  compile: Optional[bool] = None,
                  plan_hook: Optional[Callable[[DecodePlan], None]] = None,
-                 latent_frames: Optional[int] = None, context_frames: Optional[int] = None) -> torch.Tensor:
+                 latent_frames: Optional[int] = None, context_frames: Optional[int] = None,
+                 prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior, or longer ones
     (n, latent_frames, H', W') by sliding a window of the prior's T latent frames.
 
@@ -372,12 +373,20 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         context_frames: latent frames a later window keeps from the previous one (default T // 2:
             every generated frame then sees at least half a window of earlier frames, at twice the
             cost per new frame of independent windows).
+        prefix: codes (n, P, H', W') of the first P latent frames, 0 < P < T, given (e.g. a real
+            clip's, to continue it): they are teacher-forced into the first window in one pass and
+            returned unchanged; sampling starts at latent frame P.
     """
     _check_sampling_args(temperature, top_k, top_p)
     T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
     latent_frames = T if latent_frames is None else latent_frames
     context_frames = T // 2 if context_frames is None else context_frames
     windows = latent_windows(latent_frames, T, context_frames)
+    if prefix is not None:
+        if prefix.dim() != 4 or prefix.shape[0] != n or tuple(prefix.shape[2:]) != grid or not 0 < prefix.shape[1] < T:
+            raise ValueError(f"sample: prefix must be codes (n={n}, P, *{grid}) with 0 < P < T={T}, "
+                             f"got {tuple(prefix.shape)}")
+        windows[0] = (0, int(prefix.shape[1]))
     cond = _cond_from_batch(model, n, batch)
     compile, cuda_graph = _step_modes(model.fc_in.weight.device, compile, cuda_graph)
     eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
@@ -389,14 +398,18 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
         per_frame = math.prod(grid)
         samples = torch.zeros((n, latent_frames * per_frame), dtype=torch.long, device=plan.device)
-        bar = tqdm(total=sum(plan.seq_len - p * per_frame for _, p in windows), disable=not progress,
+        if prefix is not None:
+            samples[:, :prefix[0].numel()] = prefix.reshape(n, -1).to(plan.device)
+        bar = tqdm(total=sum(plan.seq_len - f * per_frame for _, f in windows), disable=not progress,
                    desc="sampling", unit="pos")
         with bar, _default_generator_seeded_from(None if eager else generator, plan.device):
-            for start, prefix in windows:
+            for w, (start, forced) in enumerate(windows):
                 offset = start * per_frame  # the window's first position in `samples`
-                if prefix:
-                    _write_prefix(plan, samples[:, offset:offset + prefix * per_frame])
-                for i in range(prefix * per_frame, plan.seq_len):
+                if len(windows) > 1:
+                    bar.set_postfix_str(f"window {w + 1}/{len(windows)}", refresh=False)
+                if forced:
+                    _write_prefix(plan, samples[:, offset:offset + forced * per_frame])
+                for i in range(forced * per_frame, plan.seq_len):
                     code = stepper(i)
                     samples[:, offset + i] = code
                     plan.prev.copy_(code)

@@ -1,0 +1,111 @@
+"""Longer videos than the trained grid (issue 16): VideoGPT.sample(latent_frames=...), the windowed
+VQ-VAE decode, continuation from given codes (sample_codes(prefix=...))."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from videogpt_fast import sample as S
+from videogpt_fast.gpt import VideoGPT
+from videogpt_fast.long_video import decode_latents, decode_windows
+from videogpt_fast.vqvae import VQVAE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_prior(seed: int = 0, downsample=(2, 4, 4)) -> VideoGPT:
+    """Latents (3, 2, 2) of 6-frame 8x8 videos (downsample_t 2), random weights with non-flat logits."""
+    torch.manual_seed(seed)
+    vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=list(downsample),
+                                  sequence_length=6 if downsample[0] == 2 else 3, resolution=8))
+    gpt = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
+                        dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq)
+    with torch.no_grad():
+        gpt.fc_out.weight.normal_(std=0.5)
+    return gpt.eval()
+
+
+@pytest.mark.parametrize("latent_frames, decode", [(None, "one_pass"), (3, "windows"), (5, "one_pass"),
+                                                   (7, "windows"), (4, "one_pass")])
+def test_sample_shapes(latent_frames, decode):
+    gpt = tiny_prior()
+    assert gpt.shape == (3, 2, 2)
+    v = gpt.sample(2, progress=False, latent_frames=latent_frames, decode=decode)
+    t = 2 * (latent_frames or 3)
+    assert v.shape == (2, 3, t, 8, 8) and v.dtype == torch.float32
+    assert 0 <= float(v.min()) and float(v.max()) <= 1
+
+
+def test_sample_decodes_the_sampled_codes():
+    """sample(latent_frames) is sample_codes(latent_frames) (same seed) decoded by the chosen mode."""
+    gpt = tiny_prior()
+    codes = gpt.sample_codes(2, progress=False, latent_frames=5, generator=torch.Generator().manual_seed(4))
+    for decode in ("one_pass", "windows"):
+        v = gpt.sample(2, progress=False, latent_frames=5, generator=torch.Generator().manual_seed(4), decode=decode)
+        assert torch.equal(v, decode_latents(gpt.vqvae, codes, decode, window=3))
+    assert torch.equal(decode_latents(gpt.vqvae, codes, "one_pass"), gpt.vqvae.decode(codes).clamp(-0.5, 0.5) + 0.5)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        gpt.sample(1, progress=False, decode="blend")
+
+
+def test_decode_windows_cross_fades_float64():
+    """Three latent frames, windows of 2 overlapping by 1, downsample_t 2: pixel frames 0-1 are the
+    first window's, 4-5 the second's, 2-3 fade linearly (weights 2/3, 1/3 then 1/3, 2/3)."""
+    vq = tiny_prior().vqvae.double()
+    codes = torch.randint(0, 16, (2, 3, 2, 2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = vq.decode(codes[:, :2]), vq.decode(codes[:, 1:])
+    w = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64).view(-1, 1, 1)
+    expected = torch.cat([a[:, :, :2], w * a[:, :, 2:] + (1 - w) * b[:, :, :2], b[:, :, 2:]], dim=2)
+    got = decode_windows(vq, codes, window=2, overlap=1)
+    assert got.shape == (2, 3, 6, 8, 8)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
+    # alignment and normalisation with up to three windows over a frame (the last overlaps more): a
+    # decoder that maps latent frame t to pixel value t everywhere must come back unchanged
+    class FrameIndexDecoder:
+        downsample = (3, 1, 1)
+
+        def decode(self, c):
+            return c[:, None, :, :1, :1].double().repeat_interleave(3, dim=2).expand(-1, 3, -1, 2, 2)
+
+    for t, window, overlap in [(7, 4, 2), (9, 4, 1), (5, 2, 0), (8, 5, 4)]:
+        frame = torch.arange(t).view(1, t, 1, 1).expand(2, t, 2, 2)
+        got = decode_windows(FrameIndexDecoder(), frame, window=window, overlap=overlap)
+        torch.testing.assert_close(got, FrameIndexDecoder().decode(frame), atol=1e-6, rtol=0)
+    codes = torch.randint(0, 16, (1, 7, 2, 2), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="latent_frames >= T > context_frames"):
+        decode_windows(vq, codes, window=4, overlap=4)
+
+
+def test_decode_windows_of_one_window_is_one_decode():
+    vq = tiny_prior().vqvae
+    codes = torch.randint(0, 16, (2, 3, 2, 2), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(decode_windows(vq, codes, window=3), vq.decode(codes))
+
+
+def test_prefix_is_kept_and_teacher_forced():
+    """Greedy: continuing from the first P latent frames of a greedy sample gives the same codes
+    (the prefix written in one pass is what position-by-position sampling had written)."""
+    gpt = tiny_prior(seed=3)
+    full = S.sample_codes(gpt, 2, top_k=1, progress=False, latent_frames=6)
+    for p in (1, 2):
+        cont = S.sample_codes(gpt, 2, top_k=1, progress=False, latent_frames=6, prefix=full[:, :p])
+        assert torch.equal(cont, full)
+    other = torch.randint(0, 16, (2, 1, 2, 2), generator=torch.Generator().manual_seed(5))
+    cont = S.sample_codes(gpt, 2, top_k=1, progress=False, latent_frames=4, prefix=other)
+    assert torch.equal(cont[:, :1], other) and cont.shape == (2, 4, 2, 2)
+    logits = S.teacher_forced_decode(gpt, cont[:, :3])  # the first window, argmax after the prefix
+    assert torch.equal(logits.argmax(-1)[:, 4:], cont[:, :3].reshape(2, -1)[:, 4:])
+    for bad in (torch.zeros(2, 3, 2, 2, dtype=torch.long), torch.zeros(1, 1, 2, 2, dtype=torch.long),
+                torch.zeros(2, 1, 3, 2, dtype=torch.long)):
+        with pytest.raises(ValueError, match="prefix must be codes"):
+            S.sample_codes(gpt, 2, progress=False, latent_frames=4, prefix=bad)
