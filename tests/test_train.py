@@ -731,3 +731,30 @@ def test_class_cond_with_unlabeled_test_files_fails_up_front(vqvae_ckpt, tmp_pat
     err = capsys.readouterr().err
     assert "--class_cond: 1 video file(s) directly in" in err and "test have no class" in err
     assert not list(out.glob("*.ckpt"))
+
+
+def test_a_longer_cosine_schedule_on_resume_continues_from_the_closed_form():
+    """Resuming a finished run (rate decayed to 0) with a larger --max_steps used to train at lr 0:
+    torch's cosine schedule steps recursively from the previous rate. The retargeted schedule follows
+    a fresh schedule of the new length exactly."""
+    def schedule(t_max):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, t_max)
+
+    opt, sched = schedule(4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    fresh_opt, fresh = schedule(10)
+    for _ in range(4):
+        fresh_opt.step()
+        fresh.step()
+    train.retarget_cosine(sched, 10)
+    for _ in range(6):
+        assert opt.param_groups[0]["lr"] == pytest.approx(fresh_opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        assert sched.get_last_lr() == pytest.approx(fresh.get_last_lr(), rel=1e-9, abs=1e-15)
+        opt.step(), fresh_opt.step()
+        sched.step(), fresh.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(fresh_opt.param_groups[0]["lr"], abs=1e-15)
+    assert 0 < max(fresh.base_lrs)

@@ -407,6 +407,20 @@ def make_loader(dataset: data.Dataset, sampler: ResumableSampler, args: argparse
                            num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=False)
 
 
+def retarget_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: int) -> None:
+    """Make a (restored) cosine schedule end at ``t_max`` instead: the learning rates become the
+    closed form at the current step for the new length. Setting ``T_max`` alone is not enough, since
+    torch steps the schedule recursively from the previous rate: a run resumed after its end (rate 0)
+    would stay at 0 forever."""
+    scheduler.T_max = t_max
+    t = min(scheduler.last_epoch, t_max)
+    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / t_max)) / 2
+           for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def check_labeled(dataset: Optional[data.Dataset]) -> None:
     """ValueError when a class-conditional model would meet label -1: files of a video folder's split
     that have no class (directly in ``test/`` while ``train/`` has class folders only)."""
@@ -784,7 +798,7 @@ class Trainer:
                 if self.is_main:
                     log.warning("--max_steps %d differs from the checkpoint's %d: the cosine schedule now ends at "
                                 "%d", self.args.max_steps, self.scheduler.T_max, self.args.max_steps)
-                self.scheduler.T_max = self.args.max_steps
+                retarget_cosine(self.scheduler, self.args.max_steps)
         if extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.global_step, self.epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
