@@ -500,3 +500,25 @@ def test_bf16_decoding_uses_a_copy_of_the_prior():
     assert model.decode_batch() is None
     out = S.sample_codes(model, 2, batch, top_k=1, progress=False, dtype=torch.bfloat16)
     assert out.shape == (2, *model.shape)
+
+
+def test_bad_sample_and_loss_inputs_are_clear_value_errors():
+    """Attack follow-ups: n not a positive int, conditioning videos of the wrong dtype or rank, and a
+    batch without 'video' gave raw TypeErrors or conv dtype errors deep in the model."""
+    model = frame_cond_model("full")
+    batch = _frame_batch(2)
+    for n in (2.5, 0, -1, True, "2"):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            S.sample_codes(model, n, batch, progress=False)
+    with pytest.raises(ValueError, match="float .n, 3, T, H, W. tensor"):
+        S.sample_codes(model, 2, dict(batch, video=((batch["video"] + 0.5) * 255).to(torch.uint8)), progress=False)
+    with pytest.raises(ValueError, match="float .n, 3, T, H, W. tensor"):
+        S.sample_codes(model, 2, dict(batch, video=batch["video"][0]), progress=False)  # 4-D
+    with pytest.raises(ValueError, match="needs a batch dict with 'video'"):
+        S.sample_codes(model, 2, {"vid": batch["video"]}, progress=False)
+    # float64 conditioning frames are fine: they are cast to the weights' dtype
+    a = S.sample_codes(model, 2, dict(batch, video=batch["video"].double()), top_k=1, progress=False)
+    assert torch.equal(a, S.sample_codes(model, 2, batch, top_k=1, progress=False))
+    for bad in ({"vid": batch["video"]}, batch["video"]):
+        with pytest.raises(ValueError, match="batch must be a dict with 'video'"):
+            model.compute_loss(bad)

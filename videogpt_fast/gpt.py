@@ -299,6 +299,10 @@ class VideoGPT(nn.Module):
         and return the teacher-forced cross-entropy. ValueError (naming the expected and given
         shapes) for videos the VQ-VAE was not built for."""
         self.vqvae.eval()
+        if not isinstance(batch, Mapping) or not isinstance(batch.get("video"), torch.Tensor):
+            got = type(batch).__name__ if not isinstance(batch, Mapping) else f"keys {sorted(batch)}"
+            raise ValueError("VideoGPT.compute_loss: batch must be a dict with 'video' (B, 3, T, H, W) (and 'label' "
+                             f"when class_cond), as the data loaders give; got {got}")
         x = batch["video"]
         vq_args = self.vqvae.args
         expected = (3, vq_args.sequence_length, vq_args.resolution, vq_args.resolution)

@@ -32,7 +32,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -322,14 +322,31 @@ def _write_prefix(plan: DecodePlan, codes: torch.Tensor) -> None:
     plan.prev.copy_(codes[:, -1])
 
 
+def check_n(n: Any) -> int:
+    """``n`` (the number of samples) as an int >= 1; ValueError otherwise (e.g. 2.5, 0, True)."""
+    if isinstance(n, bool) or not isinstance(n, (int, torch.SymInt)) and not (
+            isinstance(n, torch.Tensor) and n.dim() == 0 and not n.is_floating_point()):
+        raise ValueError(f"sample: n must be a positive int, got {n!r} ({type(n).__name__})")
+    if int(n) < 1:
+        raise ValueError(f"sample: n must be a positive int, got {int(n)}")
+    return int(n)
+
+
 def _cond_from_batch(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     if not (model.use_frame_cond or model.args.class_cond):
         return {}
-    if batch is None:
-        raise ValueError("sample: a conditional model needs a batch with 'video' (and 'label' when class_cond)")
-    if batch["video"].shape[0] != n:
-        raise ValueError(f"sample: batch['video'] holds {batch['video'].shape[0]} videos but n={n}")
+    if not isinstance(batch, Mapping) or not isinstance(batch.get("video"), torch.Tensor):
+        raise ValueError("sample: a conditional model needs a batch dict with 'video' (n, 3, T, H, W), a float "
+                         "tensor in [-0.5, 0.5] (and 'label' (n,) when class_cond)")
+    video = batch["video"]
+    if video.dim() != 5 or not video.is_floating_point():
+        raise ValueError(f"sample: batch['video'] must be a float (n, 3, T, H, W) tensor in [-0.5, 0.5] (as the "
+                         f"data loaders give), got {video.dtype} of shape {tuple(video.shape)}")
+    if video.shape[0] != n:
+        raise ValueError(f"sample: batch['video'] holds {video.shape[0]} videos but n={n}")
     device = model.fc_in.weight.device
+    dtype = model.fc_in.weight.dtype
+    batch = {**batch, "video": video.to(device=device, dtype=dtype)}  # conditioning runs in the weights' dtype
     return {k: v.to(device) for k, v in model.make_cond(batch).items()}
 
 
@@ -377,6 +394,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             clip's, to continue it): they are teacher-forced into the first window in one pass and
             returned unchanged; sampling starts at latent frame P.
     """
+    n = check_n(n)
     _check_sampling_args(temperature, top_k, top_p)
     T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
     latent_frames = T if latent_frames is None else latent_frames
@@ -467,6 +485,7 @@ def sample_codes_reference(model: nn.Module, n: int, batch: Optional[Mapping[str
     stops after that many positions (benchmarks: the original's cost per position does not
     depend on the position)."""
     device = model.fc_in.weight.device
+    n = check_n(n)
     cond = _cond_from_batch(model, n, batch)
     shape = tuple(model.shape)
     samples = torch.zeros((n, *shape), dtype=torch.long, device=device)
