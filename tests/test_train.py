@@ -758,3 +758,11 @@ def test_a_longer_cosine_schedule_on_resume_continues_from_the_closed_form():
         sched.step(), fresh.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(fresh_opt.param_groups[0]["lr"], abs=1e-15)
     assert 0 < max(fresh.base_lrs)
+
+
+def test_train_without_a_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the stage is required: vqvae or gpt" in err and err.count("\n") == 2  # usage + error

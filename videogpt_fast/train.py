@@ -154,10 +154,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                   description=__doc__.split("\n\n")[0].replace("``", ""),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("stage", choices=STAGES, help="vqvae: the VQ-VAE; gpt: the VideoGPT prior")
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        top.error("the stage is required: vqvae or gpt ('videogpt-fast train vqvae -h' lists the flags)")
+    if argv[0] in ("-h", "--help"):
         top.print_help()
         print("\nrun 'videogpt-fast train vqvae -h' or 'videogpt-fast train gpt -h' for the flags")
-        raise SystemExit(0 if argv else 2)
+        raise SystemExit(0)
     stage = top.parse_args(argv[:1]).stage
     parser = build_parser(stage)
     args = parser.parse_args(argv[1:])
