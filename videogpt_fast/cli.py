@@ -98,8 +98,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
             raise ValueError("this prior is conditional (frames or class): give --data_path for the conditioning videos")
         _, test = open_datasets(args)
         if gpt.args.class_cond:
-            from .train import check_labeled
-            check_labeled(test)
+            from .data import require_labels
+            require_labels(test)
         if len(test) < a.n:
             raise ValueError(f"the test split of {args.data_path!r} has {len(test)} clips, fewer than --n {a.n}")
         picked = torch.randperm(len(test), generator=torch.Generator().manual_seed(a.seed))[:a.n].tolist()

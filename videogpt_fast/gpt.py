@@ -152,6 +152,10 @@ class VideoGPT(nn.Module):
         if "video" not in batch:
             raise ValueError("VideoGPT: a conditional model needs batch['video'] (B, C, T, H, W)")
         video = batch["video"]
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or not video.is_floating_point():
+            got = f"{video.dtype} of shape {tuple(video.shape)}" if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError("VideoGPT: batch['video'] must be a float (n, 3, T, H, W) tensor in [-0.5, 0.5] (as the "
+                             f"data loaders give), got {got}")
         if self.args.class_cond:
             if "label" not in batch:
                 raise ValueError("VideoGPT: class_cond=True needs batch['label'] (B,) integer class indices")

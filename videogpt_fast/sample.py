@@ -338,16 +338,12 @@ def _cond_from_batch(model: nn.Module, n: int, batch: Optional[Mapping[str, torc
     if not isinstance(batch, Mapping) or not isinstance(batch.get("video"), torch.Tensor):
         raise ValueError("sample: a conditional model needs a batch dict with 'video' (n, 3, T, H, W), a float "
                          "tensor in [-0.5, 0.5] (and 'label' (n,) when class_cond)")
-    video = batch["video"]
-    if video.dim() != 5 or not video.is_floating_point():
-        raise ValueError(f"sample: batch['video'] must be a float (n, 3, T, H, W) tensor in [-0.5, 0.5] (as the "
-                         f"data loaders give), got {video.dtype} of shape {tuple(video.shape)}")
-    if video.shape[0] != n:
-        raise ValueError(f"sample: batch['video'] holds {video.shape[0]} videos but n={n}")
-    device = model.fc_in.weight.device
-    dtype = model.fc_in.weight.dtype
-    batch = {**batch, "video": video.to(device=device, dtype=dtype)}  # conditioning runs in the weights' dtype
-    return {k: v.to(device) for k, v in model.make_cond(batch).items()}
+    cond = model.make_cond(batch)  # checks the video's dtype, rank, size and the labels
+    if batch["video"].shape[0] != n:
+        raise ValueError(f"sample: batch['video'] holds {batch['video'].shape[0]} videos but n={n}")
+    weight = model.fc_in.weight  # the conditioning runs in the weights' dtype, on their device
+    return {k: v.to(device=weight.device, dtype=weight.dtype if v.is_floating_point() else v.dtype)
+            for k, v in cond.items()}
 
 
 @torch.no_grad()

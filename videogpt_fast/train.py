@@ -423,16 +423,6 @@ def retarget_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max
     scheduler._last_lr = lrs
 
 
-def check_labeled(dataset: Optional[data.Dataset]) -> None:
-    """ValueError when a class-conditional model would meet label -1: files of a video folder's split
-    that have no class (directly in ``test/`` while ``train/`` has class folders only)."""
-    unlabeled = getattr(dataset, "unlabeled", 0)
-    if unlabeled:
-        folder = getattr(getattr(dataset, "index", None), "folder", "the dataset")
-        raise ValueError(f"--class_cond: {unlabeled} video file(s) directly in {folder} have no class (train/ has "
-                         "class folders only, so their label is -1); move them into class folders")
-
-
 def _n_classes(dataset: data.Dataset) -> int:
     try:
         return int(dataset.n_classes)  # type: ignore[attr-defined]
@@ -622,11 +612,11 @@ class Trainer:
             else:
                 source = "PyAV" if os.path.isdir(args.data_path) else "HDF5"
                 self.announce(f"loader: PyTorch DataLoader + {source} ({reason})")
-        from .data import require_clips
+        from .data import require_clips, require_labels
         require_clips(train_set, f"the training set of {args.data_path!r}")
         if args.stage == "gpt" and args.class_cond:
             for ds in (train_set, val_set):
-                check_labeled(ds)
+                require_labels(ds)
         self.train_set, self.val_set = train_set, val_set
 
         resume_path = self._resume_path()

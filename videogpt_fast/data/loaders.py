@@ -58,6 +58,16 @@ def require_clips(dataset: data.Dataset, what: str = "the dataset") -> None:
     raise ValueError(f"{what} has no clip to load: {reason}")
 
 
+def require_labels(dataset: data.Dataset | None) -> None:
+    """ValueError when a class-conditional model would meet label -1: files of a video folder's split
+    that have no class (directly in ``test/`` while ``train/`` has class folders only)."""
+    unlabeled = getattr(dataset, "unlabeled", 0)
+    if unlabeled:
+        folder = getattr(getattr(dataset, "index", None), "folder", "the dataset")
+        raise ValueError(f"--class_cond: {unlabeled} video file(s) directly in {folder} have no class (train/ has "
+                         "class folders only, so their label is -1); move them into class folders")
+
+
 def build_dataset(data_path: str, sequence_length: int, train: bool = True, resolution: int = 64,
                   **kwargs) -> data.Dataset:
     """``VideoDataset`` for a folder, ``HDF5Dataset`` for a file (the original's rule)."""
