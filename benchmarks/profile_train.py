@@ -33,7 +33,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -421,6 +420,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    from benchmarks.gpu_check import run_limited
     from benchmarks.harness import env_info
     settings = (f"precision {a.precision}, compile {a.compile}, tf32 {a.tf32}, channels_last_3d {a.channels_last_3d}, "
                 f"activation_checkpointing {a.activation_checkpointing}, tiny {a.tiny}")
@@ -433,17 +433,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         res_file.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.profile_train", *child_argv, "--_phase", phase,
                "--_result", str(res_file)]
-        t0 = time.perf_counter()
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.phase_timeout,
-                               env=dict(os.environ))
-            if r.returncode == 0 and res_file.is_file():
-                results["phases"][phase] = json.loads(res_file.read_text())
-            else:
-                results["phases"][phase] = {"status": f"failed (exit {r.returncode})", "stderr": r.stderr[-4000:]}
-        except subprocess.TimeoutExpired:
-            results["phases"][phase] = {"status": f"timeout after {a.phase_timeout:g} s"}
-        results["phases"][phase]["wall_s"] = round(time.perf_counter() - t0, 1)
+        log = out / f"{phase}.log"
+        # its own process group, killed whole at the limit (compile workers too), as gpu_check's phases
+        r = run_limited(cmd, log, a.phase_timeout, dict(os.environ))
+        if r["status"] == "ok" and res_file.is_file():
+            results["phases"][phase] = json.loads(res_file.read_text())
+        elif r["status"] == "timeout":
+            results["phases"][phase] = {"status": f"timeout after {a.phase_timeout:g} s", "log": str(log)}
+        else:
+            results["phases"][phase] = {"status": f"failed (exit {r['rc']})", "log": str(log),
+                                        "log_tail": log.read_text()[-4000:]}
+        results["phases"][phase]["wall_s"] = r["wall_s"]
         res_file.unlink(missing_ok=True)
         print(f"[profile_train] {phase}: {results['phases'][phase]['status']} "
               f"({results['phases'][phase]['wall_s']} s)", flush=True)
