@@ -159,6 +159,16 @@ def test_fresh_codebook_initialises_on_first_training_batch():
     assert torch.equal(out["encodings"].flatten(), d.argmin(1))
 
 
+def _tile(x: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """The original's ``Codebook._tile``: repeat rows up to ``n_codes`` and add N(0, (0.01/sqrt(D))^2)
+    noise (only when there are fewer rows than codes)."""
+    d, ew = x.shape
+    if d < n_codes:
+        x = x.repeat((n_codes + d - 1) // d, 1)
+        x = x + torch.randn_like(x) * (0.01 / math.sqrt(ew))
+    return x
+
+
 def test_init_tiles_and_noises_small_batches():
     K, D = 16, 8
     cb = Codebook(K, D).train()
@@ -171,10 +181,10 @@ def test_init_tiles_and_noises_small_batches():
     assert bool((dist_.min(1).values > 0).all()), "tiled rows must be noised"
     assert torch.bincount(dist_.argmin(1), minlength=4).tolist() == [4, 4, 4, 4]
     assert torch.equal(cb.embeddings, cb.z_avg) and torch.equal(cb.N, torch.ones(K))
-    tiled = cb._tile(flat)
+    tiled = _tile(flat, K)
     assert tiled.shape == (16, D)
     assert bool(((tiled - flat.repeat(4, 1)).abs() <= 6 * std).all())
-    assert cb._tile(torch.randn(20, D)).shape == (20, D)
+    assert _tile(torch.randn(20, D), K).shape == (20, D)
 
 
 def test_loaded_codebook_is_not_reinitialised():

@@ -265,8 +265,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         _ddp_run(rank, world, out_dir, sync_stats=True)
-        from videogpt_fast import vqvae as vqvae_mod
-        vqvae_mod._all_reduce_sum = lambda t: t  # negative control: each rank keeps its own EMA statistics
+        from videogpt_fast import codebook as codebook_mod
+        codebook_mod._all_reduce_sum = lambda t: t  # negative control: each rank keeps its own EMA statistics
         _ddp_run(rank, world, out_dir, sync_stats=False)
     finally:
         dist.destroy_process_group()

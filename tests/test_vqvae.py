@@ -57,6 +57,53 @@ def test_fixture_outputs(fixture_model):
     assert torch.equal(vq["encodings"], fx["encodings"])
 
 
+def test_compute_loss_matches_the_original_numbers(fixture_model):
+    """compute_loss is the original training_step's loss: recon_loss + commitment_loss (eval mode)."""
+    model, fx = fixture_model
+    with torch.no_grad():
+        loss, metrics = model.compute_loss(fx["x"])
+    assert set(metrics) == {"recon_loss", "commitment_loss", "perplexity"}
+    assert_close(metrics["recon_loss"], fx["recon_loss"])
+    assert_close(metrics["commitment_loss"], fx["commitment_loss"])
+    assert_close(metrics["perplexity"], fx["perplexity"])
+    assert_close(loss, fx["recon_loss"] + fx["commitment_loss"])
+
+
+@pytest.mark.parametrize("x_shape", [(2, 3, 4, 16, 16), (3, 3, 8, 16, 32)])
+def test_compute_loss_equals_the_hand_written_loss(x_shape):
+    """Training mode (codebook init, then an EMA step): the loss, its gradients, the metrics and the
+    updated codebook equal the loss the trainer used to write by hand (recon_loss + commitment_loss)."""
+    x = torch.rand(*x_shape) - 0.5
+    res = {}
+    for how in ("hand", "method"):
+        torch.manual_seed(3)
+        model = VQVAE(_args()).train()
+        for _ in range(2):  # the first step initialises the codebook, the second updates its EMA
+            model.zero_grad()
+            if how == "hand":
+                recon_loss, _, vq = model(x)
+                loss = recon_loss + vq["commitment_loss"]
+                metrics = {"recon_loss": recon_loss, "commitment_loss": vq["commitment_loss"],
+                           "perplexity": vq["perplexity"]}
+            else:
+                loss, metrics = model.compute_loss(x)
+            loss.backward()
+        res[how] = (loss.detach(), {k: v.detach() for k, v in metrics.items()},
+                    {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                    {n: b.clone() for n, b in model.codebook.named_buffers()})
+    (l0, m0, g0, b0), (l1, m1, g1, b1) = res["hand"], res["method"]
+    assert torch.isfinite(l0) and torch.equal(l0, l1)
+    assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
+    assert not any(v.requires_grad for v in m1.values())  # logged values, not part of the graph
+    assert g0.keys() == g1.keys() and len(g0) > 10 and all(torch.equal(g0[n], g1[n]) for n in g0)
+    assert all(torch.equal(b0[n], b1[n]) for n in b0)
+
+
+def test_compute_loss_rejects_bad_videos():
+    with pytest.raises(ValueError, match=r"\(B, 3, T, H, W\)"):
+        VQVAE(_args()).compute_loss(torch.rand(2, 4, 4, 16, 16))
+
+
 def test_axial_block_equals_unfused_attention_modules(fixture_model):
     model, _ = fixture_model
     block = model.encoder.res_stack[0].block[8]
