@@ -150,7 +150,7 @@ def _vqvae_checkpoint(a: argparse.Namespace, workdir: Path) -> Path:
     from videogpt_fast.vqvae import VQVAE
     from videogpt_fast import train
     flags, _ = CONFIGS[a.tiny]["vqvae"]
-    model = VQVAE(train._model_namespace(train.build_parser("vqvae").parse_args(["--data_path", "-", *flags])))
+    model = VQVAE(train.model_namespace(train.build_parser("vqvae").parse_args(["--data_path", "-", *flags])))
     model.codebook._need_init = False
     model.codebook.N.fill_(1.0)  # an initialised codebook
     return atomic_save(lightning_checkpoint(model), workdir / "vqvae.ckpt")

@@ -72,3 +72,72 @@ def _private_cache(tmp_path_factory):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# ----------------------------------------------------------------------------------------------
+# training (tests/test_train_*.py): tiny flags, a tiny HDF5 dataset, a video folder, a VQ-VAE checkpoint
+# ----------------------------------------------------------------------------------------------
+TRAIN_VQ_FLAGS = ["--sequence_length", "4", "--resolution", "16", "--batch_size", "2", "--num_workers", "0",
+                  "--embedding_dim", "8", "--n_codes", "16", "--n_hiddens", "16", "--n_res_layers", "1",
+                  "--downsample", "2", "2", "2", "--log_every", "1", "--no_progress"]
+TRAIN_GPT_FLAGS = ["--sequence_length", "4", "--resolution", "16", "--batch_size", "2", "--num_workers", "0",
+                   "--hidden_dim", "24", "--heads", "2", "--layers", "1", "--log_every", "1", "--no_progress"]
+
+
+def set_flag(flags: list, name: str, value: str) -> list:
+    """``flags`` with ``--name``'s value replaced."""
+    out = list(flags)
+    out[out.index(f"--{name}") + 1] = value
+    return out
+
+
+def subprocess_env() -> dict:
+    """The environment of a child Python (torchrun, ``-m videogpt_fast.train``) that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def train_args(stage: str, argv: list):
+    """Parsed ``train {stage}`` flags with ``args.stage``, as ``Trainer`` takes them."""
+    from videogpt_fast import train
+    args = train.build_parser(stage).parse_args(argv)
+    args.stage = stage
+    return args
+
+
+def train_losses(folder: Path) -> dict:
+    """``{step: loss}`` of a run's ``metrics.jsonl``."""
+    from videogpt_fast import train
+    return {r["step"]: r["loss"] for r in train.read_metrics(folder / "metrics.jsonl") if "loss" in r}
+
+
+@pytest.fixture(scope="session")
+def shapes_hdf5(tmp_path_factory) -> str:
+    """5 training videos of 10 frames (random 4-frame crops: 3 batches of 2 per epoch, the last one
+    short) and 2 test videos, 16x16, as an HDF5 file."""
+    from videogpt_fast.synthetic import write_hdf5
+    return write_hdf5(tmp_path_factory.mktemp("data") / "shapes.hdf5", n_train=5, n_test=2,
+                      frames_per_video=10, resolution=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_ckpt(shapes_hdf5, tmp_path_factory) -> str:
+    """``last.ckpt`` of a 3-step ``train vqvae`` run with :data:`TRAIN_VQ_FLAGS` on :func:`shapes_hdf5`."""
+    from videogpt_fast import train
+    out = tmp_path_factory.mktemp("vq")
+    train.main(["vqvae", "--data_path", shapes_hdf5, *TRAIN_VQ_FLAGS, "--max_steps", "3", "--output", str(out)])
+    return str(out / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def labelled_video_folder(tmp_path_factory) -> str:
+    """train/{cats,dogs}/ tiny H.264 files plus one corrupt file; test/cats/ one file."""
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    root = tmp_path_factory.mktemp("videos")
+    for rel, n, seed in [("train/cats/a.mp4", 6, 0), ("train/dogs/b.mp4", 7, 1), ("test/cats/c.mp4", 6, 2)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(root / rel), smooth_frames(n, 20, 24, seed=seed))
+    (root / "train/cats/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    return str(root)

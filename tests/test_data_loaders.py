@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from videogpt_fast.data import HDF5Dataset, VideoData, build_dataloader, make_loader, preprocess
+from videogpt_fast.data import (HDF5Dataset, VideoData, build_dataloader, choose_loader, make_loader, open_datasets,
+                                preprocess, rank0_first)
 from videogpt_fast.data import dali as dali_mod
 from videogpt_fast.data.synthetic import smooth_frames, write_video_file
 
@@ -157,3 +158,73 @@ def test_dali_errors_name_what_to_install(vfolder, monkeypatch):
     assert not ok and "nvidia-dali-cuda120" in reason and "videogpt_fast[dali]" in reason
     with pytest.raises(RuntimeError, match="pip install"):
         dali_mod.DALIVideoLoader(vfolder, 8, device="cpu")
+
+
+def test_loader_choice_on_cuda(monkeypatch):
+    """The auto/dali decision on a CUDA device, with DALI usable or not (no GPU needed)."""
+    import os
+
+    def choose(kind, path="videos"):
+        return choose_loader(kind, path, torch.device("cuda", 0))
+
+    monkeypatch.setattr(os.path, "isdir", lambda p: p == "videos")
+    monkeypatch.setattr(dali_mod, "dali_status", lambda device="gpu": (True, "NVIDIA DALI 1.50"))
+    assert choose("auto") == (True, "auto: CUDA device and NVIDIA DALI 1.50")
+    assert choose("dali") == (True, "--loader dali")
+    assert choose("auto", "d.hdf5")[0] is False
+    monkeypatch.setattr(dali_mod, "dali_status", lambda device="gpu": (False, "pip install nvidia-dali"))
+    assert choose("auto") == (False, "auto: DALI unavailable: pip install nvidia-dali")
+    with pytest.raises(ValueError, match="--loader dali: pip install nvidia-dali"):
+        choose("dali")
+    with pytest.raises(RuntimeError, match="DALI video loader unavailable: --loader dali: pip install nvidia-dali"):
+        choose("dali")  # LoaderUnavailable is both: a bad option (ValueError) and a missing library
+    assert choose("pytorch") == (False, "--loader pytorch")
+    with pytest.raises(ValueError, match="--loader dali reads a video folder; 'd.hdf5' is not one"):
+        choose("dali", "d.hdf5")
+    with pytest.raises(ValueError, match="--loader dali decodes on the GPU: it needs a CUDA device"):
+        choose_loader("dali", "videos", torch.device("cpu"))
+    with pytest.raises(ValueError, match="kind must be"):
+        choose("fast")
+
+
+def test_open_datasets_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_datasets(dict(data_path=str(tmp_path / "missing.hdf5")))
+    (tmp_path / "v" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no test/ sub-folder"):
+        open_datasets(dict(data_path=str(tmp_path / "v")))
+
+
+def test_rank0_builds_the_clip_index_first(labelled_video_folder, tmp_path, monkeypatch):
+    """Under a process group rank 0 indexes (and caches) first; other ranks wait, then read the cache."""
+    import shutil
+    import torch.distributed as dist
+    import videogpt_fast.data.video_index as vi
+    root = tmp_path / "data"
+    shutil.copytree(labelled_video_folder, root, ignore=shutil.ignore_patterns(vi.INDEX_NAME))
+    events = []
+    real_barrier, real_probe = dist.barrier, vi._probe_entry
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append("barrier") or real_barrier(*a, **k))
+    monkeypatch.setattr(vi, "_probe_entry", lambda t: events.append("probe") or real_probe(t))
+    args = argparse.Namespace(data_path=str(root), sequence_length=4, resolution=16)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        with pytest.warns(RuntimeWarning, match="skipping unreadable video"):
+            open_datasets(args)
+        assert events == ["probe"] * 4 + ["barrier"]  # 3 train files + 1 test file, then release the others
+        events.clear()
+        monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+        tr, te = open_datasets(args)
+        assert events == ["barrier"]  # waited for rank 0, then read its cache: nothing probed
+        assert tr.skipped == 1 and len(tr) == 3 + 4 and len(te) == 3
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.undo()
+    events.clear()
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append("barrier"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 0)
+    with pytest.raises(KeyError):
+        with rank0_first():
+            raise KeyError("indexing failed")
+    assert events == ["barrier"]  # rank 0 still releases the waiting ranks when it fails

@@ -90,7 +90,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if gpt.use_frame_cond or gpt.args.class_cond:
         # conditional prior: frames / labels of random test clips (seeded by --seed), as
         # scripts/sample_videogpt.py takes the first batch of its shuffled test loader
-        from .train import open_datasets
+        from .data import open_datasets
         args = argparse.Namespace(**vars(gpt.args))
         if a.data_path:
             args.data_path = a.data_path

@@ -1,10 +1,12 @@
-"""Loader factories: PyAV/HDF5 DataLoaders (the original's ``VideoData``) and the DALI/PyAV choice."""
+"""Loader factories: PyAV/HDF5 DataLoaders (the original's ``VideoData``), the train/test datasets
+of a data path, and the one DALI-or-PyTorch choice (:func:`choose_loader`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional, Tuple
 
 import h5py
 import torch
@@ -14,7 +16,8 @@ import torch.utils.data as data
 from .hdf5_dataset import HDF5Dataset
 from .video_dataset import VideoDataset
 
-__all__ = ["build_dataset", "build_dataloader", "VideoData", "make_loader", "cpu_count", "require_clips"]
+__all__ = ["build_dataset", "build_dataloader", "VideoData", "make_loader", "choose_loader", "LoaderUnavailable",
+           "open_datasets", "rank0_first", "cpu_count", "require_clips"]
 
 logger = logging.getLogger("videogpt_fast.data")
 
@@ -156,33 +159,103 @@ class VideoData:
         return self.val_dataloader()
 
 
-def make_loader(kind: str = "auto", args: Any = None, train: bool = True, **overrides) -> tuple[Iterable, str]:
-    """Pick the training loader: ``"dali"`` (GPU decode), ``"pytorch"`` (PyAV/HDF5 DataLoader) or ``"auto"``.
+class LoaderUnavailable(ValueError, RuntimeError):
+    """The requested DALI loader cannot run here (a ValueError, as other bad options; a RuntimeError,
+    as ``DALIVideoLoader`` raises when DALI or CUDA is missing)."""
 
-    ``auto`` takes DALI when it is importable, CUDA is available and ``data_path`` is a video folder,
-    and the PyAV DataLoader otherwise; the choice and its reason are logged. Both yield
-    ``dict(video=(B, C, T, H, W), label=(B,))`` batches (HDF5: no label). Returns ``(loader, kind)``.
-    ``"dali"`` raises ``RuntimeError`` naming what to install when DALI or CUDA is missing.
-    """
-    from . import dali as dali_mod
 
+def choose_loader(kind: str, data_path: str, device: Optional[torch.device] = None) -> Tuple[bool, str]:
+    """``(use DALI, why)`` for loader ``kind`` (``auto``, ``pytorch`` or ``dali``, the ``--loader``
+    choices) on ``data_path`` for a run on ``device`` (default: CUDA when available, else CPU).
+
+    ``auto`` takes DALI for a video folder when the device is CUDA and NVIDIA DALI is usable, and
+    the PyTorch DataLoader otherwise; ``why`` says which rule decided. ``dali`` raises
+    :class:`LoaderUnavailable` when it cannot run (no CUDA device, DALI missing) and ValueError for
+    a path that is not a video folder. Nothing is logged here: the caller reports the choice once."""
     if kind not in ("auto", "pytorch", "dali"):
         raise ValueError(f"kind must be 'auto', 'pytorch' or 'dali', got {kind!r}")
-    opts = _options(args, **overrides)
-    if kind == "auto":
-        ok, reason = dali_mod.dali_status("gpu")
-        if ok and not os.path.isdir(opts["data_path"]):
-            ok, reason = False, "data_path is an HDF5 file (DALI reads video files)"
-        kind = "dali" if ok else "pytorch"
-        logger.info("data loader: %s (%s)", "DALI (GPU decoding)" if ok else "PyAV DataLoader",
-                    reason if ok else f"DALI not used: {reason}")
-    else:
-        logger.info("data loader: %s (requested)", kind)
+    if kind == "pytorch":
+        return False, "--loader pytorch"
+    from . import dali as dali_mod
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    is_folder = os.path.isdir(data_path)
     if kind == "dali":
-        if not os.path.isdir(opts["data_path"]):
-            raise ValueError(f"the DALI loader reads a video folder; {opts['data_path']!r} is not one")
-        loader = dali_mod.DALIVideoLoader(opts["data_path"], opts["sequence_length"], resolution=opts["resolution"],
-                                          batch_size=opts["batch_size"], train=train,
-                                          shuffle=opts.get("shuffle"), drop_last=opts.get("drop_last"))
-        return loader, "dali"
+        if device.type != "cuda":
+            raise LoaderUnavailable("DALI video loader unavailable: --loader dali decodes on the GPU: it needs a CUDA "
+                                    f"device (this run is on {device}); use --loader pytorch or auto")
+        if not is_folder:
+            raise ValueError(f"--loader dali reads a video folder; {data_path!r} is not one")
+        ok, why = dali_mod.dali_status("gpu")
+        if not ok:
+            raise LoaderUnavailable(f"DALI video loader unavailable: --loader dali: {why}")
+        return True, "--loader dali"
+    if not is_folder:
+        return False, "auto: --data_path is an HDF5 file; DALI reads video folders"
+    if device.type != "cuda":
+        return False, "auto: no CUDA device"
+    ok, why = dali_mod.dali_status("gpu")
+    return ok, f"auto: CUDA device and {why}" if ok else f"auto: DALI unavailable: {why}"
+
+
+def dali_loader(args: Any = None, train: bool = True, **overrides) -> Iterable:
+    """The DALI GPU-decoding loader of a video folder (``data_path``, ``sequence_length``,
+    ``resolution``, ``batch_size``, optional ``shuffle`` / ``drop_last``); RuntimeError naming what
+    to install when DALI or CUDA is missing."""
+    from . import dali as dali_mod
+    opts = _options(args, **overrides)
+    return dali_mod.DALIVideoLoader(opts["data_path"], opts["sequence_length"], resolution=opts["resolution"],
+                                    batch_size=opts["batch_size"], train=train,
+                                    shuffle=opts.get("shuffle"), drop_last=opts.get("drop_last"))
+
+
+def make_loader(kind: str = "auto", args: Any = None, train: bool = True, **overrides) -> tuple[Iterable, str]:
+    """The loader :func:`choose_loader` picks for ``kind``: ``"dali"`` (GPU decode), ``"pytorch"``
+    (PyAV/HDF5 DataLoader, :func:`build_dataloader`) or ``"auto"``; the choice and its reason are
+    logged. Both yield ``dict(video=(B, C, T, H, W), label=(B,))`` batches (HDF5: no label).
+    Returns ``(loader, kind)``. ``"dali"`` raises :class:`LoaderUnavailable` (a RuntimeError)
+    naming what is missing."""
+    opts = _options(args, **overrides)
+    use_dali, reason = choose_loader(kind, opts["data_path"])
+    if use_dali:
+        logger.info("data loader: DALI (GPU decoding) (%s)", reason)
+        return dali_loader(opts, train=train), "dali"
+    logger.info("data loader: %s DataLoader (%s)", "PyAV" if os.path.isdir(opts["data_path"]) else "HDF5",
+                reason if kind == "pytorch" else f"DALI not used: {reason}")
     return build_dataloader(opts, train=train), "pytorch"
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Under an initialised process group, run the block on rank 0 first, then on the other ranks
+    (which wait at a barrier): rank 0 builds and caches the clip index, the others read the cache."""
+    if not dist.is_initialized():
+        yield
+        return
+    if dist.get_rank() != 0:
+        dist.barrier()
+        yield
+        return
+    try:
+        yield
+    finally:  # also on an error, so that the other ranks fail on their own instead of waiting forever
+        dist.barrier()
+
+
+def open_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
+    """Train and test datasets for ``args.data_path`` (with ``sequence_length``, ``resolution``; a
+    Namespace or dict) as the original ``VideoData``: a folder gives a ``VideoDataset``, an HDF5 file
+    an ``HDF5Dataset``; a missing path or split raises FileNotFoundError, anything else a clear
+    ValueError. Under a process group rank 0 indexes a video folder first (see :func:`rank0_first`)."""
+    opts = _options(args)
+    path = opts["data_path"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data_path {path!r} does not exist (expected {DATA_PATH_FORMS})")
+    if os.path.isdir(path):
+        for split in ("train", "test"):
+            if not os.path.isdir(os.path.join(path, split)):
+                raise FileNotFoundError(f"--data_path folder {path!r} has no {split}/ sub-folder (expected "
+                                        f"{DATA_PATH_FORMS})")
+    kw = dict(sequence_length=opts["sequence_length"], resolution=opts["resolution"])
+    with rank0_first() if os.path.isdir(path) else contextlib.nullcontext():
+        return build_dataset(path, train=True, **kw), build_dataset(path, train=False, **kw)
