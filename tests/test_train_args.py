@@ -92,4 +92,5 @@ def test_complete_args_is_the_one_place_args_change(tiny_vqvae_ckpt, caplog):
     with caplog.at_level(logging.WARNING, logger="videogpt_fast.train"):
         train.complete_args(vq, None, ckpt)
     assert vq.n_codes == 16 and vq.max_steps == 9
-    assert [r.getMessage() for r in caplog.records] == ["--resume: n_codes=16 from the checkpoint (command line had 32)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "--resume: n_codes=16 from the checkpoint (command line had 32)"]

@@ -99,8 +99,8 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                    help="validate every N steps (0: at the end of every epoch, as Lightning; -1: never)")
     o.add_argument("--limit_val_batches", type=int, default=VAL_BATCHES,
                    help="validation batches per rank at each validation (0: the whole test split)")
-    o.add_argument("--log_every", type=int, default=10, help="write the training metrics to metrics.jsonl (one record per step) and the bar every N "
-                        "steps")
+    o.add_argument("--log_every", type=int, default=10,
+                   help="write the training metrics to metrics.jsonl (one record per step) and the bar every N steps")
     o.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     return parser
 
