@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from videogpt_fast import cli
 from videogpt_fast.checkpoint import save_checkpoint
-from videogpt_fast.synthetic import moving_shapes
+from videogpt_fast.data.synthetic import moving_shapes
 from videogpt_fast.utils import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
