@@ -202,7 +202,7 @@ def test_fvd_between_folders(videos, tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------------------------
 # issue 15: bad checkpoints, flags, outputs, help
 # ----------------------------------------------------------------------------------------------
-from test_checkpoint import BAD_KINDS, write_bad_checkpoint  # noqa: E402
+from conftest import BAD_KINDS, write_bad_checkpoint  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

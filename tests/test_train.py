@@ -594,13 +594,12 @@ def test_resume_checks_args_against_weights_first(dataset, vqvae_ckpt, tmp_path,
 
 def test_disk_full_while_training_saves(dataset, tmp_path, monkeypatch, capsys):
     import errno
-    from videogpt_fast import checkpoint as ckpt_mod
 
     def full(obj, f, *a, **k):
         f.write(b"x" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)  # what checkpoint/writing.py calls
     out = tmp_path / "o"
     assert train.main(["vqvae", "--data_path", dataset, *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1",
                        "--output", str(out)]) == 2

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import PRETRAINED_I3D, CheckpointError, cache_dirs, download, safe_load
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.pretrained import PRETRAINED_I3D, cache_dirs, download
+from ..checkpoint.reading import safe_load
 from ..data.preprocess import resize_crop_frames
 from .i3d import InceptionI3d
 
