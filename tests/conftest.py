@@ -57,23 +57,6 @@ def requires_cuda():
     return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    """Keep caches (clip indexes, pretrained lookups) of the test run out of the user's home."""
-    if "VIDEOGPT_FAST_HOME" in os.environ:
-        yield
-        return
-    os.environ["VIDEOGPT_FAST_HOME"] = str(tmp_path_factory.mktemp("videogpt_fast_home"))
-    yield
-    os.environ.pop("VIDEOGPT_FAST_HOME", None)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-    yield
-
-
 # ----------------------------------------------------------------------------------------------
 # checkpoints: broken files (tests of checkpoint/ and of the CLI) and a tiny VQ-VAE checkpoint
 # ----------------------------------------------------------------------------------------------
@@ -129,3 +112,21 @@ def tiny_vqvae_file(path):
                                   sequence_length=4, resolution=8))
     save_checkpoint(path, vq)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep caches (clip indexes, pretrained lookups) of the test run out of the user's home."""
+    if "VIDEOGPT_FAST_HOME" in os.environ:
+        yield
+        return
+    os.environ["VIDEOGPT_FAST_HOME"] = str(tmp_path_factory.mktemp("videogpt_fast_home"))
+    yield
+    os.environ.pop("VIDEOGPT_FAST_HOME", None)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
