@@ -129,4 +129,3 @@ def _private_cache(tmp_path_factory):
 def _seed():
     torch.manual_seed(0)
     yield
-
