@@ -50,7 +50,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["videogpt_fast", "videogpt_fast.data", "videogpt_fast.fvd", "videogpt_fast.kernels"],
+    packages=["videogpt_fast", "videogpt_fast.checkpoint", "videogpt_fast.data", "videogpt_fast.fvd", "videogpt_fast.kernels",
+              "videogpt_fast.train"],
     package_dir={"videogpt_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",

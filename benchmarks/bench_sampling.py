@@ -65,12 +65,13 @@ def ucf_prior_sizes() -> Tuple[Dict[str, int], str]:
     (:func:`videogpt_fast.checkpoint.cache_dirs`; nothing is downloaded); else the sizes the
     original's README documents for ``train_videogpt.py``, with ``source`` saying so."""
     from videogpt_fast import checkpoint as C
+    from videogpt_fast.utils import as_namespace
     try:
         path = C.resolve_pretrained("ucf101_uncond_gpt", C.PRETRAINED_VIDEOGPT)
     except FileNotFoundError:
         return dict(DOCUMENTED_PRIOR), ("the original README's train_videogpt.py defaults "
                                         "(ucf101_uncond_gpt is not in the local cache)")
-    args = C.as_namespace(C.safe_load(path)["hyper_parameters"]["args"])
+    args = as_namespace(C.safe_load(path)["hyper_parameters"]["args"])
     return {k: int(getattr(args, k)) for k in DOCUMENTED_PRIOR}, f"hyper-parameters of {path}"
 
 

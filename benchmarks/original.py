@@ -8,7 +8,6 @@ attention, DeepSpeed) is missing.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import tempfile
 from pathlib import Path
@@ -16,6 +15,8 @@ from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
 import torch
+
+from videogpt_fast.utils import as_namespace
 
 _CACHE: dict = {}
 
@@ -52,7 +53,7 @@ def bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 
 def vqvae(pkg: ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
     """The original VQVAE with ``ours``' weights, on its device and in its train/eval mode."""
-    model = pkg.vqvae.VQVAE(argparse.Namespace(**vars(ours.args)))
+    model = pkg.vqvae.VQVAE(as_namespace(ours.args, copy=True))
     model.load_state_dict(ours.state_dict(), strict=True)
     model.codebook._need_init = bool(ours.codebook._need_init)
     return model.to(next(ours.parameters()).device).train(ours.training)
@@ -62,7 +63,7 @@ def videogpt(pkg: ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
     """The original VideoGPT with ``ours``' weights. Its constructor loads the VQ-VAE from a
     Lightning checkpoint path, so ours is written to a temporary one first."""
     from videogpt_fast.checkpoint import save_checkpoint
-    args = argparse.Namespace(**vars(ours.args))
+    args = as_namespace(ours.args, copy=True)
     with tempfile.TemporaryDirectory(prefix="videogpt_fast_original_") as tmp:
         args.vqvae = str(save_checkpoint(Path(tmp) / "vqvae.ckpt", ours.vqvae))
         model = pkg.gpt.VideoGPT(args)

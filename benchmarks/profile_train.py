@@ -158,7 +158,7 @@ def _vqvae_checkpoint(a: argparse.Namespace, workdir: Path) -> Path:
 
 def _trainer(stage: str, a: argparse.Namespace, workdir: Path):
     from videogpt_fast import train
-    from videogpt_fast.synthetic import MovingShapesDataset
+    from videogpt_fast.data.synthetic import MovingShapesDataset
     args = _train_args(stage, a, workdir)
     data = MovingShapesDataset(args.batch_size, args.sequence_length, args.resolution)
     with contextlib.redirect_stdout(sys.stderr):  # the run-start messages

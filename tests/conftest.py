@@ -57,6 +57,63 @@ def requires_cuda():
     return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+# ----------------------------------------------------------------------------------------------
+# checkpoints: broken files (tests of checkpoint/ and of the CLI) and a tiny VQ-VAE checkpoint
+# ----------------------------------------------------------------------------------------------
+class PickleExploit:
+    """Unpickling it runs ``touch <marker>`` (set ``.marker``): what a safe loader must refuse."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+BAD_KINDS = ["empty", "truncated", "random", "text", "plain_pickle", "legacy_unsafe", "zip_unsafe",
+             "truncated_legacy"]
+
+
+def write_bad_checkpoint(kind: str, path: Path) -> Path:
+    """A checkpoint file of one broken ``kind`` at ``path`` (small, made from scratch)."""
+    import argparse
+    import pickle
+
+    good = path.with_suffix(".good")
+    torch.save({"state_dict": {"w": torch.arange(2000.0)}, "hyper_parameters": {"args": argparse.Namespace(a=1)}},
+               good)
+    exploit = PickleExploit()
+    exploit.marker = path.parent / "pwned"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "random":
+        g = torch.Generator().manual_seed(252)
+        path.write_bytes(torch.randint(0, 256, (1 << 16,), dtype=torch.uint8, generator=g).numpy().tobytes())
+    elif kind == "text":
+        path.write_text("hello world\n")
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}}))
+    elif kind == "legacy_unsafe":
+        torch.save({"x": exploit}, path, _use_new_zipfile_serialization=False)
+    elif kind == "zip_unsafe":
+        torch.save({"state_dict": {}, "hyper_parameters": {"args": exploit}}, path)
+    elif kind == "truncated_legacy":
+        torch.save({"state_dict": {"w": torch.ones(3)}}, good, _use_new_zipfile_serialization=False)
+        path.write_bytes(good.read_bytes()[:300])
+    good.unlink()
+    return path
+
+
+def tiny_vqvae_file(path):
+    """Save a tiny VQ-VAE (4x8x8 clips, 8 codes) as an original-format checkpoint at ``path``."""
+    import argparse
+    from videogpt_fast.checkpoint import save_checkpoint
+    from videogpt_fast.vqvae import VQVAE
+    vq = VQVAE(argparse.Namespace(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2],
+                                  sequence_length=4, resolution=8))
+    save_checkpoint(path, vq)
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Keep caches (clip indexes, pretrained lookups) of the test run out of the user's home."""
@@ -117,7 +174,7 @@ def train_losses(folder: Path) -> dict:
 def shapes_hdf5(tmp_path_factory) -> str:
     """5 training videos of 10 frames (random 4-frame crops: 3 batches of 2 per epoch, the last one
     short) and 2 test videos, 16x16, as an HDF5 file."""
-    from videogpt_fast.synthetic import write_hdf5
+    from videogpt_fast.data.synthetic import write_hdf5
     return write_hdf5(tmp_path_factory.mktemp("data") / "shapes.hdf5", n_train=5, n_test=2,
                       frames_per_video=10, resolution=16)
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from videogpt_fast import cli
 from videogpt_fast.checkpoint import save_checkpoint
-from videogpt_fast.synthetic import moving_shapes
+from videogpt_fast.data.synthetic import moving_shapes
 from videogpt_fast.utils import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def test_fvd_between_folders(videos, tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------------------------
 # issue 15: bad checkpoints, flags, outputs, help
 # ----------------------------------------------------------------------------------------------
-from test_checkpoint import BAD_KINDS, write_bad_checkpoint  # noqa: E402
+from conftest import BAD_KINDS, write_bad_checkpoint  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

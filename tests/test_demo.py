@@ -1,7 +1,6 @@
 """The demo, drastically shortened: it writes valid reconstruction and sample videos and a loss plot."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import decode_video
@@ -10,7 +9,6 @@ from PIL import Image
 from videogpt_fast import demo
 from videogpt_fast.checkpoint import load_videogpt, load_vqvae
 from videogpt_fast.run_dir import LOCK_NAME
-from videogpt_fast.synthetic import MovingShapesDataset, moving_shapes
 
 
 
@@ -85,15 +83,3 @@ def test_foreground_area_is_the_shape_area():
     area = demo.foreground_area(v)
     assert area.shape == (2, 3)
     assert torch.equal(area, torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]]))
-
-
-def test_synthetic_videos_move_and_are_deterministic():
-    v = moving_shapes(3, 8, 32, seed=1)
-    assert v.shape == (3, 8, 32, 32, 3) and v.dtype == np.uint8
-    assert np.array_equal(v, moving_shapes(3, 8, 32, seed=1))
-    assert not np.array_equal(v[:, 0], v[:, -1])  # the shapes move
-    ds = MovingShapesDataset(2, 8, 32)
-    item = ds[1]
-    assert tuple(item["video"].shape) == (3, 8, 32, 32)
-    assert -0.5 <= float(item["video"].min()) and float(item["video"].max()) <= 0.5
-    assert item["label"] in (0, 1) and ds.n_classes == 2

@@ -64,3 +64,18 @@ def test_bad_sequence_length_and_resolution():
         preprocess(video, 0)
     with pytest.raises(ValueError, match="torch.Tensor"):
         preprocess(video.numpy(), 8)
+
+
+@pytest.mark.parametrize("shape,res", [((3, 30, 50, 3), 16), ((2, 41, 23, 1), 12), ((1, 9, 9, 3), 20)])
+def test_resize_crop_frames_is_the_shared_step(shape, res):
+    """The one resize/crop of the training preprocessing and of the FVD's: (N, C, R, R) in [0, 1],
+    and FVD's preprocess is exactly 2 * the training one, video by video."""
+    from videogpt_fast.data.preprocess import resize_crop_frames
+    from videogpt_fast.fvd import preprocess as fvd_preprocess
+    g = torch.Generator().manual_seed(sum(shape) + res)
+    video = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    x = resize_crop_frames(video, res)
+    assert x.shape == (shape[0], shape[3], res, res) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1
+    torch.testing.assert_close(x.permute(1, 0, 2, 3) - 0.5, _reference(video, res), rtol=0, atol=1e-6)
+    assert torch.equal(fvd_preprocess(video[None], res)[0], 2 * preprocess(video, res))

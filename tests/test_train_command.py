@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from conftest import TRAIN_GPT_FLAGS as GPT_FLAGS, TRAIN_VQ_FLAGS as VQ_FLAGS, set_flag
 from videogpt_fast import train
 from videogpt_fast.checkpoint import safe_load
-from videogpt_fast.synthetic import write_hdf5
+from videogpt_fast.data.synthetic import write_hdf5
 
 
 def test_clear_errors(shapes_hdf5, tiny_vqvae_ckpt, tmp_path, capsys):
@@ -75,13 +76,12 @@ def test_output_lock_and_fresh_output(shapes_hdf5, tmp_path, capsys):
 
 def test_disk_full_while_training_saves(shapes_hdf5, tmp_path, monkeypatch, capsys):
     import errno
-    from videogpt_fast import checkpoint as ckpt_mod
 
     def full(obj, f, *a, **k):
         f.write(b"x" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)
     out = tmp_path / "o"
     assert train.main(["vqvae", "--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1",
                        "--output", str(out)]) == 2

@@ -50,7 +50,7 @@ def test_metrics_writer_tensorboard_scalars(fake_tensorboard, tmp_path):
 
 
 def test_trainer_writes_tensorboard(fake_tensorboard, tmp_path):
-    from videogpt_fast.synthetic import MovingShapesDataset
+    from videogpt_fast.data.synthetic import MovingShapesDataset
     args = train_args("vqvae", ["--data_path", "-", *VQ_FLAGS, "--max_steps", "2", "--device", "cpu",
                            "--output", str(tmp_path)])
     train.Trainer(args, MovingShapesDataset(4, 4, 16), MovingShapesDataset(2, 4, 16, seed=1)).fit()

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from videogpt_fast import perf, train
 from videogpt_fast.gpt import VideoGPT
-from videogpt_fast.synthetic import MovingShapesDataset
+from videogpt_fast.data.synthetic import MovingShapesDataset
 from videogpt_fast.vqvae import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from videogpt_fast.train import trainer as trainer_mod
 
 def test_in_memory_dataset_and_bf16(tmp_path):
     """The loop the demo uses: an in-memory dataset, bf16 autocast on CPU, activation checkpointing."""
-    from videogpt_fast.synthetic import MovingShapesDataset
+    from videogpt_fast.data.synthetic import MovingShapesDataset
     args = train.build_parser("vqvae").parse_args(["--data_path", "-", *VQ_FLAGS, "--max_steps", "2",
                                                    "--precision", "bf16", "--output", str(tmp_path)])
     args.stage = "vqvae"
@@ -98,7 +98,7 @@ def test_precision_16_on_cpu(shapes_hdf5, tmp_path):
 
 def test_sync_batchnorm_on_cpu(tmp_path, capsys, monkeypatch):
     """One process: a logged no-op; under DDP on CPU: a clear error (SyncBatchNorm needs CUDA)."""
-    from videogpt_fast.synthetic import MovingShapesDataset
+    from videogpt_fast.data.synthetic import MovingShapesDataset
     flags = ["--data_path", "-", *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1", "--sync_batchnorm",
              "--device", "cpu", "--output", str(tmp_path)]
     hist = train.Trainer(train_args("vqvae", flags), MovingShapesDataset(2, 4, 16)).fit()
@@ -110,7 +110,7 @@ def test_sync_batchnorm_on_cpu(tmp_path, capsys, monkeypatch):
 
 
 def test_validation_is_bounded_and_shows_progress(tmp_path, capsys):
-    from videogpt_fast.synthetic import MovingShapesDataset
+    from videogpt_fast.data.synthetic import MovingShapesDataset
     flags = [f for f in VQ_FLAGS if f != "--no_progress"]
     args = train_args("vqvae", ["--data_path", "-", *flags, "--max_steps", "1", "--device", "cpu",
                            "--output", str(tmp_path)])

@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from videogpt_fast.utils import make_video_grid, save_video_grid, shift_dim, tensor_slice, view_range
+from videogpt_fast.utils import (as_namespace, encode_video, make_video_grid, save_video_grid, shift_dim, tensor_slice,
+                                 view_range)
 
 
 def test_shift_dim():
@@ -65,3 +66,26 @@ def test_save_video_grid_rejects_bad_shape(tmp_path):
         save_video_grid(torch.rand(3, 4, 5, 6), str(tmp_path / "x.mp4"))
     with pytest.raises(ValueError, match="extension"):
         save_video_grid(torch.rand(1, 3, 2, 4, 4), str(tmp_path / "x.webp"))
+
+
+def test_as_namespace_is_the_one_conversion():
+    import argparse
+    ns = argparse.Namespace(a=1)
+    assert as_namespace(ns) is ns  # as is: VQVAE keeps the caller's object, as the original
+    copied = as_namespace(ns, copy=True)
+    assert copied is not ns and vars(copied) == {"a": 1}
+    assert vars(as_namespace({"a": 1, "b": [2]})) == {"a": 1, "b": [2]}
+    with pytest.raises(TypeError, match=r"VideoGPT args must be an argparse.Namespace or a dict, got list"):
+        as_namespace([("a", 1)], owner="VideoGPT")
+
+
+def test_encode_video_checks_frames_and_writes(tmp_path):
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[:, 4:12, 4:12] = 200
+    out = encode_video(frames, str(tmp_path / "v.mp4"), "libx264", 5, {"crf": "0"})
+    import av
+    with av.open(out) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).max() <= 8
+    with pytest.raises(ValueError, match=r"uint8 \(T, H, W, 3\)"):
+        encode_video(frames[..., :1], str(tmp_path / "g.mp4"), "libx264", 5)

@@ -22,6 +22,7 @@ import torch
 from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, nonneg_int, positive_int, seed_int
 
 from .data.video_reader import VIDEO_EXTS  # the one list of video extensions (data/ owns it)
+from .utils import as_namespace
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
 GRID_EXTS = (".mp4", ".gif")
 CODE_EXTS = (".pt", ".npz")
@@ -91,7 +92,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         # conditional prior: frames / labels of random test clips (seeded by --seed), as
         # scripts/sample_videogpt.py takes the first batch of its shuffled test loader
         from .data import open_datasets
-        args = argparse.Namespace(**vars(gpt.args))
+        args = as_namespace(gpt.args, copy=True)
         if a.data_path:
             args.data_path = a.data_path
         if not getattr(args, "data_path", None):

@@ -1,7 +1,7 @@
 """``videogpt-fast demo``: train a tiny VQ-VAE and prior on synthetic moving shapes, on CPU, in minutes.
 
 It runs the same :class:`videogpt_fast.train.Trainer` as ``videogpt-fast train`` on in-memory
-:class:`videogpt_fast.synthetic.MovingShapesDataset` videos (8 frames of 32x32), then writes into
+:class:`videogpt_fast.data.synthetic.MovingShapesDataset` videos (8 frames of 32x32), then writes into
 ``--output``: ``reconstructions.mp4/.gif`` (held-out videos, original left, reconstruction right),
 ``samples.mp4/.gif`` (videos drawn from the prior), ``losses.png`` and the two runs' checkpoints and
 metrics (``vqvae/`` and ``gpt/``).
@@ -25,7 +25,7 @@ import torch
 from . import train
 from .argtypes import DefaultsHelpFormatter, positive_float, positive_int
 from .run_dir import OutputLock, check_fresh_output
-from .synthetic import MovingShapesDataset
+from .data.synthetic import MovingShapesDataset
 
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
 VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",

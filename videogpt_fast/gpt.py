@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .attention import AddBroadcastPosEmbed, AttentionStack, LayerNorm, MultiHeadAttention
 from .resnet import resnet34
-from .utils import shift_dim
+from .utils import as_namespace, shift_dim
 
 __all__ = ["VideoGPT"]
 
@@ -29,14 +29,6 @@ _REQUIRED_ARGS = ("vqvae", "n_cond_frames", "class_cond", "hidden_dim", "heads",
 RESNET_DIM = 240          # frame-conditioning feature width (the original's constant)
 RESNET_STRIDE = (1, 4, 4)  # the frame encoder's downsampling; hence ``resolution // 4``
 SPARSE_BLOCK = 32          # SparseAttention's default block size
-
-
-def _as_namespace(args: Union[argparse.Namespace, Mapping[str, Any]]) -> argparse.Namespace:
-    if isinstance(args, argparse.Namespace):
-        return argparse.Namespace(**vars(args))
-    if isinstance(args, Mapping):
-        return argparse.Namespace(**dict(args))
-    raise TypeError(f"VideoGPT args must be an argparse.Namespace or a dict, got {type(args).__name__}")
 
 
 class VideoGPT(nn.Module):
@@ -54,7 +46,7 @@ class VideoGPT(nn.Module):
 
     def __init__(self, args: Union[argparse.Namespace, Mapping[str, Any]], vqvae: Optional[nn.Module] = None):
         super().__init__()
-        args = _as_namespace(args)
+        args = as_namespace(args, copy=True, owner="VideoGPT")  # class_cond_dim may be filled in
         missing = [name for name in _REQUIRED_ARGS if not hasattr(args, name)]
         if missing:
             raise ValueError(f"VideoGPT args lack {missing}")

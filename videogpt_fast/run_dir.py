@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from typing import List, Optional
 
-from .checkpoint import is_temporary
+from .checkpoint.writing import is_temporary
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,30 @@
-"""Tensor helpers with the original's names and semantics, plus video-grid writing."""
+"""Tensor helpers with the original's names and semantics, video-grid writing, and the one
+conversion of hyper-parameters to an ``argparse.Namespace``."""
 from __future__ import annotations
 
+import argparse
 import math
 import os
-from typing import Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+
+
+def as_namespace(args: Any, *, copy: bool = False, owner: str = "model") -> argparse.Namespace:
+    """Hyper-parameters as an ``argparse.Namespace``, the original models' constructor argument.
+
+    ``args``: a Namespace (returned as is, or as a shallow copy when ``copy``; a model that fills in
+    defaults copies so that the caller's object is not changed) or a mapping (a dict, Lightning's
+    ``AttributeDict``), whose items become attributes. Raises TypeError for anything else, naming
+    ``owner`` (e.g. "VideoGPT") and the type given.
+    """
+    if isinstance(args, argparse.Namespace):
+        return argparse.Namespace(**vars(args)) if copy else args
+    if isinstance(args, Mapping):
+        return argparse.Namespace(**dict(args))
+    raise TypeError(f"{owner} args must be an argparse.Namespace or a dict, got {type(args).__name__}")
 
 
 def shift_dim(x: torch.Tensor, src_dim: int = -1, dest_dim: int = -1,
@@ -66,6 +84,26 @@ def make_video_grid(video: torch.Tensor, nrow: Optional[int] = None, padding: in
     return grid
 
 
+def encode_video(frames: np.ndarray, fname: str, codec: str, fps: int, options: Optional[dict] = None) -> str:
+    """Encode uint8 RGB frames (T, H, W, 3) to ``fname`` with PyAV (imported here): ``codec`` (e.g.
+    "libx264", "libvpx-vp9", "mpeg4") in yuv420p at ``fps`` frames per second, with the codec's
+    ``options`` (e.g. ``{"crf": "18"}``); the container follows the extension. Sizes must suit the
+    codec (H.264 in 4:2:0 needs even ones). Returns ``fname``; ValueError for other frames."""
+    import av
+
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    with av.open(fname, mode="w") as container:
+        stream = container.add_stream(codec, rate=fps, options=dict(options or {}))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return fname
+
+
 def write_video(frames: np.ndarray, fname: str, fps: int = 5) -> str:
     """Write uint8 frames (T, H, W, C with C in {1, 3}) to ``.mp4`` (H.264 via PyAV) or ``.gif``
     (Pillow). Returns ``fname``."""
@@ -80,20 +118,11 @@ def write_video(frames: np.ndarray, fname: str, fps: int = 5) -> str:
         images = [Image.fromarray(f) for f in frames]
         images[0].save(fname, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     elif ext in (".mp4", ".mov", ".mkv", ".avi"):
-        import av
         # H.264 with yuv420p needs even sizes: pad by one black row/column where odd.
         t, h, w, _ = frames.shape
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-        with av.open(fname, mode="w") as container:
-            stream = container.add_stream("libx264" if ext != ".avi" else "mpeg4", rate=fps)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18"} if ext != ".avi" else {}
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        encode_video(frames, fname, "libx264" if ext != ".avi" else "mpeg4", fps,
+                     {"crf": "18"} if ext != ".avi" else {})
     else:
         raise ValueError(f"unsupported video extension {ext!r}: use .mp4 or .gif")
     return fname

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from . import ops
 from .attention import MultiHeadAttention
 from .codebook import Codebook
+from .utils import as_namespace
 
 __all__ = [
     "VQVAE", "Codebook", "Encoder", "Decoder", "AxialBlock", "AttentionResidualBlock",
@@ -83,8 +84,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, args: Union[argparse.Namespace, Mapping[str, Any]]):
         super().__init__()
-        if isinstance(args, Mapping):
-            args = argparse.Namespace(**args)
+        args = as_namespace(args, owner="VQVAE")
         for name in ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample"):
             if not hasattr(args, name):
                 raise ValueError(f"VQVAE args is missing {name!r}")

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["preprocess", "resize_crop_geometry", "check_clip_args"]
+__all__ = ["preprocess", "resize_crop_frames", "resize_crop_geometry", "check_clip_args"]
 
 
 def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -26,6 +26,20 @@ def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tupl
     else:
         size = (math.ceil(height * scale), resolution)
     return size, ((size[0] - resolution) // 2, (size[1] - resolution) // 2)
+
+
+def resize_crop_frames(frames: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The resize-and-crop step shared by :func:`preprocess` and the FVD's I3D preprocessing.
+
+    ``frames``: (N, H, W, C) values in {0, ..., 255} (any real dtype). Returns a float32
+    (N, C, resolution, resolution) view in [0, 1]: scaled to [0, 1] first, resized with bilinear
+    ``F.interpolate`` (no antialias, ``align_corners=False``; channels-last memory, as the original)
+    to :func:`resize_crop_geometry`'s size, then centre-cropped. Callers shift it by 0.5 (and scale).
+    """
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    size, (top, left) = resize_crop_geometry(x.shape[2], x.shape[3], resolution)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x[:, :, top:top + resolution, left:left + resolution]
 
 
 def check_clip_args(sequence_length: int, resolution: int) -> None:
@@ -57,17 +71,13 @@ def preprocess(video: torch.Tensor, resolution: int, sequence_length: int | None
         raise ValueError(f"video must have a real numeric dtype, got {video.dtype}")
     if not isinstance(resolution, int) or resolution <= 0:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    video = video.permute(0, 3, 1, 2).float() / 255.0  # TCHW
-    t, _, h, w = video.shape
+    t, h, w, c = video.shape
     if min(t, h, w) == 0:
-        raise ValueError(f"video must be non-empty in T, H and W, got shape (T, H, W, C)={(t, h, w, video.shape[1])}")
+        raise ValueError(f"video must be non-empty in T, H and W, got shape (T, H, W, C)={(t, h, w, c)}")
     if sequence_length is not None:
         if not 0 < sequence_length <= t:
             raise ValueError(f"sequence_length must be in [1, T={t}], got {sequence_length}")
         video = video[:sequence_length]
-    size, (top, left) = resize_crop_geometry(h, w, resolution)
-    video = F.interpolate(video, size=size, mode="bilinear", align_corners=False)
-    video = video[:, :, top:top + resolution, left:left + resolution]
-    video = video.permute(1, 0, 2, 3).contiguous()  # CTHW
+    video = resize_crop_frames(video, resolution).permute(1, 0, 2, 3).contiguous()  # TCHW -> CTHW
     video -= 0.5
     return video

@@ -16,10 +16,11 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..checkpoint import PRETRAINED_I3D, CheckpointError, cache_dirs, download, safe_load
-from ..data.preprocess import resize_crop_geometry
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.pretrained import PRETRAINED_I3D, cache_dirs, download
+from ..checkpoint.reading import safe_load
+from ..data.preprocess import resize_crop_frames
 from .i3d import InceptionI3d
 
 __all__ = ["I3D_FILENAME", "preprocess", "get_fvd_logits", "get_logits", "frechet_distance",
@@ -48,20 +49,16 @@ def _as_uint8_videos(videos: VideoArray) -> torch.Tensor:
 def preprocess(videos: VideoArray, target_resolution: int = 224) -> torch.Tensor:
     """uint8 (B, T, H, W, C) videos -> float (B, C, T, R, R) in [-1, 1] for I3D, R=target_resolution.
 
-    Per frame, as the original (``videogpt.data.preprocess`` then ``* 2``): scale to [0, 1], resize the
-    shorter side to R with bilinear ``F.interpolate`` (``align_corners=False``, the longer side to
-    ``ceil(side * R / shorter)``), centre-crop R x R, subtract 0.5, multiply by 2. The whole batch is
-    resized in one call; the result stays on the input's device.
+    Per frame, as the original (``videogpt.data.preprocess`` then ``* 2``): the training preprocessing's
+    :func:`~videogpt_fast.data.preprocess.resize_crop_frames` (scale to [0, 1], bilinear resize of the
+    shorter side to R, the longer to ``ceil(side * R / shorter)``, centre-crop R x R), subtract 0.5,
+    multiply by 2. The whole batch is resized in one call; the result stays on the input's device.
     """
     videos = _as_uint8_videos(videos)
     b, t, h, w, c = videos.shape
     if target_resolution < 1:
         raise ValueError(f"target_resolution must be >= 1, got {target_resolution}")
-    # (B*T, C, H, W) in channels-last memory, the same layout (and interpolation kernel) as the original.
-    x = videos.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float() / 255.0
-    target_size, (h_start, w_start) = resize_crop_geometry(h, w, target_resolution)
-    x = F.interpolate(x, size=target_size, mode="bilinear", align_corners=False)
-    x = x[:, :, h_start:h_start + target_resolution, w_start:w_start + target_resolution]
+    x = resize_crop_frames(videos.reshape(b * t, h, w, c), target_resolution)
     x = x.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4).contiguous()  # B C T H W
     x -= 0.5
     return x * 2  # [-0.5, 0.5] -> [-1, 1]
