@@ -18,7 +18,6 @@ from .pretrained import (PRETRAINED_I3D, PRETRAINED_VIDEOGPT, PRETRAINED_VQVAE, 
 from .reading import safe_load
 from .writing import atomic_save, atomic_write, is_temporary, link_or_copy
 
-_split = split_checkpoint  # its former private name, still imported by the training code; new code: split_checkpoint
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError", "CheckpointMismatchError",
            "CheckpointWriteError", "safe_load", "atomic_write", "atomic_save", "link_or_copy", "is_temporary",

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..checkpoint import _split, atomic_save, checkpoint_kind, lightning_checkpoint, link_or_copy
+from ..checkpoint import atomic_save, checkpoint_kind, lightning_checkpoint, link_or_copy, split_checkpoint
 from .distributed import all_gather_object, barrier, get_rng_state, set_rng_state
 
 log = logging.getLogger("videogpt_fast.train")
@@ -34,7 +34,7 @@ def resume_path(resume: Optional[str], output: Path) -> Optional[Path]:
 def check_resumable(ckpt: Dict[str, Any], path: Path, stage: str) -> None:
     """ValueError unless ``ckpt`` (read from ``path``) is a checkpoint of ``stage`` written by this
     trainer, with its training state."""
-    _split(ckpt, path)  # a dict with state_dict and args, or a clear CheckpointError
+    split_checkpoint(ckpt, path)  # a dict with state_dict and args, or a clear CheckpointError
     kind = checkpoint_kind(ckpt.get("state_dict", {}))
     want = "vqvae" if stage == "vqvae" else "videogpt"
     if kind != want:
