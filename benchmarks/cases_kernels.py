@@ -13,7 +13,6 @@ relative error with a tolerance per dtype (:data:`harness.REL_TOL`).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Iterator, Tuple
 

@@ -104,7 +104,8 @@ def codebook_nearest_with_stats_reference(x: torch.Tensor, codebook: torch.Tenso
     return (codes, *codebook_stats_reference(x, codes, codebook.shape[0]))
 
 
-def codebook_stats_reference_onehot(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def codebook_stats_reference_onehot(x: torch.Tensor, codes: torch.Tensor,
+                                    n_codes: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The original's formulas: ``counts = one_hot.sum(0)``, ``sums = (x.t() @ one_hot).t()``."""
     onehot = F.one_hot(codes, n_codes).type_as(x)
     return onehot.sum(dim=0), (x.t() @ onehot).t()

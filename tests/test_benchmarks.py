@@ -113,7 +113,7 @@ def test_original_missing_is_recorded_with_the_reason(monkeypatch):
 
 
 def test_original_adapter_builds_equivalent_modules(fake_original, tmp_path):
-    from videogpt_fast import VQVAE, VideoGPT, ops
+    from videogpt_fast import VQVAE, VideoGPT
     torch.manual_seed(0)
     vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=16, n_res_layers=1,
                                   downsample=[2, 2, 2], sequence_length=4, resolution=8)).eval()

@@ -135,8 +135,8 @@ def test_bfloat16(causal, L, block, D, per_head):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_sub_tiles(monkeypatch, bm, bn, causal):
     """Query/key tiles smaller than the layout block (the path block 128 takes on GPU)."""
-    monkeypatch.setattr(bsa, "_fixed_config",
-                        lambda name, block, dpad, dtype: {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2})
+    forced = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(bsa, "_fixed_config", lambda name, block, dpad, dtype: forced)
     layout = _random_layout(2, 4, seed=bm * 7 + bn)
     q, k, v = _inputs(1, 2, 128, 16, 24)
     _check(q, k, v, layout, 32, causal)

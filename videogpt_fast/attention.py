@@ -9,10 +9,11 @@ both ways with ``strict=True``.
 Decoding follows gpt-fast: :meth:`AttentionStack.forward` takes optional flattened ``input_pos``;
 with positions, every self-attention writes its keys/values into a static :class:`KVCache` (set up
 by ``VideoGPT.setup_caches``) and attends over it through :func:`videogpt_fast.ops.decode_attention`
-(one query) or SDPA with a position mask (several); both live in :mod:`videogpt_fast.kv_cache`. The
-block's math exists once, here: the teacher-forced forward, the original's ``decode_step`` API and
-the compiled sampler all run it. The sparse layout (:class:`StridedSparsityConfig`) lives in
-:mod:`videogpt_fast.sparsity`; both modules' public names are re-exported here.
+(one query) or SDPA with a position mask (several: :func:`videogpt_fast.kv_cache.positions_attention`);
+the cache is :class:`videogpt_fast.kv_cache.KVCache`. The block's math exists once, here: the
+teacher-forced forward, the original's ``decode_step`` API and the compiled sampler all run it. The
+sparse layout (:class:`StridedSparsityConfig`) lives in :mod:`videogpt_fast.sparsity`; ``KVCache``
+and ``StridedSparsityConfig`` are re-exported here.
 """
 from __future__ import annotations
 
