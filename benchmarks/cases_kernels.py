@@ -13,7 +13,6 @@ relative error with a tolerance per dtype (:data:`harness.REL_TOL`).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Iterator, Tuple
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from videogpt_fast import ops
 from videogpt_fast.attention import StridedSparsityConfig
 from videogpt_fast.backends import cuda_usable, triton_usable, use_backend
+from videogpt_fast.kernels import reference as R
 
 from . import original as O
 from .harness import Case, Settings, register, rel_error_check, rel_tolerance
@@ -137,7 +137,7 @@ def codebook_cases(s: Settings) -> Iterator[Case]:
             e = torch.randn(k, d, device=dev, dtype=dt)
             case = Case("codebook_nearest", "kernels", dict(N=n, K=k, D=d), str(dt).split(".")[-1],
                         impls={"reference": lambda x=x, e=e: original_codebook_argmin(x, e),
-                               "torch": lambda x=x, e=e: ops.codebook_nearest_torch(x, e)},
+                               "torch": lambda x=x, e=e: R.codebook_nearest_reference(x, e)},
                         flops=2.0 * n * k * d, bytes=float((n * d + k * d) * x.element_size() + n * 8),
                         truth=lambda x=x, e=e: codebook_truth(x, e))
             _fast_impls(case, dev, "codebook_nearest", lambda x=x, e=e: ops.codebook_nearest(x, e), has_cuda=True)
@@ -189,7 +189,7 @@ def original_axial(q, k, v, dim):
     """The original AxialAttention: move the axis next to last, copy, attention, move back."""
     qm, km, vm = (torch.movedim(t, dim, -2).contiguous() for t in (q, k, v))
     shape = vm.shape
-    out = ops.attention_reference(qm.flatten(end_dim=-3), km.flatten(end_dim=-3), vm.flatten(end_dim=-3))
+    out = R.attention_reference(qm.flatten(end_dim=-3), km.flatten(end_dim=-3), vm.flatten(end_dim=-3))
     return torch.movedim(out.view(shape), -2, dim).contiguous()
 
 
@@ -229,7 +229,7 @@ def _axial_case(dev, dt, b, h, sp, d) -> Case:
     case = Case("axial_attention_fwd_bwd", "kernels", dict(B=b, heads=h, latent=sp, head_dim=d),
                 str(dt).split(".")[-1],
                 impls={"reference": lambda: _fwd_bwd(original_axial, q, k, v, grad),
-                       "torch": lambda: _fwd_bwd(ops.axial_attention_torch, q, k, v, grad)},
+                       "torch": lambda: _fwd_bwd(R.axial_attention_reference, q, k, v, grad)},
                 flops=3.5 * fwd, bytes=float(3 * 4 * positions * d * q.element_size()),
                 truth=lambda: _float64_truth(_fwd_bwd, original_axial, q, k, v, grad, sl, True),
                 check=_sliced(rel_error_check(tol, _GRAD_NAMES), sl),
@@ -329,11 +329,11 @@ def _blocksparse_case(dev, dt, latent, h, d, b, block, mode, run, with_flex: boo
     nnz = int(layout.sum())
     q, k, v = (torch.randn(b, h, L, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     grad = torch.randn(b, h, L, d, device=dev, dtype=dt)
-    mask = ops.blocksparse_dense_mask(layout, block, True).unsqueeze(0)
+    mask = R.blocksparse_dense_mask(layout, block, True).unsqueeze(0)
     flops_fwd = 4.0 * b * nnz * block * block * d
     sl = (slice(0, 1), slice(0, min(h, 2)))
     tol, text = rel_tolerance(dt)
-    dense = lambda q, k, v: ops.attention_reference(q, k, v, mask=mask[:, :q.shape[1]])  # noqa: E731
+    dense = lambda q, k, v: R.attention_reference(q, k, v, mask=mask[:, :q.shape[1]])  # noqa: E731
     case = Case(f"blocksparse_attention_{mode}", "kernels",
                 dict(B=b, heads=h, L=L, head_dim=d, block=block, density=round(nnz / (h * (L // block) ** 2), 4)),
                 str(dt).split(".")[-1], impls={}, flops=(3.5 if mode == "fwd_bwd" else 1.0) * flops_fwd,
@@ -348,7 +348,7 @@ def _blocksparse_case(dev, dt, latent, h, d, b, block, mode, run, with_flex: boo
         case.reference = "torch"
         case.skipped["reference"] = f"dense masked reference needs ~{dense_bytes / 2**30:.0f} GiB: speedups are over torch"
     case.impls["torch"] = lambda: run(
-        lambda q, k, v: ops.blocksparse_attention_torch(q, k, v, layout, block, True), q, k, v, grad)
+        lambda q, k, v: R.blocksparse_attention_reference(q, k, v, layout, block, True), q, k, v, grad)
     sdpa = _dense_sdpa(dev, dt)
     case.impls[sdpa.__name__] = lambda: run(sdpa, q, k, v, grad)
     case.skipped[f"{sdpa.__name__}:check"] = "dense causal attention computes a different (denser) function: timed only"
@@ -407,9 +407,9 @@ def decode_cases(s: Settings) -> Iterator[Case]:
         tol, text = rel_tolerance(dt)
         case = Case("decode_attention", "kernels", dict(B=b, heads=h, L=L, head_dim=d, pos=L - 1),
                     str(dt).split(".")[-1],
-                    impls={"reference": lambda q=q, k=k, v=v, pos=pos: ops.decode_attention_torch(q, k, v, pos)},
+                    impls={"reference": lambda q=q, k=k, v=v, pos=pos: R.decode_attention_reference(q, k, v, pos)},
                     flops=4.0 * b * h * L * d, bytes=float(2 * b * h * L * d * k.element_size()),
-                    truth=lambda q=q, k=k, v=v, pos=pos: ops.decode_attention_torch(
+                    truth=lambda q=q, k=k, v=v, pos=pos: R.decode_attention_reference(
                         q[sl].double(), k[sl].double(), v[sl].double(), pos),
                     check=_sliced(rel_error_check(tol, ("out",)), sl),
                     tolerance=f"{text}; float64 truth on batch 0:{sl[0].stop}")

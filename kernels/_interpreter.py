@@ -1,17 +1,17 @@
 """Triton's CPU interpreter (``TRITON_INTERPRET=1``): detection and fixes for its bugs.
 
-The interpreter is how the kernels are tested without a GPU. Importing this module applies the
-fixes when the interpreter is on; compiled kernels are never affected.
+The interpreter is how the kernels are tested without a GPU. :mod:`.tuning` (which every kernel
+module imports) applies the fixes when the interpreter is on; compiled kernels are never affected.
+Importing this module does not import Triton: :func:`interpret` is the package's one detection
+of the interpreter (``videogpt_fast.backends`` uses it too).
 """
 from __future__ import annotations
 
 import os
 
-import triton.language as tl
-
 
 def interpret() -> bool:
-    """True when Triton kernels run in the CPU interpreter."""
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -38,9 +38,10 @@ def fix_triton_interpreter() -> None:
       (:func:`to_tf32`) and ``"tf32x3"`` is computed from TF32 halves (big*big + big*small +
       small*big), as on the tensor cores, so that the interpreter tests see the GPU's TF32 rounding.
 
-    Idempotent. Called on import by the kernel modules when ``TRITON_INTERPRET=1``.
+    Idempotent. Called on import by :mod:`.tuning` when ``TRITON_INTERPRET=1``.
     """
     import numpy as np
+    import triton.language as tl
     from triton.runtime import interpreter
 
     patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
@@ -76,7 +77,3 @@ def fix_triton_interpreter() -> None:
 
         patched_dot._videogpt_fast_fixed = True
         builder.create_dot = patched_dot
-
-
-if interpret():
-    fix_triton_interpreter()

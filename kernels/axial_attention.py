@@ -50,28 +50,17 @@ import torch
 import triton
 import triton.language as tl
 
-from videogpt_fast.ops import _spatial_dim, attention_reference, axial_attention_torch
-
+from .reference import spatial_dim
 from .tuning import Launcher  # (importing it applies the interpreter fixes under TRITON_INTERPRET=1)
 
-__all__ = ["axial_attention", "compiled_variants", "reference", "reference_explicit"]
+__all__ = ["axial_attention", "compiled_variants", "DTYPES", "MAX_HEAD_DIM"]
 
-#: The plain-PyTorch implementation (SDPA along the moved axis) this kernel replaces.
-reference = axial_attention_torch
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_HEAD_DIM = 256
+#: Input dtypes and largest head dim the kernels take (checked by ``videogpt_fast.ops``); the
+#: plain-PyTorch references are ``reference.axial_attention_reference`` (SDPA, backend torch) and
+#: ``reference.axial_attention_reference_explicit`` (the original's formulation).
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
-
-
-
-def reference_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
-    """The original's formulation: move the axis next to the head dim, flatten, explicit softmax
-    attention (:func:`videogpt_fast.ops.attention_reference`), move it back."""
-    d = _spatial_dim(q, dim)
-    qm, km, vm = (torch.movedim(t, d, -2) for t in (q, k, v))
-    out = attention_reference(qm.flatten(end_dim=-3), km.flatten(end_dim=-3), vm.flatten(end_dim=-3))
-    return torch.movedim(out.view(*vm.shape), -2, d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,13 +209,6 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE,
 
 
 # --------------------------------------------------------------------------------------------
-# host side
-# --------------------------------------------------------------------------------------------
-#: allocator of every output (tests replace it to poison the allocations)
-_empty_fn = torch.empty
-
-
-# --------------------------------------------------------------------------------------------
 # configs: the tile comes from _Config; warps and stages from its heuristic (one config per
 # kernel, shape and dtype), or with VIDEOGPT_FAST_AUTOTUNE=1 from a sweep over _WARP_CONFIGS
 # --------------------------------------------------------------------------------------------
@@ -244,7 +226,7 @@ def _empty_in_order(like: torch.Tensor, last: int, dtype: Optional[torch.dtype] 
     n = like.dim()
     order = sorted(range(n - 1), key=lambda i: -like.stride(i)) + [n - 1]  # stable: ties keep dim order
     shape = list(like.shape[:-1]) + [last]
-    buf = _empty_fn([shape[i] for i in order], dtype=dtype or like.dtype, device=like.device)
+    buf = torch.empty([shape[i] for i in order], dtype=dtype or like.dtype, device=like.device)
     inverse = [order.index(i) for i in range(n)]
     return buf.permute(inverse)
 
@@ -320,7 +302,7 @@ class _Config:
 
 def _forward(q, k, v, cfg: _Config):
     o = _empty_in_order(q, cfg.dv)
-    lse = _empty_fn((cfg.groups * cfg.seq,), dtype=torch.float32, device=q.device)
+    lse = torch.empty((cfg.groups * cfg.seq,), dtype=torch.float32, device=q.device)
     offs = [_group_offsets(t, cfg.axis) for t in (q, k, v, o)]
     cfg.launch("fwd", (q, k, v, o, lse, *offs, cfg.groups, cfg.seq, cfg.d, cfg.dv, *cfg.strides(q, k, v, o),
                        cfg.sm_scale * _LOG2E))
@@ -357,25 +339,14 @@ class _AxialAttentionFn(torch.autograd.Function):
         return dq, dk, dv, None
 
 
-def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, block: int, min_rows: int) -> int:
-    if q.dim() < 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"axial_attention: expected q, k (B, heads, *spatial, d) and v (B, heads, *spatial, dv), "
-                         f"got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    axis = _spatial_dim(q, dim)
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"axial_attention: q, k, v must share one dtype of {_DTYPES}, "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"axial_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not (1 <= q.shape[-1] <= _MAX_HEAD_DIM and 1 <= v.shape[-1] <= _MAX_HEAD_DIM):
-        raise ValueError(f"axial_attention: head dims must be in [1, {_MAX_HEAD_DIM}], "
-                         f"got d={q.shape[-1]}, dv={v.shape[-1]}")
+def _validate(q: torch.Tensor, dim: int, block: int, min_rows: int) -> int:
+    """The tiling arguments (shapes, dtypes and devices are checked by ``ops.axial_attention``)."""
     if block < 1 or block & (block - 1):
         raise ValueError(f"axial_attention: block must be a power of two, got {block}")
     if min_rows < 16 or min_rows & (min_rows - 1):
         raise ValueError(f"axial_attention: min_rows must be a power of two >= 16 (tensor-core tiles), "
                          f"got {min_rows}")
-    return axis
+    return spatial_dim(q, dim)
 
 
 def compiled_variants(shape: Sequence[int], dv: int, dim: int, dtype: torch.dtype, *, block: int = 64,
@@ -386,23 +357,27 @@ def compiled_variants(shape: Sequence[int], dv: int, dim: int, dtype: torch.dtyp
     ``VIDEOGPT_FAST_AUTOTUNE=1``. Allocates nothing."""
     q = torch.empty(tuple(shape), dtype=dtype, device="meta")
     v = torch.empty(*tuple(shape)[:-1], dv, dtype=dtype, device="meta")
-    return _Config(q, v, _validate(q, q, v, dim, block, min_rows), block, min_rows).variants()
+    return _Config(q, v, _validate(q, dim, block, min_rows), block, min_rows).variants()
 
 
 def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, *,
                     block: int = 64, min_rows: int = 16) -> torch.Tensor:
     """softmax(q k^T d^-1/2) v along spatial axis ``dim``; differentiable in q, k and v.
 
+    Inputs are not checked here beyond the tiling arguments: call it through
+    ``videogpt_fast.ops.axial_attention``, which validates them.
+
     Args:
         q, k: (B, heads, *spatial, d); v: (B, heads, *spatial, dv); float16/bfloat16/float32 on
-            one device, any strides. ``dim`` indexes the full tensor (negative from the end).
+            one device, any strides, head dims <= 256. ``dim`` indexes the full tensor (negative
+            from the end).
         block: most axis positions per tile (power of two; also capped by a register budget:
             32 for bf16/fp16 at head dim 120, 16 for fp32); longer axes are processed in blocks.
         min_rows: pack groups until a tile has at least this many rows (power of two).
     Returns:
         (B, heads, *spatial, dv) in q's dtype, laid out in q's memory order.
     """
-    axis = _validate(q, k, v, dim, block, min_rows)
+    axis = _validate(q, dim, block, min_rows)
     if q.numel() == 0 or v.numel() == 0:
         return _empty_in_order(q, v.shape[-1]).zero_()
     cfg = _Config(q, v, axis, block, min_rows)

@@ -22,7 +22,7 @@ Cost is proportional to the number of non-zero blocks. Inputs fp16/bf16/fp32; fp
 IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head dims run in at most
 two power-of-two column chunks with masking (144 as 128 + 16, 24 as 32), not padded to 256.
 
-Queries that see no key (an empty layout row) give zeros, as ``ops.blocksparse_attention_torch``.
+Queries that see no key (an empty layout row) give zeros, as ``reference.blocksparse_attention_reference``.
 
 Configs: one tile/warps/stages config per kernel, shape and dtype (:func:`_fixed_config`;
 :func:`compiled_variants` lists them); ``VIDEOGPT_FAST_AUTOTUNE=1`` sweeps ``_TILE_CONFIGS``.
@@ -53,16 +53,17 @@ import triton.language as tl
 
 from ._interpreter import interpret as _interpret
 from .tuning import Launcher
-from videogpt_fast.ops import (attention_reference, blocksparse_attention_torch, blocksparse_dense_mask,
-                               check_layout)
 
-__all__ = ["blocksparse_attention", "blocksparse_decode_attention", "reference", "decode_reference",
-           "layout_tables", "BLOCKS"]
+__all__ = ["blocksparse_attention", "blocksparse_decode_attention", "layout_tables", "compiled_variants",
+           "BLOCKS", "DTYPES", "MAX_HEAD_DIM"]
 
+#: Layout block sizes, input dtypes and largest head dim the kernels take (checked by
+#: ``videogpt_fast.ops``); the plain-PyTorch references are ``reference.blocksparse_attention_reference``
+#: and ``reference.decode_attention_reference`` (and their ``_dense`` float64 forms).
 BLOCKS = (16, 32, 64, 128)
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
-_MAX_HEAD_DIM = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,10 +497,6 @@ def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
 # --------------------------------------------------------------------------------------------
 # configs: one per (shape, dtype) from _fixed_config; VIDEOGPT_FAST_AUTOTUNE=1 sweeps _TILE_CONFIGS
 # --------------------------------------------------------------------------------------------
-# Tests may set this to {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..} to
-# exercise sub-tiling paths; it overrides both the heuristic and the sweep.
-_FORCED_CONFIG: Optional[dict] = None
-
 _TILE_CONFIGS = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
     for bm, bn, w, s in [(16, 16, 4, 2), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3),
@@ -531,11 +528,6 @@ def _fixed_config(name: str, block: int, dpad: int, dtype: torch.dtype) -> dict:
     twice the registers: 16 x 16 tiles (the 32 x 32 fp32 dK/dV kernel spilled 25 KB and took 35 s
     to compile). Not timed on a GPU.
     """
-    if _FORCED_CONFIG is not None:
-        cfg = dict(_FORCED_CONFIG)
-        if block % cfg["BLOCK_M"] or block % cfg["BLOCK_N"]:
-            raise ValueError(f"forced config {cfg} does not divide block {block}")
-        return cfg
     tile = min(block, 64 if dpad <= 128 else 32)
     if _interpret():   # square tiles as large as allowed: fewer interpreted ops (sub-tiles: test_sub_tiles)
         return {"BLOCK_M": tile, "BLOCK_N": tile, "num_warps": 4, "num_stages": 2}
@@ -551,12 +543,8 @@ def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
     """Launch kernel ``name`` over ``rows`` positions (tiles of BLOCK_N for dK/dV, else BLOCK_M);
     ``args[0]`` is q."""
     tile = "BLOCK_N" if name == "bwd_dkdv" else "BLOCK_M"
-    launcher = _LAUNCHERS[name]
     config = _fixed_config(name, meta["BLOCK"], _width(meta), args[0].dtype)
-    if _FORCED_CONFIG is not None:   # forced tiles bypass the sweep
-        launcher.kernel[(rows // config[tile], bh)](*args, **meta, **config)
-        return
-    launcher(lambda c: (rows // c[tile], bh), args, meta, config)
+    _LAUNCHERS[name](lambda c: (rows // c[tile], bh), args, meta, config)
 
 
 def _decode_warps(d_pad: int, dv_pad: int) -> int:
@@ -615,37 +603,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _check_device(t: torch.Tensor, what: str) -> None:
-    if t.device.type != "cuda" and not _interpret():
-        raise ValueError(f"{what}: Triton kernels need CUDA tensors (got device {t.device}); "
-                         f"set TRITON_INTERPRET=1 to run them on CPU")
-
-
-def _validate(q, k, v, layout, block, causal, name="blocksparse_attention") -> None:
-    for n, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name}: {n} must be a 4-d tensor (B, heads, L, d), got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
-    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"{name}: shape mismatch: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"{name}: dtype must be one of float16/bfloat16/float32 and equal for q, k, v; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"{name}: device mismatch: q on {q.device}, k on {k.device}, v on {v.device}")
-    _check_device(q, name)
-    if block not in BLOCKS:
-        raise ValueError(f"{name}: block must be one of {BLOCKS}, got {block}")
-    if q.shape[2] % block != 0:
-        raise ValueError(f"{name}: sequence length {q.shape[2]} is not divisible by block {block}")
-    if q.shape[-1] > _MAX_HEAD_DIM or v.shape[-1] > _MAX_HEAD_DIM:
-        raise ValueError(f"{name}: head dims up to {_MAX_HEAD_DIM} are supported, got {q.shape[-1]}, {v.shape[-1]}")
-    if not isinstance(layout, torch.Tensor):
-        raise ValueError(f"{name}: layout must be a tensor, got {type(layout)}")
-    check_layout(layout, q.shape[2], block, q.shape[1], as_bool=False)
-
-
 def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tensor):
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -658,20 +615,15 @@ def _forward(q, k, v, tables: _Tables, block: int, causal: bool, out: torch.Tens
     return lse
 
 
-def _empty(shape, like: torch.Tensor) -> torch.Tensor:
-    """Allocation of kernel outputs (tests replace it with a NaN-filling one)."""
-    return torch.empty(shape, device=like.device, dtype=like.dtype)
-
-
 def _backward(q, k, v, o, lse, do, tables: _Tables, block: int, causal: bool):
     """Two launches: dQ (which also stores delta = rowsum(dO * O)), then dK/dV (which reads it)."""
     B, H, L, D = q.shape
     DV = v.shape[-1]
     sm_scale = 1.0 / math.sqrt(D)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    dq = _empty((B, H, L, D), q)
-    dk = _empty((B, H, L, D), k)
-    dv = _empty((B, H, L, DV), v)
+    dq = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)
+    dk = torch.empty((B, H, L, D), device=k.device, dtype=k.dtype)
+    dv = torch.empty((B, H, L, DV), device=v.device, dtype=v.dtype)
     meta = _meta(q, v, block, causal)
     th, tr, ch = tables.strides(False)
     _launch("bwd_dq", L, B * H,
@@ -707,7 +659,8 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
 
     Args:
         q, k: (B, heads, L, d); v: (B, heads, L, dv); float16, bfloat16 or float32, same device
-            (CUDA, or CPU under ``TRITON_INTERPRET=1``); any strides.
+            (CUDA, or CPU under ``TRITON_INTERPRET=1``); any strides; head dims <= 256. Not checked
+            here: ``videogpt_fast.ops.blocksparse_attention`` validates them.
         layout: 0/1 (L/block, L/block) or (heads or 1, L/block, L/block): query block i sees key
             block j iff ``layout[..., i, j]``.
         block: one of 16, 32, 64, 128; L must be divisible by it.
@@ -717,10 +670,9 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     Returns:
         (B, heads, L, dv) in q's dtype; rows that see no key are zero.
     """
-    _validate(q, k, v, layout, block, causal)
     B, H, L, _ = q.shape
     if out is None:
-        out = _empty((B, H, L, v.shape[-1]), v)
+        out = torch.empty((B, H, L, v.shape[-1]), device=v.device, dtype=v.dtype)
     elif out.shape != (B, H, L, v.shape[-1]) or out.dtype != q.dtype or out.device != q.device:
         raise ValueError(f"blocksparse_attention: out must be {(B, H, L, v.shape[-1])} {q.dtype} on {q.device}, "
                          f"got {tuple(out.shape)} {out.dtype} on {out.device}")
@@ -737,7 +689,8 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
 
     Args:
         q: (B, heads, 1, d); k_cache: (B, heads, L, d); v_cache: (B, heads, L, dv).
-        layout, block: as :func:`blocksparse_attention`.
+        layout, block: as :func:`blocksparse_attention` (shapes, dtypes, devices and the layout are
+            checked by ``videogpt_fast.ops.decode_attention``, not here).
         pos: int in [0, L) (checked), or a one-element integer tensor on q's device, read only by
             the kernel (no host sync): outside [0, L) the output is NaN. ``ops.decode_attention``
             also range-checks a CPU tensor.
@@ -748,14 +701,9 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
     name = "blocksparse_decode_attention"
     if q.dim() != 4 or q.shape[2] != 1:
         raise ValueError(f"{name}: q must be (B, heads, 1, d), got {tuple(q.shape)}")
-    _validate(q.expand(-1, -1, k_cache.shape[2] if k_cache.dim() == 4 else 1, -1), k_cache, v_cache,
-              layout, block, True, name)
     B, H, L, D = k_cache.shape
     DV = v_cache.shape[-1]
     if isinstance(pos, torch.Tensor):
-        if pos.numel() != 1 or pos.dtype.is_floating_point or pos.dtype == torch.bool or pos.device != q.device:
-            raise ValueError(f"{name}: a tensor pos must be a one-element integer tensor on {q.device}, "
-                             f"got {tuple(pos.shape)} {pos.dtype} on {pos.device}")
         pos_ptr, pos_val, from_ptr = pos, 0, True
     else:
         pos = int(pos)
@@ -763,7 +711,7 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
             raise ValueError(f"{name}: pos must be in [0, {L}), got {pos}")
         pos_ptr, pos_val, from_ptr = q, pos, False
     if out is None:
-        out = _empty((B, H, 1, DV), q)
+        out = torch.empty((B, H, 1, DV), device=q.device, dtype=q.dtype)
     elif out.shape != (B, H, 1, DV) or out.dtype != q.dtype or out.device != q.device:
         raise ValueError(f"{name}: out must be {(B, H, 1, DV)} {q.dtype} on {q.device}, got "
                          f"{tuple(out.shape)} {out.dtype} on {out.device}")
@@ -776,32 +724,3 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
         BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
         num_warps=_decode_warps(_pad(D), _pad(DV)))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# references
-# --------------------------------------------------------------------------------------------
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
-              causal: bool = True, gather: bool = False) -> torch.Tensor:
-    """Float64 block-sparse attention: the dense mask of the layout through
-    ``ops.attention_reference`` (rows seeing no key give 0 and zero gradients), or with ``gather=True`` the
-    cost-proportional ``ops.blocksparse_attention_torch``. Differentiable."""
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    if gather:
-        return blocksparse_attention_torch(q64, k64, v64, layout, block, causal)
-    lay = check_layout(layout.to(q.device), q.shape[2], block, q.shape[1])
-    mask = blocksparse_dense_mask(lay, block, causal)
-    seen = mask.any(-1, keepdim=True)                     # rows that see no key give 0, and
-    mask = mask | ~seen                                   # no nan in the forward or gradients
-    return attention_reference(q64, k64, v64, mask=mask) * seen
-
-
-def decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: torch.Tensor,
-                     block: int, pos: int) -> torch.Tensor:
-    """Float64 decode step: the layout row of ``pos`` expanded to keys, keys after ``pos`` hidden
-    (as the original's ``get_non_block_layout_row``), through ``ops.attention_reference``."""
-    H, L = k_cache.shape[1], k_cache.shape[2]
-    lay = check_layout(layout.to(q.device), L, block, H)
-    row = lay[:, pos // block].repeat_interleave(block, dim=-1).clone()   # (H, L)
-    row[:, pos + 1:] = False
-    return attention_reference(q.double(), k_cache.double(), v_cache.double(), mask=row[:, None, :])

@@ -56,36 +56,20 @@ import torch
 import triton
 import triton.language as tl
 
-from videogpt_fast.ops import codebook_nearest_torch
-
 from ._interpreter import interpret as _interpret
 from .tuning import Launcher, arch
 
 __all__ = ["codebook_nearest", "codebook_nearest_with_stats", "codebook_ema_stats", "compiled_variants",
-           "dot_error_bound", "reference", "reference_float64", "ema_stats_reference"]
+           "dot_error_bound", "DTYPES"]
 
-#: The plain-PyTorch implementation the op replaces (the original's formula in the input dtype).
-reference = codebook_nearest_torch
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Input dtypes the kernels take (checked by ``videogpt_fast.ops``). The plain-PyTorch references
+#: are ``reference.codebook_nearest_reference`` (the original's formula in the input dtype),
+#: ``reference.codebook_nearest_reference_float64`` (the exact answer this kernel returns) and
+#: ``reference.codebook_stats_reference`` / ``codebook_stats_reference_onehot``.
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _PRECISIONS = ("tf32", "tf32x3", "ieee")
 _U_ACC = 2.0 ** -22
 _PRODUCT_ERR = {"tf32": 2 * 2.0 ** -11 + 2.0 ** -22, "tf32x3": 4 * 2.0 ** -22, "ieee": 0.0}
-
-
-def reference_float64(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:
-    """The exact answer: argmin_k sum_d (x_nd - e_kd)^2 in float64, elementwise (no |x|^2 - 2x.e
-    cancellation), lowest index on ties; in row chunks of at most ``chunk`` elements. (N,) int64."""
-    x64, e64 = x.double(), codebook.double()
-    rows = max(1, chunk // max(1, codebook.numel()))
-    out = [((x64[s:s + rows, None, :] - e64[None]) ** 2).sum(-1).argmin(1) for s in range(0, x.shape[0], rows)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
-
-
-def ema_stats_reference(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The original's formulas: ``counts = one_hot.sum(0)``, ``sums = (x.t() @ one_hot).t()``."""
-    onehot = torch.nn.functional.one_hot(codes, n_codes).type_as(x)
-    return onehot.sum(dim=0), (x.t() @ onehot).t()
 
 
 def dot_error_bound(d: int, dtype: torch.dtype, precision: str = "tf32") -> float:
@@ -345,20 +329,6 @@ def _resolve_precision(dtype: torch.dtype, precision: Optional[str]) -> str:
     return precision if dtype == torch.float32 else "tf32"   # ignored for fp16/bf16 operands
 
 
-def _check_inputs(x: torch.Tensor, codebook: torch.Tensor, precision: Optional[str]) -> str:
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"codebook_nearest: expected x (N, D) and codebook (K, D) with equal D, "
-                         f"got shapes {tuple(x.shape)} and {tuple(codebook.shape)}")
-    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
-        raise ValueError(f"codebook_nearest: codebook must have K >= 1 and D >= 1, got {tuple(codebook.shape)}")
-    if x.dtype not in _DTYPES or codebook.dtype != x.dtype:
-        raise ValueError(f"codebook_nearest: x and codebook must share one dtype of {_DTYPES}, "
-                         f"got {x.dtype} and {codebook.dtype}")
-    if x.device != codebook.device:
-        raise ValueError(f"codebook_nearest: x on {x.device} but codebook on {codebook.device}")
-    return _resolve_precision(x.dtype, precision)
-
-
 def _check_out(out: Optional[torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
     if out is None:
         return torch.empty(n, dtype=torch.int64, device=device)
@@ -372,7 +342,7 @@ def _launch(x: torch.Tensor, codebook: torch.Tensor, out: Optional[torch.Tensor]
             stats: bool, refine: bool = True, unsure: Optional[torch.Tensor] = None):
     """Search (and statistics). ``refine=False`` returns the raw tensor-core argmin (tests only);
     ``unsure`` (int32 (1,)) receives the number of rows that took the full float64 scan."""
-    prec = _check_inputs(x, codebook, precision)
+    prec = _resolve_precision(x.dtype, precision)
     n, d = x.shape
     k = codebook.shape[0]
     out = _check_out(out, n, x.device)
@@ -403,11 +373,12 @@ def _launch(x: torch.Tensor, codebook: torch.Tensor, out: Optional[torch.Tensor]
 def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[torch.Tensor] = None,
                      precision: Optional[str] = None, unsure: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2, ties to the lowest index) for each row of x:
-    exactly the float64 argmin (:func:`reference_float64`) for finite inputs.
+    exactly the float64 argmin (``reference.codebook_nearest_reference_float64``) for finite inputs.
 
     Args:
         x: (N, D) float16/bfloat16/float32, any strides.
-        codebook: (K, D), same dtype and device, any strides; K >= 1, D < 2^20.
+        codebook: (K, D), same dtype and device, any strides; K >= 1, D < 2^20 (x and codebook
+            are checked by ``videogpt_fast.ops.codebook_nearest``, not here).
         out: optional int64 (N,) tensor to write into.
         precision: candidate-search products for fp32 inputs: ``"tf32"`` (default, fastest),
             ``"tf32x3"`` or ``"ieee"``; the result is the same, only the speed differs.
@@ -417,7 +388,7 @@ def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor, *, out: Optional[t
         int64 (N,). Exact for finite inputs whose squared norms are finite in fp32; NaN inputs
         give unspecified codes.
     Raises:
-        ValueError: shapes, dtypes, devices or ``out``/``unsure`` that do not fit.
+        ValueError: ``precision``, ``out`` or ``unsure`` that do not fit.
     """
     return _launch(x, codebook, out, precision, stats=False, unsure=unsure)[0]
 
@@ -442,8 +413,8 @@ def codebook_ema_stats(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> Tu
     if x.dim() != 2 or codes.dim() != 1 or codes.shape[0] != x.shape[0]:
         raise ValueError(f"codebook_ema_stats: expected x (N, D) and codes (N,), got {tuple(x.shape)} "
                          f"and {tuple(codes.shape)}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"codebook_ema_stats: x dtype must be one of {_DTYPES}, got {x.dtype}")
+    if x.dtype not in DTYPES:
+        raise ValueError(f"codebook_ema_stats: x dtype must be one of {DTYPES}, got {x.dtype}")
     if codes.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"codebook_ema_stats: codes must be int32 or int64, got {codes.dtype}")
     if codes.device != x.device:

@@ -21,7 +21,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import triton
 
-from ._interpreter import interpret
+from ._interpreter import fix_triton_interpreter, interpret
+
+if interpret():
+    fix_triton_interpreter()
 
 __all__ = ["ENV_VAR", "sweep", "arch", "compiled_count", "Launcher"]
 

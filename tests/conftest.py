@@ -198,3 +198,61 @@ def labelled_video_folder(tmp_path_factory) -> str:
         write_video_file(str(root / rel), smooth_frames(n, 20, 24, seed=seed))
     (root / "train/cats/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     return str(root)
+
+
+def cpp_compiler_or_skip():
+    """The C++ compiler inductor uses for torch.compile on CPU, or skip the calling test."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return get_cpp_compiler()
+    except Exception as e:  # no compiler found (inductor raises), or an older torch
+        pytest.skip(f"torch.compile on CPU needs a C++ compiler for inductor: {e}")
+
+
+_MODELS = {}
+
+
+def gpt_fixture_model(name: str):
+    """(model, fixture dict, batch) for gpt_full / gpt_sparse / gpt_cond, built once per session.
+    ``gpt_cond_sparse`` is gpt_cond's frame- and class-conditional weights with sparse attention
+    (there is no sparse conditional fixture; the attention weights are the same modules)."""
+    import argparse
+
+    from videogpt_fast.gpt import VideoGPT
+    from videogpt_fast.vqvae import VQVAE
+    if name not in _MODELS:
+        sparse_cond = name == "gpt_cond_sparse"
+        ref = load_fixture("gpt_cond.pt" if sparse_cond else f"{name}.pt")
+        vq_ref = load_fixture("vqvae.pt")
+        vqvae = VQVAE(argparse.Namespace(**vq_ref["args"]))
+        vqvae.load_state_dict(vq_ref["state_dict"])
+        state = ref["state_dict"]
+        args = dict(ref["args"])
+        if sparse_cond:
+            args["attn_type"] = "sparse"
+            # the full-attention causal mask buffers have no counterpart in SparseAttention
+            state = {k: v for k, v in state.items() if not k.endswith(".attn.attn.mask")}
+        model = VideoGPT(args, vqvae=vqvae)
+        model.load_state_dict(state)
+        model.eval()
+        batch = None
+        if name in ("gpt_cond", "gpt_cond_sparse"):
+            # the fixture's conditioning frames are the first frames of vqvae.pt's x (whose codes are
+            # the fixture targets): test_cond_fixture_frames checks that they reproduce its logits
+            batch = {"video": vq_ref["x"], "label": ref["label"]}
+        _MODELS[name] = (model, ref, batch)
+    return _MODELS[name]
+
+
+def poison_allocations(monkeypatch) -> None:
+    """Make every ``torch.empty`` (the kernels' output, gradient and scratch allocations) of a
+    floating dtype start as NaN for the rest of the test, so an unwritten entry cannot pass."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        out = empty(*args, **kwargs)
+        if out.is_floating_point():
+            with torch.no_grad():
+                out.fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch, "empty", nan_empty)

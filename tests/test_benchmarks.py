@@ -15,6 +15,7 @@ import torch
 from benchmarks import original as O
 from benchmarks import report, run
 from benchmarks.harness import Case, rel_error_check
+from videogpt_fast.kernels import reference as R
 
 CPU = torch.device("cpu")
 
@@ -112,7 +113,7 @@ def test_original_missing_is_recorded_with_the_reason(monkeypatch):
 
 
 def test_original_adapter_builds_equivalent_modules(fake_original, tmp_path):
-    from videogpt_fast import VQVAE, VideoGPT, ops
+    from videogpt_fast import VQVAE, VideoGPT
     torch.manual_seed(0)
     vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=16, n_res_layers=1,
                                   downsample=[2, 2, 2], sequence_length=4, resolution=8)).eval()
@@ -132,11 +133,11 @@ def test_original_adapter_builds_equivalent_modules(fake_original, tmp_path):
         torch.testing.assert_close(orig_prior(emb, codes, {})[0], prior(emb, codes, {})[0])
 
     e, xs = torch.randn(16, 8), torch.randn(37, 8)
-    assert torch.equal(O.codebook_search(fake_original, e)(xs), ops.codebook_nearest_torch(xs, e))
+    assert torch.equal(O.codebook_search(fake_original, e)(xs), R.codebook_nearest_reference(xs, e))
     q, k, v = (torch.randn(2, 2, 3, 4, 5, 6) for _ in range(3))
     for d in (2, 3, 4):
         torch.testing.assert_close(O.axial_attention(fake_original, 3, d)(q, k, v),
-                                   ops.axial_attention_torch(q, k, v, d))
+                                   R.axial_attention_reference(q, k, v, d))
 
 
 def test_cases_get_an_original_implementation_when_the_package_imports(fake_original):
@@ -345,14 +346,13 @@ def test_flexattention_uses_the_strided_layout():
     """FlexAttention's BlockMask from the layout computes the block-sparse function (CPU: eager,
     forward only; the compiled variant runs on CUDA only)."""
     from benchmarks.cases_kernels import flex_blocksparse
-    from videogpt_fast import ops
     from videogpt_fast.attention import StridedSparsityConfig
     layout = StridedSparsityConfig((2, 8, 8), 2, True, 16, 2).make_layout()
     fn, name = flex_blocksparse(layout, 16, 128, CPU)
     q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
     with torch.no_grad():
         out = fn(q, k, v)
-    ref = ops.blocksparse_attention_torch(q.double(), k.double(), v.double(), layout, 16, True)
+    ref = R.blocksparse_attention_reference(q.double(), k.double(), v.double(), layout, 16, True)
     assert name == "flex_eager" and float((out.double() - ref).norm() / ref.norm()) < 1e-5
 
 

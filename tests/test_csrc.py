@@ -4,10 +4,11 @@ the reason, where that cannot run."""
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, gpt_fixture_model
 from videogpt_fast import backends, csrc_build, ops
 from videogpt_fast import sample as S
 from videogpt_fast.backends import BackendUnavailableError, use_backend
+from videogpt_fast.kernels import reference as R
 
 _WHY = csrc_build.why_unbuildable() if backends.cuda_extension() is None else None
 
@@ -28,10 +29,10 @@ def test_without_extension_cuda_backend_raises_clearly():
         with pytest.raises(BackendUnavailableError, match="not built"):
             ops.codebook_nearest(x, cb)
         with pytest.raises(BackendUnavailableError, match="not built"):
-            S.decode_attention(torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8),
-                               torch.tensor(3))
+            ops.decode_attention(torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8),
+                                 torch.tensor(3))
     with use_backend("auto"):  # auto falls back to an implementation that exists
-        assert torch.equal(ops.codebook_nearest(x, cb), ops.codebook_nearest_torch(x, cb))
+        assert torch.equal(ops.codebook_nearest(x, cb), R.codebook_nearest_reference(x, cb))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -53,17 +54,6 @@ def ext():
     return csrc_build.load()
 
 
-def _dense_reference(q, k, v, pos, layout_row=None, block=1):
-    q, k, v = q.double(), k.double(), v.double()
-    L = k.shape[2]
-    visible = torch.arange(L, device=q.device) <= pos
-    if layout_row is not None:
-        visible = visible & layout_row.bool().repeat_interleave(block, dim=-1)
-    scores = torch.einsum("bhd,bhld->bhl", q, k) / q.shape[-1] ** 0.5
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), v)
-
-
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 @pytest.mark.parametrize("head_dim", [64, 128, 144, 256, 12, 60])
@@ -75,20 +65,21 @@ def test_decode_attention_matches_reference(ext, dtype, tol, head_dim, sparse):
     q = torch.randn(B, H, head_dim, device=dev).to(dtype)
     k = torch.randn(B, H, L, head_dim, device=dev).to(dtype)
     v = torch.randn(B, H, L, head_dim, device=dev).to(dtype)
-    row = None
+    row = layout = None
     if sparse:
         row = torch.rand(H, L // block, device=dev) < 0.4
         row[:, 0] = True
+        layout = row[:, None, :].expand(H, L // block, L // block)  # every layout row is `row`
     for p in (0, 1, 31, 32, 777, L - 1):
         pos = torch.tensor([p], device=dev)
         if row is not None:
             row[:, p // block] = True
         out = torch.ops.videogpt_fast.decode_attention(q, k, v, pos, row, block)
         assert out.dtype == dtype and out.shape == (B, H, head_dim)
-        ref = _dense_reference(q, k, v, p, row, block)
+        ref = R.decode_attention_reference_dense(q, k, v, p, layout, block)
         assert_close(out.double(), ref, rtol=tol, atol=tol)
         with use_backend("torch"):
-            torch_out = S.decode_attention(q, k, v, pos, row, block)
+            torch_out = ops.decode_attention(q, k, v, pos, layout, block)
         assert_close(out.float(), torch_out.float(), rtol=tol, atol=tol)
 
 
@@ -105,7 +96,7 @@ def test_decode_attention_in_cuda_graph_reads_pos_from_device(ext):
     for p in (5, 300, 511):
         pos.fill_(p)
         graph.replay()
-        assert_close(out.double(), _dense_reference(q, k, v, p))
+        assert_close(out.double(), R.decode_attention_reference_dense(q, k, v, p))
 
 
 @gpu
@@ -132,7 +123,7 @@ def test_codebook_nearest_matches_reference(ext, dtype, n, k, d):
     cb = torch.randn(k, d, device=dev).to(dtype)
     x = (cb[torch.randint(0, k, (n,), device=dev)].float() + 0.05 * torch.randn(n, d, device=dev)).to(dtype)
     got = torch.ops.videogpt_fast.codebook_nearest(x, cb)
-    want = ops.codebook_nearest_torch(x.double(), cb.double())
+    want = R.codebook_nearest_reference(x.double(), cb.double())
     assert got.dtype == torch.long and got.shape == (n,)
     # equal except where two codes are within rounding of each other: then the distances tie
     dist = torch.cdist(x.double(), cb.double())
@@ -155,9 +146,7 @@ def test_codebook_ties_go_to_lowest_index(ext):
 @gpu
 def test_sampling_with_extension_matches_torch_backend(ext):
     """The fast sampler on CUDA (graph + extension) gives the torch-backend decode logits."""
-    from test_sample import fixture_model
-
-    model, ref, _ = fixture_model("gpt_sparse")
+    model, ref, _ = gpt_fixture_model("gpt_sparse")
     model = model.cuda()
     try:
         with use_backend("cuda"):

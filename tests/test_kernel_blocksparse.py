@@ -6,28 +6,27 @@ Triton is imported), on small shapes; with CUDA the same cases run compiled on t
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from conftest import KERNEL_DEVICE as DEVICE, require_triton  # noqa: E402
+from conftest import KERNEL_DEVICE as DEVICE, poison_allocations, require_triton  # noqa: E402
 
 require_triton()
 
 from videogpt_fast import ops  # noqa: E402
 from videogpt_fast.backends import use_backend  # noqa: E402
 from videogpt_fast.kernels import blocksparse_attention as bsa  # noqa: E402
+from videogpt_fast.kernels import reference as R  # noqa: E402
 
-from conftest import assert_close, load_fixture  # noqa: E402
+from conftest import assert_close, cpp_compiler_or_skip, load_fixture  # noqa: E402
 
 INTERPRET = DEVICE.type == "cpu"
 
 
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
-    """Every tensor the kernels write (outputs and gradients) starts as NaN."""
-    monkeypatch.setattr(bsa, "_empty", lambda shape, like: torch.full(shape, float("nan"), device=like.device,
-                                                                      dtype=like.dtype))
+    """Every tensor the kernels write (outputs, gradients, log-sum-exp and delta) starts as NaN."""
+    poison_allocations(monkeypatch)
 
 
 def _inputs(B, H, L, D, DV, dtype=torch.float32, seed=None):
@@ -50,7 +49,7 @@ def _check(q, k, v, layout, block, causal, tol=1e-5, gtol=None):
     assert out.shape == (*q.shape[:-1], v.shape[-1]) and out.dtype == q.dtype
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref = bsa.reference(q, k, v, layout, block, causal)
+    ref = R.blocksparse_attention_reference_dense(q, k, v, layout, block, causal)
     ref_grads = torch.autograd.grad(ref, (q, k, v), do.double())
     assert_close(out, ref, rtol=tol, atol=tol, msg="forward")
     gtol = gtol or 2 * tol
@@ -136,7 +135,8 @@ def test_bfloat16(causal, L, block, D, per_head):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_sub_tiles(monkeypatch, bm, bn, causal):
     """Query/key tiles smaller than the layout block (the path block 128 takes on GPU)."""
-    monkeypatch.setattr(bsa, "_FORCED_CONFIG", {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2})
+    forced = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(bsa, "_fixed_config", lambda name, block, dpad, dtype: forced)
     layout = _random_layout(2, 4, seed=bm * 7 + bn)
     q, k, v = _inputs(1, 2, 128, 16, 24)
     _check(q, k, v, layout, 32, causal)
@@ -149,8 +149,8 @@ def test_strided_layout_fixture(name):
     causal = name.endswith("causal")
     q, k, v = _inputs(1, 2, 256, 16, 16)
     out = _check(q, k, v, layout, 32, causal)
-    gathered = bsa.reference(q, k, v, layout, 32, causal, gather=True)
-    assert_close(out, gathered, msg="vs ops.blocksparse_attention_torch")
+    gathered = R.blocksparse_attention_reference(q.double(), k.double(), v.double(), layout, 32, causal)
+    assert_close(out, gathered, msg="vs reference.blocksparse_attention_reference")
 
 
 def test_strided_layout_class_matches_fixture():
@@ -162,13 +162,22 @@ def test_strided_layout_class_matches_fixture():
     q, k, v = _inputs(1, 2, 1024, 16, 16)
     with torch.no_grad():
         out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
-    assert_close(out, bsa.reference(q, k, v, layout, 32, True))
+    assert_close(out, R.blocksparse_attention_reference_dense(q, k, v, layout, 32, True))
+
+
+def test_aot_check_compiles_the_prior_layout():
+    """kernels.aot_check builds the prior's strided layout itself (the kernels do not import the
+    package): it must equal StridedSparsityConfig's."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    from videogpt_fast.kernels.aot_check import strided_layout
+    for heads in (8, 4):
+        assert torch.equal(strided_layout(heads), StridedSparsityConfig((4, 32, 32), heads, True, 32, 4).make_layout())
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_empty_rows_give_zero(causal):
     """A layout row without blocks (or, causal, with only blocks above the diagonal) yields zeros
-    and zero gradients, as ops.blocksparse_attention_torch does."""
+    and zero gradients, as reference.blocksparse_attention_reference does."""
     layout = _random_layout(2, 4, seed=3)
     layout[0, 1] = 0
     layout[1, 2] = 0
@@ -201,7 +210,7 @@ def test_out_argument_is_filled_and_returned():
     with torch.no_grad():
         res = bsa.blocksparse_attention(q, k, v, layout, 16, True, out=out)
     assert res is out
-    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+    assert_close(out, R.blocksparse_attention_reference_dense(q, k, v, layout, 16, True))
     with pytest.raises(ValueError, match="out must be"):
         bsa.blocksparse_attention(q, k, v, layout, 16, True, out=torch.empty(1, 2, 64, 8, device=DEVICE))
 
@@ -211,9 +220,9 @@ def test_through_ops_backend():
     layout = _random_layout(0, 4, seed=2)
     with use_backend("triton"):
         out = ops.blocksparse_attention(q, k, v, layout, 16, True)
-    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+    assert_close(out, R.blocksparse_attention_reference_dense(q, k, v, layout, 16, True))
     (dq,) = torch.autograd.grad(out.sum(), (q,))
-    (dq_ref,) = torch.autograd.grad(bsa.reference(q, k, v, layout, 16, True).sum(), (q,))
+    (dq_ref,) = torch.autograd.grad(R.blocksparse_attention_reference_dense(q, k, v, layout, 16, True).sum(), (q,))
     assert_close(dq, dq_ref, rtol=2e-5, atol=2e-5)
 
 
@@ -227,27 +236,29 @@ def test_layout_tables_cached_and_invalidated():
     assert bsa.layout_tables(layout, True, DEVICE) is not t1
     with torch.no_grad():
         out = bsa.blocksparse_attention(q, k, v, layout, 16, True)
-    assert_close(out, bsa.reference(q, k, v, layout, 16, True))
+    assert_close(out, R.blocksparse_attention_reference_dense(q, k, v, layout, 16, True))
 
 
 def test_validation_errors():
+    """Inputs are checked once, by the dispatch point (here choosing the Triton backend)."""
     q, k, v = _inputs(1, 2, 64, 16, 16)
     layout = _random_layout(0, 4, seed=0)
-    with pytest.raises(ValueError, match="dtype"):
-        bsa.blocksparse_attention(q.double(), k.double(), v.double(), layout, 16)
-    with pytest.raises(ValueError, match="block must be one of"):
-        bsa.blocksparse_attention(q, k, v, _random_layout(0, 8, seed=0), 8)
-    with pytest.raises(ValueError, match="not divisible"):
-        bsa.blocksparse_attention(q[:, :, :48], k[:, :, :48], v[:, :, :48], layout, 32)
-    with pytest.raises(ValueError, match="layout must be"):
-        bsa.blocksparse_attention(q, k, v, _random_layout(3, 4, seed=0), 16)
-    with pytest.raises(ValueError, match="shape mismatch"):
-        bsa.blocksparse_attention(q, k[:, :1], v, layout, 16)
-    with pytest.raises(ValueError, match="4-d"):
-        bsa.blocksparse_attention(q[0], k[0], v[0], layout, 16)
-    big = torch.zeros(1, 1, 16, 272, device=DEVICE)
-    with pytest.raises(ValueError, match="head dims"):
-        bsa.blocksparse_attention(big, big, big, torch.ones(1, 1), 16)
+    with use_backend("triton"):
+        with pytest.raises(ValueError, match="dtype"):
+            ops.blocksparse_attention(q.double(), k.double(), v.double(), layout, 16)
+        with pytest.raises(ValueError, match="block must be one of"):
+            ops.blocksparse_attention(q, k, v, _random_layout(0, 8, seed=0), 8)
+        with pytest.raises(ValueError, match="not divisible"):
+            ops.blocksparse_attention(q[:, :, :48], k[:, :, :48], v[:, :, :48], layout, 32)
+        with pytest.raises(ValueError, match="layout must be"):
+            ops.blocksparse_attention(q, k, v, _random_layout(3, 4, seed=0), 16)
+        with pytest.raises(ValueError, match="shape mismatch"):
+            ops.blocksparse_attention(q, k[:, :1], v, layout, 16)
+        with pytest.raises(ValueError, match="4-d"):
+            ops.blocksparse_attention(q[0], k[0], v[0], layout, 16)
+        big = torch.zeros(1, 1, 16, 272, device=DEVICE)
+        with pytest.raises(ValueError, match="head dims"):
+            ops.blocksparse_attention(big, big, big, torch.ones(1, 1), 16)
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,7 +274,8 @@ def test_decode_matches_reference_and_full_forward(per_head):
     for pos in (0, 5, 31, 32, 77, 127):
         q = q_all[:, :, pos:pos + 1]
         out = bsa.blocksparse_decode_attention(q, k, v, layout, block, pos)
-        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), msg=f"pos {pos}")
+        assert_close(out, R.decode_attention_reference_dense(q[:, :, 0], k, v, pos, layout, block).unsqueeze(2),
+                     msg=f"pos {pos}")
         assert_close(out, full[:, :, pos:pos + 1], msg=f"pos {pos} vs full causal forward")
         out_t = bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE))
         assert torch.equal(out_t, out)
@@ -281,7 +293,8 @@ def test_decode_gpt_head_dims(D, DV):
         q = q_all[:, :, pos:pos + 1]
         out = bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE))
         assert out.shape == (B, H, 1, DV)
-        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), msg=f"pos {pos}")
+        assert_close(out, R.decode_attention_reference_dense(q[:, :, 0], k, v, pos, layout, block).unsqueeze(2),
+                     msg=f"pos {pos}")
         assert_close(out, full[:, :, pos:pos + 1], msg=f"pos {pos} vs full causal forward")
 
 
@@ -298,7 +311,8 @@ def test_decode_block_64(dtype):
         q = q_all[:, :, pos:pos + 1]
         out = bsa.blocksparse_decode_attention(q, k, v, layout, block, pos)
         assert out.dtype == dtype
-        assert_close(out, bsa.decode_reference(q, k, v, layout, block, pos), rtol=tol, atol=tol, msg=f"pos {pos}")
+        assert_close(out, R.decode_attention_reference_dense(q[:, :, 0], k, v, pos, layout, block).unsqueeze(2),
+                     rtol=tol, atol=tol, msg=f"pos {pos}")
 
 
 def test_decode_hides_cache_beyond_pos():
@@ -311,7 +325,8 @@ def test_decode_hides_cache_beyond_pos():
     v[:, :, pos + 1:] = float("nan")
     out = bsa.blocksparse_decode_attention(q[:, :, pos:pos + 1], k, v, layout, block, pos)
     assert not out.isnan().any()
-    assert_close(out, bsa.decode_reference(q[:, :, pos:pos + 1], k.nan_to_num(), v.nan_to_num(), layout, block, pos))
+    assert_close(out, R.decode_attention_reference_dense(q[:, :, pos], k.nan_to_num(), v.nan_to_num(), pos, layout,
+                                                        block).unsqueeze(2))
 
 
 def test_decode_validation():
@@ -321,8 +336,8 @@ def test_decode_validation():
         bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, 16, 64)
     with pytest.raises(ValueError, match=r"\(B, heads, 1, d\)"):
         bsa.blocksparse_decode_attention(q[:, :, :2], k, v, layout, 16, 3)
-    with pytest.raises(ValueError, match="one-element integer tensor"):
-        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, 16, torch.tensor([1.0], device=DEVICE))
+    with use_backend("triton"), pytest.raises(ValueError, match="one-element int64 tensor"):
+        ops.decode_attention(q[:, :, 0], k, v, torch.tensor([1.0], device=DEVICE), layout, 16)
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,12 +362,12 @@ def test_gpu_paper_sizes(L, heads, dim, dtype):
     out = bsa.blocksparse_attention(q, k, v, layout, 32, True)
     if L > 8192:
         with torch.no_grad():
-            ref = bsa.reference(q, k, v, layout, 32, True, gather=True)
+            ref = R.blocksparse_attention_reference(q.double(), k.double(), v.double(), layout, 32, True)
         assert_close(out, ref, rtol=tol, atol=tol)
         return
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref = bsa.reference(q, k, v, layout, 32, True, gather=True)
+    ref = R.blocksparse_attention_reference(q.double(), k.double(), v.double(), layout, 32, True)
     ref_grads = torch.autograd.grad(ref, (q, k, v), do.double())
     assert_close(out, ref, rtol=tol, atol=tol)
     for name, g, r in zip("qkv", grads, ref_grads):
@@ -382,13 +397,33 @@ def test_ops_decode_attention_triton_backend(sparse):
     for p in (0, 17, 63):
         pos = torch.tensor([p], device=DEVICE)
         kw = dict(block=block, layout=layout) if sparse else {}
-        expected = ops.decode_attention_torch(q, k, v, pos, layout.index_select(1, pos // block).squeeze(1) if sparse else None,
-                                              block)
+        expected = R.decode_attention_reference(q, k, v, pos, layout if sparse else None, block)
         with use_backend("triton"):
             got = ops.decode_attention(q, k, v, pos, **kw)
         assert_close(got, expected)
-    with pytest.raises(ValueError, match="not both"):
-        ops.decode_attention(q, k, v, pos, layout[:, 0], block, layout=layout)
+    with use_backend("triton"), pytest.raises(ValueError, match="layout must be"):
+        ops.decode_attention(q, k, v, pos, layout[:, :2], block)
+
+
+@pytest.mark.slow
+def test_triton_decode_attention_traces_in_a_compiled_step():
+    """The Triton decode kernel is one opaque op to torch.compile (fullgraph: no graph break), so a
+    compiled step on CUDA can call it; on CPU it runs in Triton's interpreter. Dense and sparse."""
+    cpp_compiler_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 2, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen)
+    layout = torch.ones(2, 2, 2, dtype=torch.bool)
+    layout[1, 1, 0] = False
+
+    def step(q, k, v, pos, layout):
+        return ops.decode_attention(q, k, v, pos, block=32, layout=layout, backend="triton") * 2
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    for lay in (layout, torch.ones_like(layout)):
+        for p in (5, 40):
+            pos = torch.tensor([p])
+            want = 2 * R.decode_attention_reference_dense(q, k, v, p, lay, 32)
+            assert_close(compiled(q, k, v, pos, lay).double(), want, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ check the paper size N=65,536, K=2048, D=256.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ require_triton()
 from videogpt_fast import ops  # noqa: E402
 from videogpt_fast.backends import use_backend  # noqa: E402
 from videogpt_fast.kernels import codebook as cb  # noqa: E402
+from videogpt_fast.kernels import reference as R  # noqa: E402
 
 POISON = -7
 
@@ -27,7 +27,7 @@ def _poisoned(n: int) -> torch.Tensor:
 
 def check_codes(codes: torch.Tensor, x: torch.Tensor, codebook: torch.Tensor) -> None:
     """Codes are exactly the float64 argmin (elementwise distances, lowest index on ties)."""
-    want = cb.reference_float64(x, codebook)
+    want = R.codebook_nearest_reference_float64(x, codebook)
     assert codes.dtype == torch.int64 and codes.shape == want.shape
     assert ((codes >= 0) & (codes < codebook.shape[0])).all(), "codes out of range (unwritten output?)"
     differ = (codes != want).nonzero()[:, 0]
@@ -82,7 +82,7 @@ def test_wide_d_equals_float64_argmin_ties_lowest(d):
     # the fused-statistics kernel at the same D: same codes, sums over D in several column tiles
     codes2, counts, sums = cb.codebook_nearest_with_stats(x, e, out=_poisoned(n))
     assert torch.equal(codes2, codes)
-    want_counts, want_sums = cb.ema_stats_reference(x.double(), codes, k)
+    want_counts, want_sums = R.codebook_stats_reference_onehot(x.double(), codes, k)
     assert torch.equal(counts.double(), want_counts)
     torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=1e-5)
 
@@ -124,7 +124,7 @@ def test_fused_stats_match_one_hot_formulas(dtype):
     e = torch.randn(k, d, device=DEVICE).to(dtype)
     codes, counts, sums = cb.codebook_nearest_with_stats(x, e, out=_poisoned(n))
     check_codes(codes, x, e)
-    want_counts, want_sums = cb.ema_stats_reference(x.double(), codes, k)
+    want_counts, want_sums = R.codebook_stats_reference_onehot(x.double(), codes, k)
     assert counts.dtype == sums.dtype == torch.float32
     assert torch.equal(counts.double(), want_counts) and counts.sum() == n
     torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=1e-5)
@@ -137,7 +137,7 @@ def test_standalone_stats():
     codes[:5] = k - 1
     for c in (codes, codes.int(), torch.stack([codes, codes], 1)[:, 0]):
         counts, sums = cb.codebook_ema_stats(x, c, k)
-        want_counts, want_sums = cb.ema_stats_reference(x.double(), c.long(), k)
+        want_counts, want_sums = R.codebook_stats_reference_onehot(x.double(), c.long(), k)
         assert torch.equal(counts.double(), want_counts)
         torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=1e-5)
 
@@ -154,17 +154,23 @@ def test_through_ops_dispatch():
 
 
 def test_empty_and_validation():
+    """x and the codebook are checked once, by the dispatch point (here choosing the Triton
+    backend); the kernels check only their own arguments (precision, out, unsure, codes)."""
     e = torch.randn(5, 4, device=DEVICE)
     assert cb.codebook_nearest(torch.randn(0, 4, device=DEVICE), e).shape == (0,)
     x = torch.randn(3, 4, device=DEVICE)
-    with pytest.raises(ValueError, match="shape"):
-        cb.codebook_nearest(x, torch.randn(5, 3, device=DEVICE))
-    with pytest.raises(ValueError, match="K >= 1"):
-        cb.codebook_nearest(x, torch.randn(0, 4, device=DEVICE))
-    with pytest.raises(ValueError, match="dtype"):
-        cb.codebook_nearest(x, e.half())
-    with pytest.raises(ValueError, match="dtype"):
-        cb.codebook_nearest(x.double(), e.double())
+    with use_backend("triton"):
+        with pytest.raises(ValueError, match="shape"):
+            ops.codebook_nearest(x, torch.randn(5, 3, device=DEVICE))
+        with pytest.raises(ValueError, match="K >= 1"):
+            ops.codebook_nearest(x, torch.randn(0, 4, device=DEVICE))
+        with pytest.raises(ValueError, match="dtype"):
+            ops.codebook_nearest(x, e.half())
+        with pytest.raises(ValueError, match="dtype"):
+            ops.codebook_nearest(x.double(), e.double())
+        if torch.cuda.is_available():
+            with pytest.raises(ValueError, match="device"):
+                ops.codebook_nearest(x, e.cpu())
     with pytest.raises(ValueError, match="precision"):
         cb.codebook_nearest(x, e, precision="fp64")
     with pytest.raises(ValueError, match="out"):
@@ -175,9 +181,6 @@ def test_empty_and_validation():
         cb.codebook_ema_stats(x, torch.zeros(3, device=DEVICE), 5)
     with pytest.raises(ValueError, match="codes"):
         cb.codebook_ema_stats(x, torch.zeros(2, dtype=torch.int64, device=DEVICE), 5)
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device"):
-            cb.codebook_nearest(x, e.cpu())
 
 
 @pytest.mark.gpu
@@ -213,7 +216,7 @@ def test_near_ties_within_tf32_bound_are_exact(precision):
     gaps = torch.cdist(x.double(), e.double()).square().sort(1).values
     bound = cb.dot_error_bound(40, torch.float32, "tf32") * x.norm(dim=1) * e.norm(dim=1).max()
     assert ((gaps[:, 1] - gaps[:, 0]).cpu() < bound.double().cpu()).all(), "not near-ties under TF32"
-    want = cb.reference_float64(x, e)
+    want = R.codebook_nearest_reference_float64(x, e)
     unsure = torch.zeros(1, dtype=torch.int32, device=DEVICE)
     codes = cb._launch(x, e, _poisoned(n), precision, stats=False, unsure=unsure)[0]
     check_codes(codes, x, e)
@@ -235,7 +238,7 @@ def test_more_near_ties_than_candidates_take_the_float64_scan():
     check_codes(codes, x, e)
     assert int(codes[0]) == 3
     assert 0 < int(unsure) <= 25
-    want_counts, want_sums = cb.ema_stats_reference(x.double(), codes, e.shape[0])
+    want_counts, want_sums = R.codebook_stats_reference_onehot(x.double(), codes, e.shape[0])
     assert torch.equal(counts.double(), want_counts)
     torch.testing.assert_close(sums.double(), want_sums, atol=1e-5, rtol=1e-5)
 
@@ -291,9 +294,9 @@ def test_ops_codebook_nearest_with_stats_triton_backend():
     e = torch.randn(19, 10, device=DEVICE)
     with use_backend("triton"):
         codes, counts, sums = ops.codebook_nearest_with_stats(x, e)
-    ref_codes = ops.codebook_nearest_torch(x, e)
+    ref_codes = R.codebook_nearest_reference(x, e)
     assert torch.equal(codes, ref_codes)
-    ref_counts, ref_sums = ops.codebook_stats_torch(x, ref_codes, 19)
+    ref_counts, ref_sums = R.codebook_stats_reference(x, ref_codes, 19)
     assert torch.equal(counts, ref_counts)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
 

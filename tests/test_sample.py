@@ -6,13 +6,10 @@ import logging
 import pytest
 import torch
 
-from conftest import assert_close, load_fixture
+from conftest import assert_close, cpp_compiler_or_skip as _cpp_compiler_or_skip, gpt_fixture_model as fixture_model
 from videogpt_fast import sample as S
-from videogpt_fast.backends import BackendUnavailableError, use_backend
 from videogpt_fast.gpt import VideoGPT
 from videogpt_fast.vqvae import VQVAE
-
-_MODELS = {}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,34 +20,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def fixture_model(name: str):
-    """(model, fixture dict, batch) for gpt_full / gpt_sparse / gpt_cond, built once per session.
-    ``gpt_cond_sparse`` is gpt_cond's frame- and class-conditional weights with sparse attention
-    (there is no sparse conditional fixture; the attention weights are the same modules)."""
-    if name not in _MODELS:
-        sparse_cond = name == "gpt_cond_sparse"
-        ref = load_fixture("gpt_cond.pt" if sparse_cond else f"{name}.pt")
-        vq_ref = load_fixture("vqvae.pt")
-        vqvae = VQVAE(argparse.Namespace(**vq_ref["args"]))
-        vqvae.load_state_dict(vq_ref["state_dict"])
-        state = ref["state_dict"]
-        args = dict(ref["args"])
-        if sparse_cond:
-            args["attn_type"] = "sparse"
-            # the full-attention causal mask buffers have no counterpart in SparseAttention
-            state = {k: v for k, v in state.items() if not k.endswith(".attn.attn.mask")}
-        model = VideoGPT(args, vqvae=vqvae)
-        model.load_state_dict(state)
-        model.eval()
-        batch = None
-        if name in ("gpt_cond", "gpt_cond_sparse"):
-            # the fixture's conditioning frames are the first frames of vqvae.pt's x (whose codes are
-            # the fixture targets): test_cond_fixture_frames checks that they reproduce its logits
-            batch = {"video": vq_ref["x"], "label": ref["label"]}
-        _MODELS[name] = (model, ref, batch)
-    return _MODELS[name]
 
 
 def random_model(attn_type: str, class_cond: bool = False, seed: int = 0) -> VideoGPT:
@@ -237,47 +206,6 @@ def test_sample_returns_videos_in_unit_range():
 
 
 # ------------------------------------------------------------------------------------------------
-def _dense_decode_reference(q, k, v, pos, layout_row=None, block=1):
-    """float64 reference: explicit scores over keys 0..pos (and the layout row's blocks)."""
-    q, k, v = q.double(), k.double(), v.double()
-    L = k.shape[2]
-    visible = torch.arange(L) <= pos
-    if layout_row is not None:
-        visible = visible & layout_row.bool().repeat_interleave(block, dim=-1)  # (H, L)
-    scores = torch.einsum("bhd,bhld->bhl", q, k) / q.shape[-1] ** 0.5
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), v)
-
-
-@pytest.mark.parametrize("head_dim", [12, 144])
-@pytest.mark.parametrize("sparse", [False, True])
-def test_decode_attention_torch_matches_float64(head_dim, sparse):
-    torch.manual_seed(0)
-    B, H, L, block = 2, 3, 128, 32
-    q, k, v = torch.randn(B, H, head_dim), torch.randn(B, H, L, head_dim), torch.randn(B, H, L, head_dim)
-    row = None
-    if sparse:
-        row = torch.rand(H, L // block) < 0.5
-        row[:, 0] = row[:, 2] = True  # a visible key for every position tested
-    for p in (0, 70, 95):
-        pos = torch.tensor(p)
-        out = S.decode_attention(q, k, v, pos, row, block)
-        assert_close(out.double(), _dense_decode_reference(q, k, v, p, row, block), rtol=1e-5, atol=1e-6)
-
-
-def test_decode_attention_validation_and_cuda_backend_on_cpu():
-    q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 64, 8)
-    with pytest.raises(ValueError, match="one-element int64"):
-        S.decode_attention(q, k, k, torch.tensor(1.0))
-    with pytest.raises(ValueError, match="not divisible by block"):
-        S.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 2, dtype=torch.bool), 30)
-    with pytest.raises(ValueError, match="layout_row must be"):
-        S.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 3, dtype=torch.bool), 32)
-    with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="decode_attention"):
-        S.decode_attention(q, k, k, torch.tensor(1))
-
-
-# ------------------------------------------------------------------------------------------------
 # one transformer: the sampler against the original algorithm
 # ------------------------------------------------------------------------------------------------
 def frame_cond_model(attn_type: str = "sparse", seed: int = 0) -> VideoGPT:
@@ -314,14 +242,6 @@ def test_greedy_codes_equal_reference_algorithm(name):
     ref = S.sample_codes_reference(model, n, batch, greedy=True)
     assert torch.equal(ours, ref)
     assert ours.unique().numel() > 1
-
-
-def _cpp_compiler_or_skip():
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-        return get_cpp_compiler()
-    except Exception as e:  # no compiler found (inductor raises), or an older torch
-        pytest.skip(f"torch.compile on CPU needs a C++ compiler for inductor: {e}")
 
 
 @pytest.mark.slow
@@ -396,30 +316,6 @@ def test_default_draw_is_torch_multinomial():
     theirs = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(9)).squeeze(-1)
     assert torch.equal(ours, theirs)
     assert ours.unique().numel() > 5
-
-
-@pytest.mark.slow
-def test_triton_decode_attention_traces_in_a_compiled_step():
-    """The Triton decode kernel is one opaque op to torch.compile (fullgraph: no graph break), so a
-    compiled step on CUDA can call it; on CPU it runs in Triton's interpreter. Dense and sparse."""
-    from conftest import require_triton
-    from videogpt_fast import ops
-    require_triton()
-    _cpp_compiler_or_skip()
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 2, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen), torch.randn(2, 2, 64, 16, generator=gen)
-    layout = torch.ones(2, 2, 2, dtype=torch.bool)
-    layout[1, 1, 0] = False
-
-    def step(q, k, v, pos, layout):
-        return ops.decode_attention(q, k, v, pos, block=32, layout=layout, backend="triton") * 2
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
-    for lay in (layout, torch.ones_like(layout)):
-        for p in (5, 40):
-            pos = torch.tensor([p])
-            want = 2 * _dense_decode_reference(q, k, v, p, lay[:, p // 32], 32)
-            assert_close(compiled(q, k, v, pos, lay).double(), want, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

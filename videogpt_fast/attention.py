@@ -9,12 +9,15 @@ both ways with ``strict=True``.
 Decoding follows gpt-fast: :meth:`AttentionStack.forward` takes optional flattened ``input_pos``;
 with positions, every self-attention writes its keys/values into a static :class:`KVCache` (set up
 by ``VideoGPT.setup_caches``) and attends over it through :func:`videogpt_fast.ops.decode_attention`
-(one query) or SDPA with a position mask (several). The block's math exists once, here: the
-teacher-forced forward, the original's ``decode_step`` API and the compiled sampler all run it.
+(one query) or SDPA with a position mask (several: :func:`videogpt_fast.kv_cache.positions_attention`);
+the cache is :class:`videogpt_fast.kv_cache.KVCache`. The block's math exists once, here: the
+teacher-forced forward, the original's ``decode_step`` API and the compiled sampler all run it. The
+sparse layout (:class:`StridedSparsityConfig`) lives in :mod:`videogpt_fast.sparsity`; ``KVCache``
+and ``StridedSparsityConfig`` are re-exported here.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import ops
+from .kernels.reference import attention_reference
+from .kv_cache import KVCache, decode_at_step, positions_attention
+from .sparsity import StridedSparsityConfig, shape_numel
 from .utils import shift_dim, view_range
 
 __all__ = [
@@ -36,11 +42,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  mask: Optional[torch.Tensor] = None, attn_dropout: float = 0.0,
                                  training: bool = True) -> torch.Tensor:
     """The original helper: attention over the second-to-last dim with a 0/1 ``mask``."""
-    return ops.attention_reference(q, k, v, mask=mask, attn_dropout=attn_dropout, training=training)
-
-
-def _prod(shape: Sequence[int]) -> int:
-    return int(np.prod(shape)) if len(shape) else 1
+    return attention_reference(q, k, v, mask=mask, attn_dropout=attn_dropout, training=training)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class MultiHeadAttention(nn.Module):
         """
         w = self.w_ks.weight
         if self.causal:
-            self.kv_cache = KVCache(batch, self.n_head, _prod(self.shape), self.d_k, self.d_v, w.dtype, w.device)
+            self.kv_cache = KVCache(batch, self.n_head, shape_numel(self.shape), self.d_k, self.d_v, w.dtype, w.device)
             self.attn.decode_backend = ops.decode_attention_backend(w.device)
             return
         if kv is None or kv.shape[0] != batch:
@@ -233,49 +235,6 @@ class MultiHeadAttention(nn.Module):
         return self.fc(a)
 
 
-class KVCache(nn.Module):
-    """Static key/value buffers (batch, heads, L, d) written in place (gpt-fast's KVCache).
-
-    The buffers are not persistent: state dicts do not change. Writes go through ``index_copy_``
-    at a position *tensor*, so a step that updates the cache has static shapes and no host sync
-    (it can be compiled and captured in a CUDA graph).
-    """
-
-    def __init__(self, batch: int, heads: int, seq_len: int, head_dim: int, v_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        super().__init__()
-        self.register_buffer("k_cache", torch.zeros(batch, heads, seq_len, head_dim, dtype=dtype, device=device),
-                             persistent=False)
-        self.register_buffer("v_cache", torch.zeros(batch, heads, seq_len, v_dim, dtype=dtype, device=device),
-                             persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Write k (batch, heads, S, d) and v at positions ``input_pos`` (S,) int64; return both caches."""
-        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
-        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
-        return self.k_cache, self.v_cache
-
-
-def _positions_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
-                         visible_blocks: Optional[torch.Tensor] = None, block: int = 1) -> torch.Tensor:
-    """Queries (b, h, S, d) at flattened positions ``input_pos`` over caches (b, h, L, d): key j is
-    visible iff j <= position (and, with a (h, L/block, L/block) layout, its block is on)."""
-    keys = torch.arange(k.shape[2], device=q.device)
-    mask = keys.view(1, -1) <= input_pos.view(-1, 1)  # (S, L)
-    if visible_blocks is not None:
-        rows = visible_blocks[:, torch.div(input_pos, block, rounding_mode="floor")].bool()  # (h, S, L/block)
-        mask = mask & rows[:, :, keys // block]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def _decode_at_step(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decode_step: int) -> torch.Tensor:
-    """The original kernel modules' ``forward(q, k, v, decode_step, decode_idx)``: q (b, heads,
-    1, ..., 1, d) at flattened position ``decode_step`` over caches (b, heads, *shape, d)."""
-    pos = torch.tensor([decode_step], dtype=torch.long, device=q.device)
-    out = module.decode(q.flatten(2, -2), k.flatten(2, -2), v.flatten(2, -2), pos)
-    return view_range(out, 2, 3, q.shape[2:-1])
-
-
 # ----------------------------------------------------------------------------------------------
 # Attention kernels (modules without parameters)
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +250,7 @@ class FullAttention(nn.Module):
         self.shape = tuple(shape)
         self.causal = causal
         self.attn_dropout = attn_dropout
-        self.seq_len = _prod(self.shape)
+        self.seq_len = shape_numel(self.shape)
         self.decode_backend: Optional[str] = None  # resolved by VideoGPT.setup_caches
         if causal:
             self._register_state_dict_hook(FullAttention._add_mask)
@@ -314,7 +273,7 @@ class FullAttention(nn.Module):
         """q, k, v: (b, heads, *grid, d) -> (b, heads, *q_grid, d). ``decode_step`` (the
         original's signature): causal attention of q's one position over whole caches k, v."""
         if decode_step is not None and self.causal:
-            return _decode_at_step(self, q, k, v, decode_step)
+            return decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
@@ -329,7 +288,7 @@ class FullAttention(nn.Module):
         :func:`videogpt_fast.ops.decode_attention`, several through SDPA with a position mask."""
         if q.shape[2] == 1:
             return ops.decode_attention(q[:, :, 0], k, v, input_pos, backend=self.decode_backend).unsqueeze(2)
-        return _positions_attention(q, k, v, input_pos)
+        return positions_attention(q, k, v, input_pos)
 
 
 class AxialAttention(nn.Module):
@@ -368,7 +327,7 @@ class SparseAttention(nn.Module):
         """Block-sparse self-attention of (b, heads, *grid, d) tensors; with ``decode_step`` (the
         original's signature) q's one position over whole caches k, v."""
         if decode_step is not None:
-            return _decode_at_step(self, q, k, v, decode_step)
+            return decode_at_step(self, q, k, v, decode_step)
         old_shape = q.shape[2:-1]
         q = q.flatten(start_dim=2, end_dim=-2)
         k = k.flatten(start_dim=2, end_dim=-2)
@@ -387,105 +346,7 @@ class SparseAttention(nn.Module):
         if q.shape[2] == 1:
             return ops.decode_attention(q[:, :, 0], k, v, input_pos, block=block, layout=self.block_layout,
                                         backend=self.decode_backend).unsqueeze(2)
-        return _positions_attention(q, k, v, input_pos, self.block_layout, block)
-
-
-class StridedSparsityConfig:
-    """Strided sparsity layout of https://arxiv.org/abs/1904.10509 generalised to n dims, identical
-    to the original's: ``num_local_blocks`` previous blocks plus, for every axis but the last,
-    the blocks that share all other block coordinates."""
-
-    def __init__(self, shape, n_head, causal, block, num_local_blocks):
-        self.n_head = n_head
-        self.shape = tuple(shape)
-        self.causal = causal
-        self.block = block
-        self.num_local_blocks = num_local_blocks
-        if num_local_blocks < 1:
-            raise ValueError(f"num_local_blocks must be >= 1, got {num_local_blocks}")
-        if self.seq_len % block != 0:
-            raise ValueError(f"sparse attention: sequence length {self.seq_len} (latent shape "
-                             f"{self.shape}) is not divisible by the block size {block}")
-        self._block_shape = self._compute_block_shape()
-        self._block_shape_cum = self._block_shape_cum_sizes()
-
-    @property
-    def seq_len(self) -> int:
-        return _prod(self.shape)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.seq_len // self.block
-
-    def set_local_layout(self, layout: torch.Tensor) -> torch.Tensor:
-        nb = self.num_blocks
-        for row in range(nb):
-            end = min(row + self.num_local_blocks, nb)
-            stop = row + 1 if self.causal else end
-            layout[:, row, max(0, row - self.num_local_blocks):max(stop, 0)] = 1
-        return layout
-
-    def set_global_layout(self, layout: torch.Tensor) -> torch.Tensor:
-        n_dim = len(self._block_shape)
-        for row in range(self.num_blocks):
-            cur = self._to_unflattened_idx(row)
-            for d in range(n_dim - 1):  # no strided attention over the last dim
-                stop = cur[d] + 1 if self.causal else self._block_shape[d]
-                for i in range(stop):
-                    idx = list(cur)
-                    idx[d] = i
-                    layout[:, row, self._to_flattened_idx(idx)] = 1
-        return layout
-
-    def make_layout(self) -> torch.Tensor:
-        """(n_head, blocks, blocks) int64 0/1 layout."""
-        layout = torch.zeros((self.n_head, self.num_blocks, self.num_blocks), dtype=torch.int64)
-        return self.set_global_layout(self.set_local_layout(layout))
-
-    def make_sparse_attn_mask(self) -> torch.Tensor:
-        """The original's per-nonzero-block mask (1, nnz, block, block): lower triangular on the
-        diagonal blocks (causal layouts only)."""
-        layout = self.make_layout()
-        if self.causal and bool(torch.triu(layout, diagonal=1).any()):
-            raise ValueError("causal layout has blocks above the diagonal")
-        diag = torch.eye(self.num_blocks, dtype=torch.bool).expand_as(layout)[layout.bool()]
-        mask = torch.ones(len(diag), self.block, self.block)
-        mask[diag] = torch.ones(self.block, self.block).tril()
-        return mask.unsqueeze(0)
-
-    def get_non_block_layout_row(self, block_layout: torch.Tensor, row: int) -> torch.Tensor:
-        """(n_head, 1, seq_len) 0/1 mask of the keys that flattened position ``row`` sees."""
-        block_row = block_layout[:, [row // self.block]]
-        block_row = block_row.repeat_interleave(self.block, dim=-1)
-        block_row[:, :, row + 1:] = 0
-        return block_row
-
-    # helpers ------------------------------------------------------------------------------
-    def _compute_block_shape(self) -> Tuple[int, ...]:
-        cum = 1
-        i = len(self.shape) - 1
-        for i in range(len(self.shape) - 1, -1, -1):
-            cum *= self.shape[i]
-            if cum > self.block:
-                break
-        if cum % self.block != 0:
-            raise ValueError(f"sparse attention: trailing latent dims {self.shape[i:]} (product {cum}) "
-                             f"must be divisible by the block size {self.block}")
-        return (*self.shape[:i], cum // self.block)
-
-    def _block_shape_cum_sizes(self) -> Tuple[int, ...]:
-        bs = np.flip(np.array(self._block_shape))
-        return tuple(int(c) for c in np.flip(np.cumprod(bs)[:-1])) + (1,)
-
-    def _to_flattened_idx(self, idx) -> int:
-        return int(sum(i * c for i, c in zip(idx, self._block_shape_cum)))
-
-    def _to_unflattened_idx(self, flat_idx: int) -> Tuple[int, ...]:
-        idx = []
-        for c in self._block_shape_cum:
-            idx.append(flat_idx // c)
-            flat_idx %= c
-        return tuple(idx)
+        return positions_attention(q, k, v, input_pos, self.block_layout, block)
 
 
 # ----------------------------------------------------------------------------------------------

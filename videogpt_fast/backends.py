@@ -25,6 +25,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from .kernels._interpreter import interpret as triton_interpret
+
 BACKENDS = ("auto", "torch", "triton", "cuda")
 ENV_VAR = "VIDEOGPT_FAST_BACKEND"
 log = logging.getLogger(__name__)
@@ -63,11 +65,6 @@ def use_backend(name: str) -> Iterator[str]:
         yield name
     finally:
         stack.pop()
-
-
-def triton_interpret() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.lru_cache(maxsize=None)

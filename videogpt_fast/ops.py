@@ -1,37 +1,87 @@
 """The one dispatch point for VideoGPT's hot operations.
 
-Models call these functions and never import a kernel. Each op has a plain-PyTorch implementation
-here (``*_torch``: the reference every kernel is tested against) and, where one exists, a Triton
-kernel in ``videogpt_fast.kernels`` and a CUDA op in ``videogpt_fast._C``. The backend is chosen by
-:mod:`videogpt_fast.backends`.
+Models call these functions and never import a kernel. :data:`REGISTRY` maps each op to its
+implementations: the plain-PyTorch ``<op>_reference`` of :mod:`videogpt_fast.kernels.reference`
+(backend ``torch``, and what every kernel is tested against), the Triton kernel in
+``videogpt_fast.kernels`` (the top-level ``kernels/`` folder) and the CUDA op of
+``videogpt_fast._C`` (``csrc/``), where they exist. :mod:`videogpt_fast.backends` picks one per
+call. Inputs are validated here, once, before any implementation runs (the kernels do not
+validate again).
 
 Shapes follow the package conventions: attention tensors are (B, heads, *positions, head_dim).
 """
 from __future__ import annotations
 
 import importlib
-import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .backends import resolve
+from .kernels.reference import (axial_attention_reference, blocksparse_attention_reference, code_counts,
+                                codebook_nearest_reference, codebook_nearest_with_stats_reference,
+                                decode_attention_reference, decode_layout_row, expand_layout, spatial_dim)
 
-# ops -> backends (besides torch) that implement them; filled in as kernels land.
-_IMPLEMENTED = {
-    "codebook_nearest": ("triton", "cuda"),
-    "codebook_nearest_with_stats": ("triton",),
-    "axial_attention": ("triton",),
-    "blocksparse_attention": ("triton",),
-    "decode_attention": ("cuda", "triton"),
+__all__ = ["Op", "REGISTRY", "backends_of", "implementation", "codebook_nearest", "codebook_nearest_with_stats",
+           "code_counts", "axial_attention", "blocksparse_attention", "check_layout", "decode_attention",
+           "decode_attention_backend"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op's implementations: ``reference`` (plain PyTorch, backend ``torch``), ``triton``
+    (``"module.function"`` in ``videogpt_fast.kernels``) and ``cuda`` (the op's name in
+    ``torch.ops.videogpt_fast``), the last two where they exist."""
+    reference: Callable
+    triton: Optional[str] = None
+    cuda: Optional[str] = None
+
+    @property
+    def backends(self) -> Tuple[str, ...]:
+        """The backends besides ``torch`` that implement the op."""
+        return tuple(b for b in ("triton", "cuda") if getattr(self, b) is not None)
+
+
+#: op name -> its implementations. Adding a kernel adds one entry here.
+REGISTRY: Dict[str, Op] = {
+    "codebook_nearest": Op(codebook_nearest_reference, "codebook.codebook_nearest", "codebook_nearest"),
+    "codebook_nearest_with_stats": Op(codebook_nearest_with_stats_reference, "codebook.codebook_nearest_with_stats"),
+    "axial_attention": Op(axial_attention_reference, "axial_attention.axial_attention"),
+    "blocksparse_attention": Op(blocksparse_attention_reference, "blocksparse_attention.blocksparse_attention"),
+    "decode_attention": Op(decode_attention_reference, "blocksparse_attention.blocksparse_decode_attention",
+                           "decode_attention"),
 }
 
 
-def _kernel(module: str):
-    return importlib.import_module(f"videogpt_fast.kernels.{module}")
+def backends_of(op: str) -> Tuple[str, ...]:
+    """The backends besides ``torch`` that implement ``op`` (a key of :data:`REGISTRY`)."""
+    return REGISTRY[op].backends
 
 
+def _kernel_module(name: str):
+    return importlib.import_module(f"videogpt_fast.kernels.{name}")
+
+
+def implementation(op: str, backend: str) -> Callable:
+    """The function that runs ``op`` on ``backend`` (``torch``, ``triton`` or ``cuda``); unchecked
+    inputs (the public functions below validate them)."""
+    entry = REGISTRY[op]
+    if backend == "torch":
+        return entry.reference
+    if backend == "cuda":
+        return getattr(torch.ops.videogpt_fast, entry.cuda)
+    module, fn = entry.triton.rsplit(".", 1)
+    return getattr(_kernel_module(module), fn)
+
+
+def _resolve(op: str, device: torch.device) -> str:
+    return resolve(op, device, backends_of(op))
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
 def _check_tensors(op: str, names: str, *tensors: torch.Tensor) -> None:
     """One floating dtype and one device for all of ``tensors`` (named ``names``, comma-separated)."""
     dtypes = {t.dtype for t in tensors}
@@ -43,222 +93,146 @@ def _check_tensors(op: str, names: str, *tensors: torch.Tensor) -> None:
         raise ValueError(f"{op}: {names} must be on one device, got {', '.join(str(t.device) for t in tensors)}")
 
 
+def _check_triton(op: str, module: str, dtype: torch.dtype, head_dims: Tuple[int, ...] = (),
+                  block: Optional[int] = None) -> None:
+    """The Triton kernel's limits (its module's ``DTYPES``, ``MAX_HEAD_DIM``, ``BLOCKS``)."""
+    kernel = _kernel_module(module)
+    if dtype not in kernel.DTYPES:
+        raise ValueError(f"{op}: the Triton kernel takes dtype float16, bfloat16 or float32, got {dtype}")
+    if head_dims and not all(1 <= d <= kernel.MAX_HEAD_DIM for d in head_dims):
+        raise ValueError(f"{op}: the Triton kernel supports head dims in [1, {kernel.MAX_HEAD_DIM}], "
+                         f"got {', '.join(map(str, head_dims))}")
+    if block is not None and block not in kernel.BLOCKS:
+        raise ValueError(f"{op}: the Triton kernel's block must be one of {kernel.BLOCKS}, got {block}")
+
+
+def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int,
+                 op: str = "blocksparse_attention") -> None:
+    """Check a 0/1 block layout for sequence length ``seq_len``: (L/block, L/block) or
+    (1 or n_head, L/block, L/block), ``block`` dividing ``seq_len``. Shape checks only (no device
+    work, as per-call validation needs).
+
+    Raises:
+        ValueError: naming the violated constraint.
+    """
+    if not isinstance(layout, torch.Tensor):
+        raise ValueError(f"{op}: layout must be a tensor, got {type(layout)}")
+    if block <= 0 or seq_len % block != 0:
+        raise ValueError(f"{op}: sequence length {seq_len} is not divisible by block {block}")
+    nb = seq_len // block
+    if layout.dim() not in (2, 3) or layout.shape[-2:] != (nb, nb) or (layout.dim() == 3 and
+                                                                      layout.shape[0] not in (1, n_head)):
+        raise ValueError(f"{op}: layout must be ({nb}, {nb}) or ({n_head}, {nb}, {nb}) "
+                         f"for L={seq_len}, block={block}, got {tuple(layout.shape)}")
+
+
+def _check_codebook(op: str, x: torch.Tensor, codebook: torch.Tensor) -> str:
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"{op}: expected x (N, D) and codebook (K, D) with equal D, "
+                         f"got shapes {tuple(x.shape)} and {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
+        raise ValueError(f"{op}: codebook must have K >= 1 and D >= 1, got {tuple(codebook.shape)}")
+    _check_tensors(op, "x, codebook", x, codebook)
+    backend = _resolve(op, x.device)
+    if backend == "triton":
+        _check_triton(op, "codebook", x.dtype)
+    return backend
+
+
+def _check_attention(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, module: str,
+                     block: Optional[int] = None) -> str:
+    """Common floating dtype and device of q, k, v, the backend, and the kernel's limits."""
+    _check_tensors(op, "q, k, v", q, k, v)
+    backend = _resolve(op, q.device)
+    if backend == "triton":
+        _check_triton(op, module, q.dtype, (q.shape[-1], v.shape[-1]), block)
+    return backend
+
+
 # --------------------------------------------------------------------------------------------
 # codebook nearest neighbour
 # --------------------------------------------------------------------------------------------
-def codebook_nearest_torch(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 26) -> torch.Tensor:
-    """argmin_k ||x_n - e_k||^2 computed as the original does (|x|^2 - 2 x.e + |e|^2), in row
-    chunks so that at most ``chunk`` distances exist at once. Ties go to the lowest index."""
-    e_sq = (codebook.t() ** 2).sum(dim=0, keepdim=True)
-    rows = max(1, chunk // max(1, codebook.shape[0]))
-    out = []
-    for start in range(0, x.shape[0], rows):
-        xs = x[start:start + rows]
-        distances = (xs ** 2).sum(dim=1, keepdim=True) - 2 * xs @ codebook.t() + e_sq
-        out.append(torch.argmin(distances, dim=1))
-    return torch.cat(out) if len(out) != 1 else out[0]
-
-
-def _check_codebook_inputs(op: str, x: torch.Tensor, codebook: torch.Tensor) -> None:
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"{op}: expected x (N, D) and codebook (K, D) with equal D, "
-                         f"got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    _check_tensors(op, "x, codebook", x, codebook)
-
-
 def codebook_nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook row for each row of ``x``.
+    """Index of the nearest codebook row for each row of ``x`` (squared L2, ties to the lowest
+    index), as the original's ``argmin(distances)``.
 
     Args:
         x: (N, D) floating tensor.
-        codebook: (K, D) tensor on the same device.
+        codebook: (K, D) tensor of x's dtype and device, K, D >= 1.
     Returns:
         int64 tensor (N,).
+    Raises:
+        ValueError: shapes, dtypes or devices that do not fit.
     """
-    _check_codebook_inputs("codebook_nearest", x, codebook)
-    backend = resolve("codebook_nearest", x.device, _IMPLEMENTED["codebook_nearest"])
-    if backend == "triton":
-        return _kernel("codebook").codebook_nearest(x, codebook)
-    if backend == "cuda":
-        return torch.ops.videogpt_fast.codebook_nearest(x, codebook)
-    return codebook_nearest_torch(x, codebook)
-
-
-def code_counts(codes: torch.Tensor, n_codes: int, dtype: torch.dtype) -> torch.Tensor:
-    """How often each of ``n_codes`` codes occurs in ``codes`` (int64, any shape), as ``dtype`` (K,):
-    the original's ``one_hot.sum(0)``. A scatter-add of ones rather than ``bincount``, whose output
-    size depends on the data (a graph break under torch.compile); exact while counts < 2^24 in fp32."""
-    flat = codes.reshape(-1)
-    return torch.zeros(n_codes, dtype=dtype, device=codes.device).index_add_(
-        0, flat, torch.ones(flat.shape, dtype=dtype, device=codes.device))
-
-
-def codebook_stats_torch(x: torch.Tensor, codes: torch.Tensor, n_codes: int):
-    """Per-code counts (K,) and sums (K, D) of the rows of ``x`` assigned to ``codes``: the
-    original's ``one_hot.sum(0)`` and ``(x.t() @ one_hot).t()`` without the (N, K) one-hot."""
-    counts = code_counts(codes, n_codes, x.dtype)
-    sums = x.new_zeros(n_codes, x.shape[1]).index_add_(0, codes, x)
-    return counts, sums
+    backend = _check_codebook("codebook_nearest", x, codebook)
+    return implementation("codebook_nearest", backend)(x, codebook)
 
 
 def codebook_nearest_with_stats(x: torch.Tensor, codebook: torch.Tensor):
     """:func:`codebook_nearest` plus the EMA statistics of the assignment.
 
     Returns:
-        codes int64 (N,), counts (K,) and sums (K, D) (see :func:`codebook_stats_torch`); the
-        Triton backend computes all three in one kernel (fp32 statistics).
+        codes int64 (N,), counts (K,) and sums (K, D) in x's dtype (see
+        :func:`~videogpt_fast.kernels.reference.codebook_nearest_with_stats_reference`); the Triton
+        backend computes all three in one kernel (fp32 statistics).
     """
-    _check_codebook_inputs("codebook_nearest_with_stats", x, codebook)
-    backend = resolve("codebook_nearest_with_stats", x.device, _IMPLEMENTED["codebook_nearest_with_stats"])
-    if backend == "triton":
-        codes, counts, sums = _kernel("codebook").codebook_nearest_with_stats(x, codebook)
-        return codes, counts.to(x.dtype), sums.to(x.dtype)
-    codes = codebook_nearest(x, codebook)
-    return (codes, *codebook_stats_torch(x, codes, codebook.shape[0]))
+    backend = _check_codebook("codebook_nearest_with_stats", x, codebook)
+    codes, counts, sums = implementation("codebook_nearest_with_stats", backend)(x, codebook)
+    return codes, counts.to(x.dtype), sums.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------------------------
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mask: Optional[torch.Tensor] = None, attn_dropout: float = 0.0,
-                        training: bool = False) -> torch.Tensor:
-    """The original's ``scaled_dot_product_attention`` over the second-to-last dimension: explicit
-    scores, a 0/1 ``mask`` (0 = hidden), softmax in the input dtype, optional dropout."""
-    attn = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        attn = attn.masked_fill(mask == 0, float("-inf"))
-    attn = F.softmax(attn, dim=-1).type_as(attn)
-    attn = F.dropout(attn, p=attn_dropout, training=training)
-    return torch.matmul(attn, v)
-
-
-def _spatial_dim(x: torch.Tensor, dim: int) -> int:
-    n = x.dim()
-    d = dim + n if dim < 0 else dim
-    if not 2 <= d <= n - 2:
-        raise ValueError(f"axial_attention: dim {dim} is not a spatial axis of a tensor of shape "
-                         f"{tuple(x.shape)} laid out (B, heads, *spatial, head_dim)")
-    return d
-
-
-def axial_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
-    """Attention along one spatial axis with PyTorch's fused SDPA (scale d^-0.5, no mask)."""
-    d = _spatial_dim(q, dim)
-    qm, km, vm = (torch.movedim(t, d, -2) for t in (q, k, v))
-    lead = qm.shape[:-2]
-    # SDPA on 4-D (rows, 1, axis, d): faster than on 6-D views (3.5x on CPU) and traceable by
-    # torch.compile, which mis-handles the 6-D case (torch 2.13)
-    out = F.scaled_dot_product_attention(*(t.reshape(-1, 1, t.shape[-2], t.shape[-1]) for t in (qm, km, vm)))
-    return torch.movedim(out.reshape(*lead, *out.shape[-2:]), -2, d)
-
-
 def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
     """Attention along spatial axis ``dim`` of (B, heads, *spatial, d) tensors, as the original
     AxialAttention computes it. ``dim`` indexes the full tensor (negative counts from the end; the
-    original's ``axial_dim=-2`` is W of (B, heads, T, H, W, d))."""
-    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"axial_attention: q, k must match and v share their leading dims, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    _spatial_dim(q, dim)
-    _check_tensors("axial_attention", "q, k, v", q, k, v)
-    backend = resolve("axial_attention", q.device, _IMPLEMENTED["axial_attention"])
-    if backend == "triton":
-        return _kernel("axial_attention").axial_attention(q, k, v, dim)
-    return axial_attention_torch(q, k, v, dim)
+    original's ``axial_dim=-2`` is W of (B, heads, T, H, W, d)).
 
-
-def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int, as_bool: bool = True) -> torch.Tensor:
-    """Validate a block layout and return it as a bool tensor (heads, blocks, blocks), or with
-    ``as_bool=False`` as given (shape checks only: no device work, as per-call validation needs)."""
-    if block <= 0 or seq_len % block != 0:
-        raise ValueError(f"blocksparse_attention: sequence length {seq_len} is not divisible by block {block}")
-    nb = seq_len // block
-    given = layout
-    if layout.dim() == 2:
-        layout = layout.unsqueeze(0).expand(n_head, -1, -1)
-    if layout.dim() != 3 or layout.shape[1:] != (nb, nb) or layout.shape[0] not in (1, n_head):
-        raise ValueError(f"blocksparse_attention: layout must be ({nb}, {nb}) or ({n_head}, {nb}, {nb}) "
-                         f"for L={seq_len}, block={block}, got {tuple(layout.shape)}")
-    if not as_bool:
-        return given
-    if layout.shape[0] == 1:
-        layout = layout.expand(n_head, -1, -1)
-    return layout.to(device=layout.device, dtype=torch.bool)
-
-
-def blocksparse_dense_mask(layout: torch.Tensor, block: int, causal: bool) -> torch.Tensor:
-    """The (heads, L, L) 0/1 mask that a block layout stands for (True = query may see key)."""
-    mask = layout.bool().repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
-    if causal:
-        L = mask.shape[-1]
-        mask = mask & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
-    return mask
-
-
-def blocksparse_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                layout: torch.Tensor, block: int, causal: bool = True) -> torch.Tensor:
-    """Block-sparse attention in plain PyTorch, with cost proportional to the non-zero blocks.
-
-    For every query block the key/value blocks of its layout row are gathered (rows padded to the
-    longest), attended to, and the padding masked out; autograd gives the backward. Queries that
-    see no key produce zeros.
+    Args:
+        q, k: (B, heads, *spatial, d); v: (B, heads, *spatial, dv); one floating dtype and device.
+    Returns:
+        (B, heads, *spatial, dv) in q's dtype.
+    Raises:
+        ValueError: shapes, a non-spatial ``dim``, dtypes or devices, or the Triton kernel's
+            limits (fp16/bf16/fp32, head dims <= 256) when it is chosen.
     """
-    B, H, L, D = q.shape
-    lay = check_layout(layout.to(q.device), L, block, H)
-    nb = L // block
-    nnz = lay.sum(-1)                                     # (H, nb)
-    width = max(int(nnz.max().item()), 1)
-    # column indices of each row's blocks, padded with block 0 and masked below
-    order = torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width]  # (H, nb, W)
-    valid = torch.arange(width, device=q.device).view(1, 1, width) < nnz.unsqueeze(-1)
-    qb = q.reshape(B, H, nb, block, D)
-    kb = k.reshape(B, H, nb, block, D)
-    vb = v.reshape(B, H, nb, block, v.shape[-1])
-    idx = order.reshape(1, H, nb * width).expand(B, -1, -1)
-    kg = torch.gather(kb, 2, idx[..., None, None].expand(-1, -1, -1, block, D)).view(B, H, nb, width * block, D)
-    vg = torch.gather(vb, 2, idx[..., None, None].expand(-1, -1, -1, block, vb.shape[-1]))
-    vg = vg.view(B, H, nb, width * block, vb.shape[-1])
-    scores = torch.matmul(qb, kg.transpose(-1, -2)) / math.sqrt(D)   # (B, H, nb, block, W*block)
-    keep = valid.repeat_interleave(block, dim=-1).unsqueeze(-2)      # (H, nb, 1, W*block)
-    if causal:
-        q_pos = torch.arange(L, device=q.device).view(nb, block, 1)
-        k_pos = (order.unsqueeze(-1) * block + torch.arange(block, device=q.device)).view(H, nb, 1, width * block)
-        keep = keep & (k_pos <= q_pos.unsqueeze(0))
-    scores = scores.masked_fill(~keep, float("-inf"))
-    acc = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-    probs = torch.softmax(scores.to(acc), dim=-1).nan_to_num(0.0).to(v.dtype)
-    out = torch.matmul(probs, vg)                                    # (B, H, nb, block, Dv)
-    return out.reshape(B, H, L, v.shape[-1])
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"axial_attention: q, k must match and v share their leading dims, got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    spatial_dim(q, dim)
+    backend = _check_attention("axial_attention", q, k, v, "axial_attention")
+    return implementation("axial_attention", backend)(q, k, v, dim)
 
 
 def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor,
                           block: int, causal: bool = True) -> torch.Tensor:
-    """Block-sparse attention over flattened positions.
+    """Block-sparse attention over flattened positions (scale d^-0.5).
 
     Args:
-        q, k, v: (B, heads, L, d).
-        layout: 0/1 (L/block, L/block) or (heads, L/block, L/block): query block i sees key block j
-            iff ``layout[..., i, j]``; as ``StridedSparsityConfig.make_layout()`` makes it.
-        block: block size; L must be divisible by it.
+        q, k, v: (B, heads, L, d), v (B, heads, L, dv); one floating dtype and device.
+        layout: 0/1 (L/block, L/block) or (heads or 1, L/block, L/block): query block i sees key
+            block j iff ``layout[..., i, j]``; as ``StridedSparsityConfig.make_layout()`` makes it.
+        block: block size; L must be divisible by it (Triton: one of 16, 32, 64, 128).
         causal: additionally hide keys after the query (j > i).
+    Returns:
+        (B, heads, L, dv) in q's dtype; queries that see no key give zeros.
+    Raises:
+        ValueError: naming the violated constraint.
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
-        raise ValueError(f"blocksparse_attention: expected q, k (B, heads, L, d) and v (B, heads, L, dv), "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    check_layout(layout, q.shape[2], block, q.shape[1], as_bool=False)
-    _check_tensors("blocksparse_attention", "q, k, v", q, k, v)
-    backend = resolve("blocksparse_attention", q.device, _IMPLEMENTED["blocksparse_attention"])
-    if backend == "triton":
-        return _kernel("blocksparse_attention").blocksparse_attention(q, k, v, layout, block, causal)
-    return blocksparse_attention_torch(q, k, v, layout, block, causal)
+        raise ValueError(f"blocksparse_attention: shape mismatch: expected q, k (B, heads, L, d) and v "
+                         f"(B, heads, L, dv) (4-d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    check_layout(layout, q.shape[2], block, q.shape[1])
+    backend = _check_attention("blocksparse_attention", q, k, v, "blocksparse_attention", block)
+    return implementation("blocksparse_attention", backend)(q, k, v, layout, block, causal)
 
 
 # --------------------------------------------------------------------------------------------
 # decode attention: one query per (batch, head) against a KV cache
 # --------------------------------------------------------------------------------------------
 def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                            layout_row: Optional[torch.Tensor], block: int) -> None:
+                            layout: Optional[torch.Tensor], block: int) -> None:
     if q.dim() != 3 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"decode_attention: expected q (B, H, d), k and v (B, H, L, d), got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -275,31 +249,10 @@ def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
         # a device pos is not read (no sync), nor is a traced one
         raise ValueError(f"decode_attention: pos must be in [0, {k.shape[2]}) (the cache length), got {int(pos)}")
     _check_tensors("decode_attention", "q, k, v", q, k, v)
-    if layout_row is not None:
-        L = k.shape[2]
-        if block <= 0 or L % block != 0:
-            raise ValueError(f"decode_attention: cache length {L} is not divisible by block {block}")
-        if layout_row.shape != (q.shape[1], L // block):
-            raise ValueError(f"decode_attention: layout_row must be (heads, L/block) = ({q.shape[1]}, "
-                             f"{L // block}), got {tuple(layout_row.shape)}")
-        if layout_row.device != q.device:
-            raise ValueError(f"decode_attention: layout_row on {layout_row.device} but q on {q.device}")
-
-
-def decode_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                           layout_row: Optional[torch.Tensor] = None, block: int = 0) -> torch.Tensor:
-    """Reference decode attention with PyTorch SDPA (scale d^-0.5) and a boolean key mask: key j is
-    visible iff ``j <= pos`` and, with ``layout_row``, ``layout_row[h, j // block]``."""
-    L = k.shape[2]
-    p = pos.reshape(())
-    keys = torch.arange(L, device=q.device)
-    visible = keys <= p
-    if layout_row is not None:
-        mask = (visible & layout_row.bool()[:, keys // block]).unsqueeze(1)  # (H, 1, L)
-    else:
-        mask = visible.view(1, L)
-    out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)
-    return out.masked_fill((p < 0) | (p >= L), float("nan"))  # as the kernels: no host sync on pos
+    if layout is not None:
+        check_layout(layout, k.shape[2], block, q.shape[1], op="decode_attention")
+        if layout.device != q.device:
+            raise ValueError(f"decode_attention: layout on {layout.device} but q on {q.device}")
 
 
 _DENSE_LAYOUTS: dict = {}
@@ -310,10 +263,7 @@ def _dense_decode_layout(L: int, device: torch.device):
     kernel; cached so the kernel's layout tables are built once."""
     key = (L, str(device))
     if key not in _DENSE_LAYOUTS:
-        block = next((b for b in (128, 64, 32, 16) if L % b == 0), None)
-        if block is None:
-            raise ValueError(f"decode_attention: the Triton decode kernel needs a cache length divisible "
-                             f"by 16, got {L}")
+        block = next(b for b in (128, 64, 32, 16) if L % b == 0)
         _DENSE_LAYOUTS[key] = (torch.ones(1, L // block, L // block, dtype=torch.bool, device=device), block)
     return _DENSE_LAYOUTS[key]
 
@@ -322,11 +272,16 @@ def _dense_decode_layout(L: int, device: torch.device):
 def _triton_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                              layout: Optional[torch.Tensor], block: int) -> torch.Tensor:
     """The Triton block-sparse decode kernel (dense: an all-ones layout) as one opaque op, so that
-    torch.compile traces a step that calls it and CUDA graphs capture it."""
+    torch.compile traces a step that calls it and CUDA graphs capture it. The kernel's limits are
+    checked here, outside the traced code (the other checks ran in :func:`decode_attention`)."""
+    _check_triton("decode_attention", "blocksparse_attention", q.dtype, (q.shape[-1], v.shape[-1]),
+                  None if layout is None else block)
+    if layout is None and k.shape[2] % 16:
+        raise ValueError(f"decode_attention: the Triton decode kernel needs a cache length divisible "
+                         f"by 16, got {k.shape[2]}")
     if layout is None:
         layout, block = _dense_decode_layout(k.shape[2], q.device)
-    kernel = _kernel("blocksparse_attention").blocksparse_decode_attention
-    return kernel(q.unsqueeze(2), k, v, layout, block, pos).squeeze(2)
+    return implementation("decode_attention", "triton")(q.unsqueeze(2), k, v, layout, block, pos).squeeze(2)
 
 
 @_triton_decode_attention.register_fake
@@ -338,12 +293,12 @@ def decode_attention_backend(device: torch.device) -> str:
     """The backend :func:`decode_attention` runs for tensors on ``device``, resolved now (a step
     that is compiled resolves it once, outside the traced code: resolution reads the
     environment and logs)."""
-    return resolve("decode_attention", device, _IMPLEMENTED["decode_attention"])
+    return _resolve("decode_attention", device)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                     layout_row: Optional[torch.Tensor] = None, block: int = 0, *,
-                     layout: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+                     layout: Optional[torch.Tensor] = None, block: int = 0, *,
+                     backend: Optional[str] = None) -> torch.Tensor:
     """Attention of the query at flattened position ``pos`` over the cached keys ``0..pos``.
 
     Args:
@@ -352,25 +307,22 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         pos: one-element int64 tensor on the device (a tensor, so CUDA graphs can replay the step);
             in [0, L): a CPU ``pos`` outside raises, a device one (never read on the host, which
             would sync) gives a NaN output with every backend.
-        layout_row: optional (H, L/block) 0/1 block-sparse layout row of ``pos``'s query block.
-        block: the layout's block size (needed with ``layout_row`` or ``layout``).
-        layout: alternatively the whole (H, L/block, L/block) layout; the row is taken on device.
+        layout: optional 0/1 block-sparse layout (L/block, L/block) or (H or 1, L/block, L/block)
+            (``SparseAttention.block_layout``): keys outside the blocks of ``pos``'s layout row are
+            hidden (the original's ``get_non_block_layout_row``); the row is taken on the device.
+        block: the layout's block size (needed with ``layout``).
         backend: a backend already resolved by :func:`decode_attention_backend` (default: resolve now).
     Returns:
         (B, H, dv) in q's dtype.
+    Raises:
+        ValueError: naming the violated constraint.
     """
-    if layout is not None and layout_row is not None:
-        raise ValueError("decode_attention: pass layout_row or layout, not both")
     backend = backend or decode_attention_backend(q.device)
+    _check_decode_attention(q, k, v, pos, layout, block)
+    pos = pos.reshape(1)
     if backend == "triton":
-        _check_decode_attention(q, k, v, pos, None, block)
-        if layout_row is not None:
-            raise ValueError("decode_attention: the Triton backend takes the whole `layout`, not `layout_row`")
-        return _triton_decode_attention(q, k, v, pos.reshape(1), layout, int(block))
-    if layout is not None:  # the row of pos's block (clamped: an out-of-range pos gives NaN below)
-        row = torch.div(pos.reshape(1).clamp(0, k.shape[2] - 1), block, rounding_mode="floor")
-        layout_row = layout.index_select(1, row).squeeze(1)
-    _check_decode_attention(q, k, v, pos, layout_row, block)
+        return _triton_decode_attention(q, k, v, pos, layout, int(block))
     if backend == "cuda":
-        return torch.ops.videogpt_fast.decode_attention(q, k, v, pos.reshape(1), layout_row, int(block))
-    return decode_attention_torch(q, k, v, pos, layout_row, block)
+        row = None if layout is None else decode_layout_row(expand_layout(layout, q.shape[1]), pos, block, k.shape[2])
+        return implementation("decode_attention", "cuda")(q, k, v, pos, row, int(block))
+    return decode_attention_reference(q, k, v, pos, layout, block)

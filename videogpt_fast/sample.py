@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attention import LayerNorm
-from .ops import decode_attention, decode_attention_backend, decode_attention_torch
+from .ops import decode_attention, decode_attention_backend
 
 __all__ = [
-    "decode_attention", "decode_attention_torch", "DecodePlan", "decode_step", "sample_logits",
+    "decode_attention", "DecodePlan", "decode_step", "sample_logits",
     "teacher_forced_decode", "latent_windows", "sample_codes", "sample", "sample_codes_reference",
 ]
 

@@ -1,25 +1,21 @@
-"""Plain-PyTorch implementations in videogpt_fast.ops against float64 references."""
+"""The dispatch point videogpt_fast.ops: its validation, and its plain-PyTorch backend (the
+``<op>_reference`` functions of videogpt_fast.kernels.reference) against float64 references."""
 import pytest
 import torch
 
+from conftest import assert_close
 from videogpt_fast import ops
+from videogpt_fast.backends import BackendUnavailableError, use_backend
+from videogpt_fast.kernels import reference as R
 
 
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 5, 3), (300, 129, 17), (64, 2048, 8)])
-def test_codebook_nearest_matches_float64(n, k, d):
-    x, e = torch.randn(n, d), torch.randn(k, d)
-    ref = torch.cdist(x.double(), e.double()).argmin(dim=1)
-    got = ops.codebook_nearest_torch(x, e)
-    # fp32 formula may flip genuine near-ties only; check the distances agree where codes differ
-    dist = torch.cdist(x.double(), e.double())
-    gap = dist.gather(1, got[:, None]) - dist.gather(1, ref[:, None])
-    assert got.dtype == torch.int64 and got.shape == (n,)
-    assert (gap.abs() < 1e-4).all()
-
-
-def test_codebook_nearest_chunking_is_exact():
-    x, e = torch.randn(1000, 16), torch.randn(50, 16)
-    assert torch.equal(ops.codebook_nearest_torch(x, e, chunk=50 * 7), ops.codebook_nearest_torch(x, e))
+def test_registry_lists_every_op_and_its_backends():
+    assert set(ops.REGISTRY) == {"codebook_nearest", "codebook_nearest_with_stats", "axial_attention",
+                                 "blocksparse_attention", "decode_attention"}
+    assert ops.backends_of("decode_attention") == ("triton", "cuda")
+    assert ops.backends_of("axial_attention") == ("triton",)
+    for name, entry in ops.REGISTRY.items():
+        assert ops.implementation(name, "torch") is entry.reference
 
 
 def test_codebook_nearest_ties_lowest_index():
@@ -41,7 +37,7 @@ def test_axial_attention_matches_reference(shape, dim):
     q, k, v = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = ops.axial_attention(q, k, v, dim)
     d = dim % len(shape)
-    ref = torch.movedim(ops.attention_reference(*(torch.movedim(t, d, -2) for t in (q, k, v))), -2, d)
+    ref = torch.movedim(R.attention_reference(*(torch.movedim(t, d, -2) for t in (q, k, v))), -2, d)
     torch.testing.assert_close(out, ref)
     g = torch.autograd.grad(out.square().sum(), (q, k, v))
     gr = torch.autograd.grad(ref.square().sum(), (q, k, v))
@@ -66,8 +62,8 @@ def test_blocksparse_torch_matches_dense(causal, H, L, block, D, per_head):
         lay = lay.tril()
     layout = lay if per_head else lay[0]
     out = ops.blocksparse_attention(q, k, v, layout.to(torch.uint8), block, causal)
-    mask = ops.blocksparse_dense_mask(lay.expand(H, nb, nb), block, causal).unsqueeze(0)
-    ref = ops.attention_reference(q, k, v, mask=mask)
+    mask = R.blocksparse_dense_mask(lay.expand(H, nb, nb), block, causal).unsqueeze(0)
+    ref = R.attention_reference(q, k, v, mask=mask)
     torch.testing.assert_close(out, ref)
     g = torch.autograd.grad((out * out.detach()).sum(), (q, k, v))
     gr = torch.autograd.grad((ref * ref.detach()).sum(), (q, k, v))
@@ -94,20 +90,11 @@ def test_blocksparse_errors():
         ops.blocksparse_attention(q[0], q[0], q[0], torch.ones(3, 3), 16)
 
 
-def test_axial_attention_torch_compiles():
-    """torch.compile traces the plain path (the VQ-VAE and the prior train with --compile)."""
-    q = torch.randn(2, 2, 3, 5, 4, 8)
-    for dim in (2, 3, 4):
-        compiled = torch.compile(lambda q, dim=dim: ops.axial_attention_torch(q, q, q, dim), fullgraph=True)
-        torch.testing.assert_close(compiled(q), ops.axial_attention_torch(q, q, q, dim))
-
-
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("pos", [-1, 64, 1000])
 def test_decode_attention_rejects_out_of_range_cpu_pos(backend, pos):
     """A CPU ``pos`` is range-checked before any kernel reads the cache (an unchecked one crashed
     the Triton interpreter)."""
-    from videogpt_fast.backends import use_backend
     if backend == "triton":
         from conftest import require_triton
         require_triton()
@@ -125,13 +112,13 @@ def test_decode_attention_device_pos_out_of_range_gives_nan(pos):
     from videogpt_fast.kernels.blocksparse_attention import blocksparse_decode_attention
     q, k, v = torch.randn(2, 2, 24), torch.randn(2, 2, 64, 24), torch.randn(2, 2, 64, 24)
     layout = torch.ones(1, 4, 4, dtype=torch.bool)
-    assert ops.decode_attention_torch(q, k, v, torch.tensor(pos)).isnan().all()
+    assert R.decode_attention_reference(q, k, v, torch.tensor(pos)).isnan().all()
     out = torch.zeros(2, 2, 1, 24)
     blocksparse_decode_attention(q.unsqueeze(2), k, v, layout, 16, torch.tensor(pos), out=out)
     assert out.isnan().all()
     for p in (0, 17, 63):
         torch.testing.assert_close(blocksparse_decode_attention(q.unsqueeze(2), k, v, layout, 16, torch.tensor(p)).squeeze(2),
-                                   ops.decode_attention_torch(q, k, v, torch.tensor(p)), atol=1e-5, rtol=1e-5)
+                                   R.decode_attention_reference(q, k, v, torch.tensor(p)), atol=1e-5, rtol=1e-5)
 
 
 def test_decode_attention_dtype_mismatch_is_a_clear_error():
@@ -151,3 +138,34 @@ def test_decode_attention_dtype_mismatch_is_a_clear_error():
 def test_ops_reject_mixed_or_integer_dtypes_with_a_clear_error(call):
     with pytest.raises(ValueError, match="share one floating dtype"):
         call()
+
+
+@pytest.mark.parametrize("head_dim", [12, 144])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decode_attention_torch_matches_float64(head_dim, sparse):
+    torch.manual_seed(0)
+    B, H, L, block = 2, 3, 128, 32
+    q, k, v = torch.randn(B, H, head_dim), torch.randn(B, H, L, head_dim), torch.randn(B, H, L, head_dim)
+    layout = None
+    if sparse:
+        row = torch.rand(H, L // block) < 0.5
+        row[:, 0] = row[:, 2] = True  # a visible key for every position tested
+        layout = row[:, None, :].expand(H, L // block, L // block)  # every layout row is `row`
+    for p in (0, 70, 95):
+        pos = torch.tensor(p)
+        with use_backend("torch"):
+            out = ops.decode_attention(q, k, v, pos, layout, block)
+        assert_close(out.double(), R.decode_attention_reference_dense(q, k, v, p, layout, block),
+                     rtol=1e-5, atol=1e-6)
+
+
+def test_decode_attention_validation_and_cuda_backend_on_cpu():
+    q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 64, 8)
+    with pytest.raises(ValueError, match="one-element int64"):
+        ops.decode_attention(q, k, k, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="not divisible by block"):
+        ops.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 2, 2, dtype=torch.bool), 30)
+    with pytest.raises(ValueError, match="layout must be"):
+        ops.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 2, 3, dtype=torch.bool), 32)
+    with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="decode_attention"):
+        ops.decode_attention(q, k, k, torch.tensor(1))
