@@ -1,6 +1,6 @@
 """Triton kernels of videogpt_fast, installed as ``videogpt_fast.kernels``: the bottom layer.
 
-Nothing here imports ``videogpt_fast`` (``tests/test_layering_kernels.py`` checks it); models reach
+Nothing here imports ``videogpt_fast`` (``tests/test_layering.py`` checks it); models reach
 the kernels only through :mod:`videogpt_fast.ops`, the one dispatch point, which validates inputs
 and picks the backend. One module per kernel (kernels, launch configuration, launcher):
 

@@ -208,6 +208,16 @@ def test_setup_py_ships_every_package():
     assert found == set(listed), f"setup.py packages missing {sorted(found - set(listed))}, stale {sorted(set(listed) - found)}"
 
 
+@pytest.mark.parametrize("name", ["reference.py", "_interpreter.py", "__init__.py"])
+def test_bottom_kernel_modules_import_no_triton_at_module_level(name):
+    """``ops`` (and so every model) imports these: they must load where Triton is not installed."""
+    tree = ast.parse((REPO / "kernels" / name).read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] == "triton"], f"kernels/{name} imports triton at module level"
+
+
 def test_the_scan_sees_the_whole_package():
     """The rules are not vacuous: the scan finds the package's modules, the kernels, and their imports."""
     modules = {m for _, m in python_files(REPO)}
