@@ -151,12 +151,14 @@ def test_reencoded_windows_are_decoded_as_sampled():
             nxt = windows[k + 1][0] if k + 1 < len(windows) else frames
             lo, hi = (start + shared) * 2, nxt * 2
             if hi > lo:
-                torch.testing.assert_close(got[:, :, lo:hi], gpt.vqvae.decode(built[k])[:, :, lo - start * 2:hi - start * 2])
+                alone = gpt.vqvae.decode(built[k])[:, :, lo - start * 2:hi - start * 2]
+                torch.testing.assert_close(got[:, :, lo:hi], alone)
     for handover in ("reencode", "codes"):
-        v = gpt.sample(2, top_k=1, progress=False, latent_frames=frames, context_frames=c, handover=handover)
-        assert torch.equal(v, decode_latents(gpt.vqvae, gpt.sample_codes(2, top_k=1, progress=False, latent_frames=frames,
-                                                                          context_frames=c, handover=handover),
-                                             "windows", window=T, context_frames=c, handover=handover))
+        kw = dict(top_k=1, progress=False, latent_frames=frames, context_frames=c, handover=handover)
+        v = gpt.sample(2, **kw)
+        want = decode_latents(gpt.vqvae, gpt.sample_codes(2, **kw), "windows", window=T, context_frames=c,
+                              handover=handover)
+        assert torch.equal(v, want)
     assert not torch.equal(got, decode_windows(gpt.vqvae, codes, T, overlap=c))
     with pytest.raises(ValueError, match="handover must be one of"):
         gpt.sample_codes(1, progress=False, latent_frames=5, handover="copy")
