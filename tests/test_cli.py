@@ -376,12 +376,12 @@ def test_fvd_with_a_model_checkpoint_as_i3d_is_one_line(models, videos, capsys):
 
 # ------------------------------------------------------------------------------------------------
 # longer videos and continuation (issue 16); the tiny prior has T = 2 latent frames, downsample_t 2
-@pytest.mark.parametrize("decode", ["one_pass", "windows"])
-def test_sample_frames_writes_a_long_video(models, tmp_path, decode, capsys):
+@pytest.mark.parametrize("decode, handover", [("one_pass", "reencode"), ("windows", "reencode"), ("windows", "codes")])
+def test_sample_frames_writes_a_long_video(models, tmp_path, decode, handover, capsys):
     _, _, gpt_path = models
     out = tmp_path / "long.mp4"
     assert cli.main(["sample", "--ckpt", str(gpt_path), "--n", "2", "--frames", "11", "--output", str(out),
-                     "--device", "cpu", "--decode", decode]) == 0
+                     "--device", "cpu", "--decode", decode, "--handover", handover]) == 0
     assert decode_video(str(out)).shape[0] == 11  # 6 latent frames sampled in 5 windows, cut to 11 frames
     assert "window 5/5" in capsys.readouterr().err  # the progress bar names the windows
 

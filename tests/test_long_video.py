@@ -45,12 +45,13 @@ def test_sample_shapes(latent_frames, decode):
 
 
 def test_sample_decodes_the_sampled_codes():
-    """sample(latent_frames) is sample_codes(latent_frames) (same seed) decoded by the chosen mode."""
+    """sample(latent_frames) is sample_codes(latent_frames) (same seed) decoded by the chosen mode (the
+    windows as sampled: the default handover re-encodes the contexts)."""
     gpt = tiny_prior()
     codes = gpt.sample_codes(2, progress=False, latent_frames=5, generator=torch.Generator().manual_seed(4))
     for decode in ("one_pass", "windows"):
         v = gpt.sample(2, progress=False, latent_frames=5, generator=torch.Generator().manual_seed(4), decode=decode)
-        assert torch.equal(v, decode_latents(gpt.vqvae, codes, decode, window=3))
+        assert torch.equal(v, decode_latents(gpt.vqvae, codes, decode, window=3, handover="reencode"))
     assert torch.equal(decode_latents(gpt.vqvae, codes, "one_pass"), gpt.vqvae.decode(codes).clamp(-0.5, 0.5) + 0.5)
     with pytest.raises(ValueError, match="decode must be one of"):
         gpt.sample(1, progress=False, decode="blend")
@@ -109,3 +110,57 @@ def test_prefix_is_kept_and_teacher_forced():
                 torch.zeros(2, 1, 3, 2, dtype=torch.long)):
         with pytest.raises(ValueError, match="prefix must be codes"):
             S.sample_codes(gpt, 2, progress=False, latent_frames=4, prefix=bad)
+
+
+def test_encode_context_encodes_frames_as_a_clip_start():
+    """The context frames padded to the trained length with their last frame, encoded, first c kept."""
+    vq = tiny_prior().vqvae
+    frames = torch.rand(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.5  # c = 2 latent frames
+    with torch.no_grad():  # codebook initialised from latents (as the original's first batch does): codes vary
+        z = vq._latents(frames).movedim(1, -1).reshape(-1, 8)
+        vq.codebook.embeddings.copy_(z[torch.randperm(len(z), generator=torch.Generator().manual_seed(1))[:16]])
+    got = S.encode_context(vq, frames, window=3)
+    with torch.no_grad():
+        want = vq.encode(torch.cat([frames, frames[:, :, 3:4], frames[:, :, 3:4]], dim=2))[:, :2]  # 6 frames
+        alone = vq.encode(frames)
+    assert got.shape == (2, 2, 2, 2) and torch.equal(got, want)
+    assert not torch.equal(got, alone)  # the padding changes the codes of this VQ-VAE
+    for bad in (frames[:, :, :3], frames[:, :, :0], torch.cat([frames, frames[:, :, :2]], dim=2)):
+        with pytest.raises(ValueError, match="encode_context: frames must be"):
+            S.encode_context(vq, bad, window=3)
+
+
+def test_reencoded_windows_are_decoded_as_sampled():
+    """handover="reencode": the windowed decode rebuilds each sampled window (its context re-encoded
+    from the previous window's pixels); VideoGPT.sample decodes it that way, "codes" as stored."""
+    gpt = tiny_prior(seed=1)
+    T, c, frames = 3, 1, 7
+    codes = gpt.sample_codes(2, top_k=1, progress=False, latent_frames=frames, handover="reencode")
+    windows = S.latent_windows(frames, T, c)
+    built, previous = [], None
+    for start, shared in windows:
+        window = codes[:, start:start + T]
+        if shared:
+            window = torch.cat([S.reencode_context(gpt.vqvae, previous, shared), window[:, shared:]], dim=1)
+        built.append(window)
+        previous = window
+    assert any(not torch.equal(w, codes[:, s:s + T]) for w, (s, _) in zip(built, windows))
+    got = decode_windows(gpt.vqvae, codes, T, overlap=c, handover="reencode")
+    with torch.no_grad():
+        for k, (start, shared) in enumerate(windows):  # pixel frames only this window covers
+            nxt = windows[k + 1][0] if k + 1 < len(windows) else frames
+            lo, hi = (start + shared) * 2, nxt * 2
+            if hi > lo:
+                alone = gpt.vqvae.decode(built[k])[:, :, lo - start * 2:hi - start * 2]
+                torch.testing.assert_close(got[:, :, lo:hi], alone)
+    for handover in ("reencode", "codes"):
+        kw = dict(top_k=1, progress=False, latent_frames=frames, context_frames=c, handover=handover)
+        v = gpt.sample(2, **kw)
+        want = decode_latents(gpt.vqvae, gpt.sample_codes(2, **kw), "windows", window=T, context_frames=c,
+                              handover=handover)
+        assert torch.equal(v, want)
+    assert not torch.equal(got, decode_windows(gpt.vqvae, codes, T, overlap=c))
+    with pytest.raises(ValueError, match="handover must be one of"):
+        gpt.sample_codes(1, progress=False, latent_frames=5, handover="copy")
+    with pytest.raises(ValueError, match="handover must be one of"):
+        decode_windows(gpt.vqvae, codes, T, handover="copy")

@@ -343,27 +343,37 @@ def _long_cases():
     }
 
 
+@pytest.mark.parametrize("handover", ["codes", "reencode"])
 @pytest.mark.parametrize("case", ["full", "sparse", "class_full", "frame_full"])
-def test_long_greedy_codes_follow_the_prior_window_by_window(case):
+def test_long_greedy_codes_follow_the_prior_window_by_window(case, handover):
     """latent_frames > T, greedy: the first window is plain sampling, and every later latent frame
-    is the argmax of the prior's teacher-forced logits over its window (same conditioning)."""
+    is the argmax of the prior's teacher-forced logits over its window (same conditioning), whose
+    shared frames are the previous window's codes (``"codes"``) or re-encoded from its pixels
+    (``"reencode"``)."""
     model, batch, n = _long_cases()[case]()
     T = model.shape[0]
     frames = 2 * T + 1
-    codes = S.sample_codes(model, n, batch, top_k=1, progress=False, latent_frames=frames)
+    codes = S.sample_codes(model, n, batch, top_k=1, progress=False, latent_frames=frames, handover=handover)
     assert codes.shape == (n, frames, *model.shape[1:]) and codes.dtype == torch.long
     assert torch.equal(codes[:, :T], S.sample_codes(model, n, batch, top_k=1, progress=False))
     cond = model.make_cond(batch) if batch is not None else {}
     windows = S.latent_windows(frames, T, T // 2)
     assert len(windows) >= 3
     covered = torch.zeros(frames, dtype=torch.bool)
+    reencoded = []
     for start, prefix in windows:
         window = codes[:, start:start + T]
+        if start and handover == "reencode":
+            context = S.reencode_context(model.vqvae, previous, prefix)
+            reencoded.append(not torch.equal(context, window[:, :prefix]))
+            window = torch.cat([context, window[:, prefix:]], dim=1)
+        previous = window
         with torch.no_grad():
             _, logits = model(model.vqvae.codebook.dictionary_lookup(window), window, cond)
         assert torch.equal(logits.argmax(-1)[:, prefix:], window[:, prefix:]), (start, prefix)
         covered[start + prefix:start + T] = True
     assert covered.all()
+    assert handover == "codes" or any(reencoded)  # the re-encoded context is not the copied codes
     assert codes.unique().numel() > 1 and not torch.equal(codes[:, T:2 * T], codes[:, :T])  # not degenerate
 
 

@@ -115,7 +115,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     latent_frames = _latent_frames(gpt, a.frames)
     with torch.no_grad():
         samples = gpt.sample(a.n, batch, progress=not a.no_progress, latent_frames=latent_frames,
-                             context_frames=a.context_frames, decode=a.decode)
+                             context_frames=a.context_frames, decode=a.decode, handover=a.handover)
     _save_grid(samples[:, :, :a.frames].cpu(), out, fps=a.fps)
     return 0
 
@@ -129,10 +129,12 @@ def _latent_frames(gpt, frames: Optional[int]) -> int:
 
 def cmd_continue(a: argparse.Namespace) -> int:
     """Continue a video file past its first frames with a prior: encode the first
-    ``context_frames`` latent frames' worth of the clip, sample the rest by sliding windows
+    ``context_frames`` latent frames' worth of the clip (as the start of a clip,
+    :func:`videogpt_fast.sample.encode_context`), sample the rest by sliding windows
     (:func:`videogpt_fast.sample.sample_codes` with ``prefix``), decode ``--frames`` frames."""
     from .checkpoint import load_videogpt
     from .long_video import decode_latents
+    from .sample import encode_context
 
     out = check_output_path(a.output, GRID_EXTS)
     if not Path(a.video).is_file():
@@ -155,15 +157,16 @@ def cmd_continue(a: argparse.Namespace) -> int:
     x = _clip(a.video, max(given, n_cond), resolution, a.start).unsqueeze(0).to(device)
     torch.manual_seed(a.seed)
     with torch.no_grad():
-        prefix = gpt.vqvae.encode(x[:, :, :given]).expand(a.n, -1, -1, -1)
+        prefix = encode_context(gpt.vqvae, x[:, :, :given], T).expand(a.n, -1, -1, -1)  # as a clip's start
         batch = None
         if gpt.use_frame_cond or gpt.args.class_cond:  # the clip's first frames condition a frame prior
             batch = {"video": x.expand(a.n, -1, -1, -1, -1)}
             if gpt.args.class_cond:
                 batch["label"] = torch.full((a.n,), a.label, device=device)
         codes = gpt.sample_codes(a.n, batch, progress=not a.no_progress, latent_frames=_latent_frames(gpt, a.frames),
-                                 context_frames=context, prefix=prefix)
-        video = decode_latents(gpt.vqvae, codes, a.decode, window=T)[:, :, :a.frames]
+                                 context_frames=context, prefix=prefix, handover=a.handover)
+        video = decode_latents(gpt.vqvae, codes, a.decode, window=T, context_frames=context,
+                               handover=a.handover)[:, :, :a.frames]
     _save_grid(video.cpu(), out, fps=a.fps)
     print(f"continued the first {given} frames of {a.video} to {a.frames} frames")
     return 0
@@ -288,6 +291,10 @@ def _long_video_flags(p: argparse.ArgumentParser, continuing: bool = False) -> N
     p.add_argument("--decode", choices=("windows", "one_pass"), default="windows",
                    help="VQ-VAE decode of long latents: in windows of the trained length cross-faded at the seams "
                         "(better on the demo's data), or in one pass")
+    p.add_argument("--handover", choices=("reencode", "codes"), default="reencode",
+                   help="how a window gets the frames it shares with the previous one: decoded and re-encoded as "
+                        "the start of a clip (the VQ-VAE's codes carry their position in the clip; on the demo's "
+                        "data this keeps long samples coherent), or the previous window's codes copied")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ metrics (``vqvae/`` and ``gpt/``).
 
 With ``--frames N`` (more than the trained 8) it also samples ``long_samples.mp4/.gif`` of N frames by
 sliding the prior's window along time (issue 16) and prints two checks (:func:`long_video_report`):
-whether the long samples stay coherent (the shape's area per window against the training videos')
+whether the long samples stay coherent (the shape's area per window against the training videos', and
+how much its area and colour change from frame to frame and from the first window; ``--handover`` picks
+how windows hand their shared frames over)
 and how one-pass and windowed VQ-VAE decoding reconstruct real N-frame clips.
 """
 from __future__ import annotations
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=positive_int, default=None,
                    help=f"also sample long videos of this many frames (> {SEQUENCE_LENGTH}, the trained length) and "
                         "report their coherence")
+    p.add_argument("--handover", choices=("reencode", "codes"), default="reencode",
+                   help="with --frames: how a window gets the frames it shares with the previous one (see "
+                        "videogpt-fast sample --help)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
     return p
@@ -108,8 +113,16 @@ def foreground_area(video: torch.Tensor, threshold: float = 0.25) -> torch.Tenso
     return (video.amax(dim=1) > threshold).float().mean(dim=(-2, -1))
 
 
+def foreground_colour(video: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Mean colour (B, T, 3) of the :func:`foreground_area` pixels of videos (B, 3, T, H, W) in [0, 1]
+    (0 where a frame has none): the moving shape's colour, constant within a training video."""
+    mask = (video.amax(dim=1) > threshold).float()
+    total = (video * mask.unsqueeze(1)).sum(dim=(-2, -1))
+    return (total / mask.sum(dim=(-2, -1)).clamp_min(1).unsqueeze(1)).transpose(1, 2)
+
+
 def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = False,
-                      n_real: int = 32) -> Dict:
+                      n_real: int = 32, handover: str = "reencode") -> Dict:
     """Sample ``n`` videos of ``frames`` frames from the demo's prior by sliding windows and measure
     (issue 16, must-have 4):
 
@@ -119,6 +132,10 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     * ``area_change``: mean |area(f) - area(f-1)| / area(f-1) between consecutive frames (the
       shape's area is constant in a training video; ``area_change_training`` is that of their
       VQ-VAE reconstructions, the floor a perfect prior would reach).
+    * ``colour_change``: mean over consecutive frames of the largest channel change of the shape's
+      :func:`foreground_colour` (``colour_change_training``: the reconstructions'), and
+      ``colour_drift_per_window``: the same difference between each window's mean colour and the
+      first window's (a shape that keeps its colour stays near 0).
     * ``recon_mse``: on ``n_real`` real ``frames``-frame clips, encoded in one pass, the MSE against
       the clip (videos in [0, 1]) of the one-pass and of the windowed decode
       (:func:`videogpt_fast.long_video.decode_latents`), and of the trained-length clips' own
@@ -126,7 +143,8 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
 
     Returns a dict of those numbers (floats, per-window lists) and ``samples`` (n, 3, frames, H, W)
     in [0, 1]. ``frames`` > 8; the prior samples ceil(frames / 2) latent frames and the extra frame
-    of an odd ``frames`` is cut.
+    of an odd ``frames`` is cut. ``handover``: how windows hand frames over
+    (:func:`videogpt_fast.sample.sample_codes`).
     """
     from .long_video import decode_latents
     T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
@@ -135,7 +153,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     torch.set_num_threads(1)  # one position at a time: one thread is faster (see main)
     try:
         samples = gpt.sample(n, latent_frames=latent, generator=torch.Generator().manual_seed(seed),
-                             progress=progress)[:, :, :frames]
+                             progress=progress, handover=handover)[:, :, :frames]
     finally:
         torch.set_num_threads(threads)
     real = MovingShapesDataset(n_real, latent * ds, RESOLUTION, seed=seed + 20_000).videos
@@ -151,6 +169,13 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     def change(a: torch.Tensor) -> float:
         return float(((a[:, 1:] - a[:, :-1]).abs() / a[:, :-1].clamp_min(1e-3)).mean())
 
+    def colour_change(v: torch.Tensor) -> float:
+        c = foreground_colour(v)
+        return float((c[:, 1:] - c[:, :-1]).abs().amax(-1).mean())
+
+    colour = foreground_colour(samples)
+    first = colour[:, :win].mean(1)
+
     return {
         "frames": frames, "latent_frames": latent, "window_frames": win,
         "area_per_window": [round(float(area[:, i:i + win].mean()), 4) for i in range(0, frames, win)],
@@ -159,6 +184,11 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
         "area_change_per_window": [round(change(area[:, i:i + win]), 4) for i in range(0, frames, win)
                                    if area[:, i:i + win].shape[1] > 1],
         "area_change_training": round(change(foreground_area(recon["one_pass"])), 4),
+        "colour_change": round(colour_change(samples), 4),
+        "colour_change_training": round(colour_change(recon["one_pass"]), 4),
+        "colour_drift_per_window": [round(float((colour[:, i:i + win].mean(1) - first).abs().amax(-1).mean()), 4)
+                                    for i in range(0, frames, win)],
+        "handover": handover,
         "recon_mse": {mode: round(float(((v - real01) ** 2).mean()), 5) for mode, v in recon.items()}
         | {"trained_length": round(float(((recon_short - (short + 0.5)) ** 2).mean()), 5)},
         "samples": samples,
@@ -175,6 +205,9 @@ def format_long_video_report(r: Dict) -> str:
             f"[demo]   frame-to-frame area change: {r['area_change']:.3f}, "
             f"per window {fmt(r['area_change_per_window'])} "
             f"(training reconstructions: {r['area_change_training']:.3f})\n"
+            f"[demo]   shape colour: frame-to-frame change {r['colour_change']:.3f} (training reconstructions: "
+            f"{r['colour_change_training']:.3f}), drift from the first window {fmt(r['colour_drift_per_window'])} "
+            f"(context handed over: {r['handover']})\n"
             f"[demo]   real {r['frames']}-frame clips, reconstruction MSE: one-pass decode "
             f"{r['recon_mse']['one_pass']:.5f}, windowed decode {r['recon_mse']['windows']:.5f} "
             f"(trained-length clips: {r['recon_mse']['trained_length']:.5f})")
@@ -237,7 +270,8 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
         files.append(save_video_grid(pairs, str(out / f"reconstructions.{ext}"), nrow=2))
         files.append(save_video_grid(samples, str(out / f"samples.{ext}")))
     if opts.frames is not None:
-        report = long_video_report(gpt, opts.frames, opts.n_samples, opts.seed, progress=not opts.no_progress)
+        report = long_video_report(gpt, opts.frames, opts.n_samples, opts.seed, progress=not opts.no_progress,
+                                   handover=opts.handover)
         long = report.pop("samples")
         for ext in ("mp4", "gif"):
             files.append(save_video_grid(long, str(out / f"long_samples.{ext}")))

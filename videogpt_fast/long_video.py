@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .sample import latent_windows
+from .sample import HANDOVERS, encode_context, latent_windows
 
 __all__ = ["DECODE_MODES", "decode_windows", "decode_latents"]
 
@@ -41,26 +41,38 @@ def _ramp(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: Optional[int] = None) -> torch.Tensor:
+def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: Optional[int] = None,
+                   handover: str = "codes") -> torch.Tensor:
     """Decode codes (n, t, h, w) int64 in windows of ``window`` latent frames overlapping by
     ``overlap`` latent frames (default ``window // 2``; the last window ends at the last frame and
     may overlap more, as :func:`videogpt_fast.sample.latent_windows` places them). Each window is
     one :meth:`VQVAE.decode`; in the pixel frames two windows share, the earlier one fades out and
     the later one fades in linearly (weights normalised to sum to one).
 
+    ``handover="reencode"`` decodes the windows ``sample_codes(..., handover="reencode",
+    context_frames=overlap)`` sampled: each later window's shared frames are the previous decoded
+    window's last pixel frames re-encoded (:func:`videogpt_fast.sample.encode_context`), as the
+    sampler conditioned on them, not the stored codes. ``"codes"``: the codes as they are.
+
     Returns videos (n, 3, t * ds_t, h * ds_h, w * ds_w) in the decoder's dtype, unclamped like
     ``decode``.
-    ValueError unless ``t >= window > overlap >= 0``.
+    ValueError unless ``t >= window > overlap >= 0``, or for another ``handover``.
     """
     if codes.dim() != 4:
         raise ValueError(f"decode_windows: codes must be (n, t, h, w), got {tuple(codes.shape)}")
+    if handover not in HANDOVERS:
+        raise ValueError(f"decode_windows: handover must be one of {HANDOVERS}, got {handover!r}")
     t = codes.shape[1]
     overlap = window // 2 if overlap is None else overlap
     windows = latent_windows(t, window, overlap)
     ds = int(vqvae.downsample[0])
-    out = weight = None
+    out = weight = x = None
     for k, (start, shared) in enumerate(windows):
-        x = vqvae.decode(codes[:, start:start + window])
+        win = codes[:, start:start + window]
+        if shared and k and handover == "reencode":  # what the sampler conditioned this window on
+            context = encode_context(vqvae, x.clamp(-0.5, 0.5)[:, :, (window - shared) * ds:], window)
+            win = torch.cat([context, win[:, shared:]], dim=1)
+        x = vqvae.decode(win)
         w = x.new_ones(window * ds)
         if shared:  # fade in over the frames shared with the previous window
             w[:shared * ds] = _ramp(shared * ds, x)
@@ -79,16 +91,20 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
 
 @torch.no_grad()
 def decode_latents(vqvae: nn.Module, codes: torch.Tensor, decode: str = "windows",
-                   window: Optional[int] = None) -> torch.Tensor:
+                   window: Optional[int] = None, context_frames: Optional[int] = None,
+                   handover: str = "codes") -> torch.Tensor:
     """Videos (n, 3, T, H, W) in [0, 1] from codes (n, t, h, w): ``decode="windows"`` (default,
     see the module docstring: :func:`decode_windows` with windows of ``window`` latent frames,
-    default the VQ-VAE's trained latent length, half of them overlapping; codes of at most one
-    window are decoded in one pass) or ``"one_pass"`` (one :meth:`VQVAE.decode` over all t latent
-    frames). ValueError for another mode."""
+    default the VQ-VAE's trained latent length, overlapping by ``context_frames`` (default half
+    of them), with ``handover`` as there; codes of at most one window are decoded in one pass)
+    or ``"one_pass"`` (one :meth:`VQVAE.decode` over all t latent frames). For codes from
+    ``sample_codes(latent_frames, context_frames, handover)`` pass the same ``context_frames`` and
+    ``handover`` (``"codes"`` here by default: real clips' codes need no re-encoding).
+    ValueError for another mode."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     if decode == "windows" and codes.shape[1] > (window or vqvae.latent_shape[0]):
-        videos = decode_windows(vqvae, codes, window or vqvae.latent_shape[0])
+        videos = decode_windows(vqvae, codes, window or vqvae.latent_shape[0], context_frames, handover)
     else:
         videos = vqvae.decode(codes)
     return torch.clamp(videos, -0.5, 0.5) + 0.5
