@@ -116,29 +116,6 @@ def test_tiny_top_p_and_top_k_one_are_greedy():
     assert torch.equal(greedy, cold)
 
 
-def test_sample_logits_top_k_top_p_temperature():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    assert torch.equal(S.sample_logits(logits, top_k=1), logits.argmax(-1))
-    gen = torch.Generator().manual_seed(0)
-    draws = torch.stack([S.sample_logits(logits, top_k=3, generator=gen) for _ in range(200)], 1)
-    top3 = logits.topk(3, dim=-1).indices
-    assert (draws.unsqueeze(-1) == top3.unsqueeze(1)).any(-1).all()
-    assert all(len(set(row.tolist())) == 3 for row in draws)  # all three are reachable
-    # top_p: the smallest set of most likely codes reaching p
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    draws = torch.stack([S.sample_logits(probs.log(), top_p=0.7, generator=gen) for _ in range(300)])
-    assert set(draws.flatten().tolist()) == {0, 1}
-    draws = torch.stack([S.sample_logits(probs.log(), top_p=0.81, generator=gen) for _ in range(300)])
-    assert set(draws.flatten().tolist()) == {0, 1, 2}
-    # temperature sharpens: at T=0.1 code 0 (p=0.5) dominates
-    draws = torch.stack([S.sample_logits(probs.log(), temperature=0.1, generator=gen) for _ in range(300)])
-    assert (draws == 0).float().mean() > 0.95
-    for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)):
-        with pytest.raises(ValueError):
-            S.sample_logits(logits, **bad)
-
-
 @pytest.mark.parametrize("name", ["gpt_cond", "gpt_cond_sparse"])
 def test_class_and_frame_conditional_sampling_uses_the_batch(name):
     model, ref, batch = fixture_model(name)
@@ -266,56 +243,6 @@ def test_compiled_step_on_cpu(caplog):
     state = torch.get_rng_state()
     S.sample_codes(model, 2, batch, generator=torch.Generator().manual_seed(5), progress=False, compile=True)
     assert torch.equal(torch.get_rng_state(), state)  # the seeded default generator is restored
-
-
-# ------------------------------------------------------------------------------------------------
-# the draw: statistics
-# ------------------------------------------------------------------------------------------------
-def _chi_square(draws: torch.Tensor, probs: torch.Tensor) -> float:
-    counts = torch.bincount(draws, minlength=probs.numel()).double()
-    expected = probs.double() * draws.numel()
-    keep = expected > 0
-    assert counts[~keep].sum() == 0, "a code outside the support was drawn"
-    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
-
-
-# chi-square critical values at p = 0.001 by degrees of freedom
-_CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}
-
-
-@pytest.mark.parametrize("kw, expected", [
-    (dict(), [0.05, 0.4, 0.25, 0.15, 0.1, 0.05]),
-    (dict(temperature=0.5), None),   # probs ** 2, renormalised
-    (dict(top_k=3), [0.0, 0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0.0, 0.0]),
-    (dict(top_p=0.7), [0.0, 0.4 / 0.8, 0.25 / 0.8, 0.15 / 0.8, 0.0, 0.0]),  # 0.4 + 0.25 < 0.7
-])
-def test_draw_distribution_chi_square(kw, expected):
-    """20000 draws (fixed seed: deterministic) from a 6-code distribution pass a chi-square test at
-    p = 0.001 against the distribution the original samples from (softmax of the logits, with the
-    temperature / top-k / top-p restriction renormalised)."""
-    probs = torch.tensor([0.05, 0.4, 0.25, 0.15, 0.1, 0.05])
-    if expected is None:
-        expected = probs ** 2 / (probs ** 2).sum()
-    expected = torch.as_tensor(expected)
-    logits = probs.log().expand(20000, -1) + 3.0  # a constant shift: the same distribution
-    draws = S.sample_logits(logits, generator=torch.Generator().manual_seed(0), **kw)
-    assert draws.shape == (20000,) and draws.dtype == torch.long
-    dof = int((expected > 0).sum()) - 1
-    assert _chi_square(draws, expected) < _CHI2_999[dof]
-    # a wrong distribution fails the same test: the test has power
-    wrong = torch.roll(expected, 1)
-    if (wrong > 0).equal(expected > 0):
-        assert _chi_square(draws, wrong) > _CHI2_999[dof]
-
-
-def test_default_draw_is_torch_multinomial():
-    """With the defaults the draw consumes the generator as ``torch.multinomial(softmax, 1)`` does and
-    gives its codes, row for row (so seeded sampling reproduces the original's loop)."""
-    logits = torch.randn(64, 37, generator=torch.Generator().manual_seed(1)) * 3
-    ours = S.sample_logits(logits, generator=torch.Generator().manual_seed(9))
-    theirs = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(9)).squeeze(-1)
-    assert torch.equal(ours, theirs)
-    assert ours.unique().numel() > 5
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,18 +2,10 @@
 
 The original samples position by position through ``VideoGPT.forward(..., decode_step=i)``: every
 step re-embeds the whole code grid, allocates its caches at step 0 and attends over a dense mask.
-Here one step runs the model's own transformer, once, on what it needs:
+Here one step runs the model's own transformer, once, on what it needs: the step itself (KV caches,
+the draw on the device, the eager/compiled/CUDA-graph runner) is :mod:`videogpt_fast.decode`; this
+module drives it over the positions, and over sliding windows in latent time for longer videos.
 
-* :meth:`VideoGPT.setup_caches` gives every self-attention a static
-  :class:`~videogpt_fast.attention.KVCache` (n, heads, L, d) and, for frame-conditional priors,
-  runs the frame encoder once and caches every block's cross-attention keys/values.
-* A step (:func:`decode_step` for logits; the sampler's step also draws the code) embeds the
-  previous code and calls :meth:`VideoGPT.forward_positions` at a position *tensor*: the blocks
-  write their key/value in place and attend through :func:`videogpt_fast.ops.decode_attention`
-  (the whole block-sparse layout on the device for sparse priors). Static shapes, no host sync.
-* The draw is on the device, inside the step: temperature, top-k, top-p, then
-  ``argmax(probs / Exp(1) noise)``, which is exactly how ``torch.multinomial(probs, 1)`` draws
-  (same random numbers, same codes), without its host-side validity checks.
 * :func:`sample_codes` runs the step compiled by ``torch.compile`` (inductor fuses the original's
   LayerNorm, GeLU2, the residuals and the draw) and, on CUDA, replayed as CUDA graphs
   (``mode="reduce-overhead"``); or eager; or eager captured in a CUDA graph by hand. Which one
@@ -26,20 +18,18 @@ module's ``decode_step`` API), kept for tests and benchmarks.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import itertools
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .attention import LayerNorm
+from .decode import (DecodePlan, Stepper, check_sampling_args, decode_step, default_generator_seeded_from,
+                     sample_logits, sample_step, step_logits, step_modes)
 from .ops import decode_attention, decode_attention_backend
 
 __all__ = [
@@ -49,248 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# the draw
-# --------------------------------------------------------------------------------------------
-def _check_sampling_args(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
-    if not temperature > 0:
-        raise ValueError(f"sample: temperature must be > 0, got {temperature}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"sample: top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"sample: top_p must be in (0, 1], got {top_p}")
-
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw one code per row of (n, n_codes) ``logits``: int64 (n,), on the logits' device.
-
-    With the defaults this is the original's ``multinomial(softmax(logits), 1)``, computed as
-    ``torch.multinomial`` computes it (``argmax(probs / q)``, q ~ Exp(1) from ``generator`` or
-    the global RNG: the same codes for the same random state) minus its host-synchronising
-    checks. ``top_k=1`` is the argmax (greedy, no random numbers drawn); ``top_k`` keeps the k
-    largest logits, ``top_p`` the smallest set of most likely codes whose probability reaches
-    ``top_p`` (at least one); ``temperature`` divides the logits. Raises ValueError for
-    temperature <= 0, top_k < 1 or top_p outside (0, 1].
-    """
-    _check_sampling_args(temperature, top_k, top_p)
-    logits = logits.float()
-    if top_k == 1:
-        return logits.argmax(dim=-1)
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, int(top_k), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely codes
-        drop = (before >= top_p).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    q = torch.empty_like(probs).exponential_(1, generator=generator)
-    return (probs / q).argmax(dim=-1)
-
-
-# --------------------------------------------------------------------------------------------
-# decoding state
-# --------------------------------------------------------------------------------------------
-def _prior_in_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
-    """``model`` itself, or (another ``dtype``) a copy of its prior in ``dtype`` sharing the frozen
-    VQ-VAE; the LayerNorms (fp32 math, as the original) and the frame encoder stay in fp32."""
-    if dtype is None or dtype == model.fc_in.weight.dtype:
-        return model
-    prior = copy.deepcopy(model, memo={id(model.vqvae): model.vqvae})
-    for name, child in prior.named_children():
-        if name not in ("vqvae", "resnet", "cond_pos_embd"):
-            child.to(dtype)
-    for m in prior.modules():
-        if isinstance(m, LayerNorm):
-            m.float()
-    return prior
-
-
-@dataclass
-class DecodePlan:
-    """What one decode step reads besides the weights: the prior that decodes (``model``: the
-    caller's, or its copy in another dtype) with its caches set up for a batch of ``n``, the
-    step's conditioning ``cond`` (``class_cond`` for class-conditional norms) and the static step
-    inputs ``prev`` (n,) int64 (the previous codes) and ``pos`` () int64 (the position)."""
-    model: nn.Module
-    n: int
-    cond: Dict[str, torch.Tensor]
-    prev: torch.Tensor
-    pos: torch.Tensor
-
-    @property
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(self.model.shape)
-
-    @property
-    def seq_len(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.fc_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.fc_in.weight.device
-
-    def caches(self) -> List[torch.Tensor]:
-        """Every cache buffer (self- and cross-attention keys/values of every layer)."""
-        return [t for m in self.model.modules() if getattr(m, "kv_cache", None) is not None
-                for t in (m.kv_cache.k_cache, m.kv_cache.v_cache)]
-
-    def cache_data_ptrs(self) -> List[int]:
-        """Addresses of the cache buffers (they never change while sampling)."""
-        return [t.data_ptr() for t in self.caches()]
-
-    def cache_nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.caches())
-
-    def weight_bytes(self) -> int:
-        """Bytes of the weights one step reads (embeddings, projections, MLPs, norms, output layer;
-        not the frozen VQ-VAE, the frame encoder or the cached cross-attention key/value weights)."""
-        skip = ("vqvae.", "resnet.", "cond_pos_embd.")
-        return sum(p.numel() * p.element_size() for name, p in self.model.named_parameters()
-                   if not name.startswith(skip) and ".enc_attn.w_ks." not in name and ".enc_attn.w_vs." not in name)
-
-    @classmethod
-    @torch.no_grad()
-    def from_model(cls, model: nn.Module, n: int, cond: Optional[Mapping[str, torch.Tensor]] = None,
-                   dtype: Optional[torch.dtype] = None) -> "DecodePlan":
-        """Set up decoding of ``n`` sequences from ``model`` with conditioning ``cond``
-        (``class_cond`` (n, classes) one-hot, ``frame_cond`` (n, 3, n_cond_frames, H, W) frames, as
-        :meth:`VideoGPT.make_cond` builds it). ``dtype`` (e.g. ``torch.bfloat16``) decodes with a
-        copy of the prior in that dtype (default: the model's own parameters, no copy).
-        :meth:`close` frees the caches."""
-        cond = dict(cond or {})
-        if n < 1:
-            raise ValueError(f"sample: n must be >= 1, got {n}")
-        device = model.fc_in.weight.device
-        prior = _prior_in_dtype(model, dtype)
-        step_cond: Dict[str, torch.Tensor] = {}
-        if model.args.class_cond:
-            class_cond = cond.get("class_cond")
-            if class_cond is None or class_cond.shape != (n, model.args.class_cond_dim):
-                raise ValueError(f"sample: a class-conditional model needs cond['class_cond'] of shape "
-                                 f"({n}, {model.args.class_cond_dim}), got "
-                                 f"{None if class_cond is None else tuple(class_cond.shape)}")
-            step_cond["class_cond"] = class_cond.to(device=device, dtype=prior.norm.w.weight.dtype)
-        prior.setup_caches(n, cond)
-        return cls(model=prior, n=n, cond=step_cond, prev=torch.zeros(n, dtype=torch.long, device=device),
-                   pos=torch.zeros((), dtype=torch.long, device=device))
-
-    def close(self) -> None:
-        """Free the caches."""
-        self.model.clear_decode_cache()
-
-
-def _step_logits(model: nn.Module, prev: torch.Tensor, pos: torch.Tensor,
-                 cond: Dict[str, torch.Tensor]) -> torch.Tensor:
-    x = F.embedding(prev, model.vqvae.codebook.embeddings).to(model.fc_in.weight.dtype).unsqueeze(1)
-    return model.forward_positions(x, cond, pos.reshape(1))[:, 0]
-
-
-def decode_step(plan: DecodePlan, prev: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits (n, n_codes) for flattened position ``pos`` (0-d int64 tensor) given the codes
-    ``prev`` (n,) int64 at ``pos - 1`` (ignored at ``pos == 0``: the start token is used).
-    Writes this position's keys/values into the caches in place."""
-    return _step_logits(plan.model, prev, pos, plan.cond)
-
-
-def _sample_step(model: nn.Module, prev: torch.Tensor, pos: torch.Tensor, cond: Dict[str, torch.Tensor],
-                 temperature: float, top_k: Optional[int], top_p: Optional[float],
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """One sampling step: the codes (n,) drawn at ``pos`` (what the sampler compiles)."""
-    return sample_logits(_step_logits(model, prev, pos, cond), temperature, top_k, top_p, generator)
-
-
-# --------------------------------------------------------------------------------------------
-# running the step: eager, compiled, CUDA graphs
-# --------------------------------------------------------------------------------------------
-def _capture_graph(step: Callable[[], torch.Tensor]) -> Tuple["torch.cuda.CUDAGraph", torch.Tensor]:
-    """Warm ``step`` up on a side stream, then capture it in a CUDA graph; returns (graph, output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-    return graph, out
-
-
-def _step_modes(device: torch.device, compile: Optional[bool], cuda_graph: Optional[bool]) -> Tuple[bool, bool]:
-    """(compile, cuda_graph): both default to ``device`` being CUDA; CUDA graphs need CUDA."""
-    on_cuda = device.type == "cuda"
-    compile = on_cuda if compile is None else bool(compile)
-    cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
-    if cuda_graph and not on_cuda:
-        raise ValueError(f"sample: cuda_graph=True needs the model on a CUDA device, it is on {device}")
-    return compile, cuda_graph
-
-
-class _Stepper:
-    """Runs ``fn(model, plan.prev, plan.pos, plan.cond, *args)`` at a position, in one of four modes
-    (:func:`_step_modes`): eager; compiled by inductor; compiled and replayed as CUDA graphs
-    (``reduce-overhead``); eager captured in a CUDA graph by hand."""
-
-    def __init__(self, plan: DecodePlan, fn: Callable[..., torch.Tensor], args: tuple, compile: bool,
-                 cuda_graph: bool):
-        self.plan = plan
-        self.graph = None
-        self.mark_step = False
-        call = lambda f: f(plan.model, plan.prev, plan.pos, plan.cond, *args)  # noqa: E731
-        if compile:
-            mode = "reduce-overhead" if cuda_graph else None
-            compiled = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-            self.run = lambda: call(compiled)
-            self.mark_step = cuda_graph
-            self.mode = "compiled (inductor, CUDA graphs)" if cuda_graph else "compiled (inductor)"
-        elif cuda_graph:
-            self.graph, self.out = _capture_graph(lambda: call(fn))
-            self.run = self.graph.replay
-            self.mode = "eager, captured in a CUDA graph"
-        else:
-            self.run = lambda: call(fn)
-            self.mode = "eager"
-
-    def __call__(self, pos: int) -> torch.Tensor:
-        self.plan.pos.fill_(pos)
-        if self.graph is not None:
-            self.run()
-            return self.out
-        if self.mark_step:
-            torch.compiler.cudagraph_mark_step_begin()
-        return self.run()
-
-
-@contextlib.contextmanager
-def _default_generator_seeded_from(generator: Optional[torch.Generator], device: torch.device) -> Iterator[None]:
-    """Seed ``device``'s default generator from ``generator`` (one draw) and restore its state
-    afterwards; nothing without a generator (the global RNG is used, as the original)."""
-    if generator is None:
-        yield
-        return
-    if device.type == "cuda":
-        default = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    else:
-        default = torch.default_generator
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
-    state = default.get_state()
-    default.manual_seed(seed)
-    try:
-        yield
-    finally:
-        default.set_state(state)
 
 
 def latent_windows(latent_frames: int, window: int, context_frames: int) -> List[Tuple[int, int]]:
@@ -449,7 +197,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             returned unchanged; sampling starts at latent frame P.
     """
     n = check_n(n)
-    _check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
     latent_frames = T if latent_frames is None else latent_frames
     context_frames = T // 2 if context_frames is None else context_frames
@@ -462,11 +210,11 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                              f"got {tuple(prefix.shape)}")
         windows[0] = (0, int(prefix.shape[1]))
     cond = _cond_from_batch(model, n, batch)
-    compile, cuda_graph = _step_modes(model.fc_in.weight.device, compile, cuda_graph)
+    compile, cuda_graph = step_modes(model.fc_in.weight.device, compile, cuda_graph)
     eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
     plan = DecodePlan.from_model(model, n, cond, dtype)
     try:
-        stepper = _Stepper(plan, _sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
+        stepper = Stepper(plan, sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
                            compile, cuda_graph)
         log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
                  plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
@@ -477,7 +225,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         window = samples.new_zeros(n, plan.seq_len)  # the codes the current window is conditioned on / samples
         bar = tqdm(total=sum(plan.seq_len - f * per_frame for _, f in windows), disable=not progress,
                    desc="sampling", unit="pos")
-        with bar, _default_generator_seeded_from(None if eager else generator, plan.device):
+        with bar, default_generator_seeded_from(None if eager else generator, plan.device):
             for w, (start, forced) in enumerate(windows):
                 offset = start * per_frame  # the window's first position in `samples`
                 if len(windows) > 1:
@@ -523,7 +271,7 @@ def teacher_forced_decode(model: nn.Module, codes: torch.Tensor, batch: Optional
         if tuple(codes.shape[1:]) != plan.shape:
             raise ValueError(f"teacher_forced_decode: codes must be (n, *{plan.shape}), got {tuple(codes.shape)}")
         flat = codes.reshape(n, -1).to(plan.device)
-        stepper = _Stepper(plan, _step_logits, (), *_step_modes(plan.device, compile, cuda_graph))
+        stepper = Stepper(plan, step_logits, (), *step_modes(plan.device, compile, cuda_graph))
         out = []
         for i in range(plan.seq_len):
             if i > 0:
