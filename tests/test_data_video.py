@@ -337,20 +337,19 @@ def test_corrupt_files_skipped_and_counted(folder, tmp_path):
     assert sum(b["video"].shape[0] for b in loader) == 23
 
 
-def test_video_files_and_cli_delegate(folder, tmp_path):
-    from videogpt_fast import cli
+def test_video_files_and_read_video(folder, tmp_path):
     root = _corrupt_folder(folder, tmp_path)
     found = video_reader.video_files([str(root / "train"), str(root / "test" / "dogs" / "c.mp4")])
     assert [os.path.relpath(f, root) for f in found] == [
         "train/cats/UPPER.MP4", "train/cats/a.mp4", "train/cats/random.mp4", "train/cats/truncated.mp4",
         "train/dogs/b.mp4", "train/dogs/empty.mp4", "train/dogs/short.mp4", "test/dogs/c.mp4"]
-    assert cli.list_videos([str(root / "train")]) == found[:-1]
+    assert video_reader.video_files([str(root / "train")]) == found[:-1]
     with pytest.raises(FileNotFoundError, match="neither a video file nor a folder"):
         video_reader.video_files([str(root / "nope")])
     avi = str(_write(tmp_path / "b.avi", _ramp(), "libx264", {"bf": "3", "g": "12"}))
-    assert np.array_equal(cli.read_video(avi, 5, 3), decode_video(avi)[3:8])
+    assert np.array_equal(video_reader.read_video(avi, 5, 3), decode_video(avi)[3:8])
     with pytest.raises(ClipReadError, match="cannot open"):
-        cli.read_video(str(root / "train" / "dogs" / "empty.mp4"))
+        video_reader.read_video(str(root / "train" / "dogs" / "empty.mp4"))
 
 
 def test_dataloader_workers_and_pickle(folder):

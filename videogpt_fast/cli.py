@@ -21,7 +21,7 @@ import torch
 
 from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, nonneg_int, positive_int, seed_int
 
-from .data.video_reader import VIDEO_EXTS  # the one list of video extensions (data/ owns it)
+from .data.video_reader import VIDEO_EXTS, read_video, video_files  # the one video listing and reader (data/)
 from .utils import as_namespace
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
 GRID_EXTS = (".mp4", ".gif")
@@ -40,18 +40,6 @@ def _device(flag: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"--device {flag}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def read_video(path: str, max_frames: Optional[int] = None, start: int = 0) -> np.ndarray:
-    """Decode a video file into uint8 (T, H, W, 3) RGB frames (``start`` .. ``start + max_frames``)."""
-    from .data.video_reader import read_video as read
-    return read(path, max_frames, start)
-
-
-def list_videos(paths: Sequence[str]) -> List[str]:
-    """Video files among ``paths``: files as given, folders searched recursively (sorted)."""
-    from .data.video_reader import video_files
-    return video_files(paths)
 
 
 def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> torch.Tensor:
@@ -198,7 +186,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 def cmd_encode(a: argparse.Namespace) -> int:
     """Encode videos into VQ-VAE codes; ``.pt`` (torch) or ``.npz`` (NumPy) with codes and file names."""
     out = check_output_path(a.output, CODE_EXTS)
-    files = list_videos(a.inputs)
+    files = video_files(a.inputs)
     if not files:
         raise ValueError(f"no video files ({', '.join(VIDEO_EXTS)}) in {a.inputs}")
     device, vqvae, seq, res = _vqvae_and_clip_size(a)
@@ -237,7 +225,7 @@ def cmd_encode(a: argparse.Namespace) -> int:
 
 
 def _load_folder(folder: str, n_frames: int, resolution: Optional[int]) -> np.ndarray:
-    files = list_videos([folder])
+    files = video_files([folder])
     if len(files) < 2:
         raise ValueError(f"FVD needs at least 2 videos per set; {folder!r} has {len(files)}")
     videos = []
