@@ -46,10 +46,3 @@ def test_smooth_frames_round_trip_through_a_video_file(tmp_path):
     assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 12  # lossy (4:2:0, ultrafast) but close
     with pytest.raises(ValueError, match=r"uint8 \(T, H, W, 3\)"):
         write_video_file(str(tmp_path / "bad.mp4"), frames.astype(np.float32))
-
-
-def test_old_import_path_is_the_same_module():
-    import videogpt_fast.synthetic as old
-    from videogpt_fast.data import synthetic as new
-    assert old.moving_shapes is new.moving_shapes and old.MovingShapesDataset is new.MovingShapesDataset
-    assert old.write_hdf5 is new.write_hdf5
