@@ -386,6 +386,20 @@ def test_sample_frames_writes_a_long_video(models, tmp_path, decode, handover, c
     assert "window 5/5" in capsys.readouterr().err  # the progress bar names the windows
 
 
+def test_sample_context_frames_checked_against_the_prior(models, tmp_path, capsys):
+    """--context_frames must leave each window something to sample: the CLI names its flag and range
+    (T = 2 latent frames here), with or without --frames."""
+    _, _, gpt_path = models
+    out = tmp_path / "s.mp4"
+    for extra in ([], ["--frames", "11"]):
+        assert cli.main(["sample", "--ckpt", str(gpt_path), "--n", "1", "--output", str(out), "--device", "cpu",
+                         "--no_progress", "--context_frames", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "--context_frames 2: must be in [0, 1] (the prior has T=2 latent frames)" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def cond_priors(models, tmp_path_factory) -> dict:
     """Tiny priors over the models fixture's VQ-VAE: frame-conditional (one conditioning frame) and
@@ -448,6 +462,9 @@ def test_continue_errors_exit_2(models, videos, tmp_path, capsys):
         (["continue", "--ckpt", str(gpt_path), "--video", str(tmp_path / "none.mp4"), "--frames", "9"],
          "no such file"),
         (base[:-1] + [str(tmp_path / "c.avi"), "--frames", "9"], "unsupported extension"),
+        # a clip too short from --start: says why that many frames (not a sequence_length the user never gave)
+        (base + ["--frames", "9", "--start", "7"],
+         "has 1 frames from frame 7; need 2 (--context_frames 1 x temporal downsample 2)"),
     ]:
         assert cli.main(argv) == 2
         err = capsys.readouterr().err

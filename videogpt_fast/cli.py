@@ -42,14 +42,15 @@ def _device(flag: str) -> torch.device:
     return device
 
 
-def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> torch.Tensor:
-    """(C, T, H, W) in [-0.5, 0.5]: ``sequence_length`` frames of ``path`` preprocessed as in training."""
+def _clip(path: str, sequence_length: int, resolution: int, start: int = 0,
+          why: str = "sequence_length") -> torch.Tensor:
+    """(C, T, H, W) in [-0.5, 0.5]: ``sequence_length`` frames of ``path`` preprocessed as in training.
+    A shorter video is a ``ValueError`` naming the file and ``why`` that many frames are needed."""
     from .data.preprocess import preprocess
 
     frames = read_video(path, sequence_length, start)
     if len(frames) < sequence_length:
-        raise ValueError(f"{path!r} has {len(frames)} frames from frame {start}; need sequence_length="
-                         f"{sequence_length}")
+        raise ValueError(f"{path!r} has {len(frames)} frames from frame {start}; need {sequence_length} ({why})")
     return preprocess(torch.from_numpy(frames), resolution)
 
 
@@ -100,6 +101,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
             classes = getattr(test, "classes", None)
             said += " with labels " + str([classes[i] if classes else i for i in batch["label"].tolist()])
         print(said, flush=True)
+    T = int(gpt.shape[0])
+    if a.context_frames is not None and not a.context_frames < T:
+        raise ValueError(f"--context_frames {a.context_frames}: must be in [0, {T - 1}] "
+                         f"(the prior has T={T} latent frames)")
     latent_frames = _latent_frames(gpt, a.frames)
     with torch.no_grad():
         samples = gpt.sample(a.n, batch, progress=not a.no_progress, latent_frames=latent_frames,
@@ -142,7 +147,9 @@ def cmd_continue(a: argparse.Namespace) -> int:
                          f"({context} latent frames x temporal downsample {ds})")
     n_cond = int(gpt.args.n_cond_frames) if gpt.use_frame_cond else 0
     resolution = getattr(gpt.args, "resolution", None) or gpt.vqvae.args.resolution
-    x = _clip(a.video, max(given, n_cond), resolution, a.start).unsqueeze(0).to(device)
+    why = (f"the prior's {n_cond} conditioning frames" if n_cond > given else
+           f"--context_frames {context} x temporal downsample {ds}")
+    x = _clip(a.video, max(given, n_cond), resolution, a.start, why).unsqueeze(0).to(device)
     torch.manual_seed(a.seed)
     with torch.no_grad():
         prefix = encode_context(gpt.vqvae, x[:, :, :given], T).expand(a.n, -1, -1, -1)  # as a clip's start
