@@ -140,6 +140,9 @@ def test_video_files_and_read_video(video_folder, tmp_path):
         "train/cats/UPPER.MP4", "train/cats/a.mp4", "train/cats/random.mp4", "train/cats/truncated.mp4",
         "train/dogs/b.mp4", "train/dogs/empty.mp4", "train/dogs/short.mp4", "test/dogs/c.mp4"]
     assert video_reader.video_files([str(root / "train")]) == found[:-1]
+    # a file named twice (directly, through its folder, through a parent folder) is listed once
+    twice = video_reader.video_files([str(root / "train" / "dogs" / "b.mp4"), str(root / "train"), str(root / "train" / "dogs")])
+    assert twice == [str(root / "train" / "dogs" / "b.mp4")] + [f for f in found[:-1] if not f.endswith("dogs/b.mp4")]
     with pytest.raises(FileNotFoundError, match="neither a video file nor a folder"):
         video_reader.video_files([str(root / "nope")])
     avi = str(write_test_video(tmp_path / "b.avi", ramp_frames(), "libx264", {"bf": "3", "g": "12"}))

@@ -64,7 +64,8 @@ def list_videos(folder: str) -> list[str]:
 
 
 def video_files(paths: Sequence[str] | str) -> list[str]:
-    """Video files among ``paths``: files as given (any extension), folders by ``list_videos``.
+    """Video files among ``paths``: files as given (any extension), folders by ``list_videos``; a file
+    named twice (directly and through its folder, or in overlapping folders) is listed once, first place kept.
 
     Raises ``FileNotFoundError`` naming a path that is neither a file nor a folder.
     """
@@ -76,7 +77,8 @@ def video_files(paths: Sequence[str] | str) -> list[str]:
             out.append(p)
         else:
             raise FileNotFoundError(f"{p!r} is neither a video file nor a folder")
-    return out
+    seen: set[str] = set()
+    return [f for f in out if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
 
 
 def frame_digest(frame) -> int:
