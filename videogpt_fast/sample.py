@@ -34,8 +34,8 @@ from .ops import decode_attention, decode_attention_backend
 
 __all__ = [
     "decode_attention", "DecodePlan", "decode_step", "sample_logits",
-    "teacher_forced_decode", "latent_windows", "HANDOVERS", "CONTEXT_PADS", "encode_context", "reencode_context", "sample_codes",
-    "sample", "sample_codes_reference",
+    "teacher_forced_decode", "latent_windows", "HANDOVERS", "CONTEXT_PADS", "encode_context", "reencode_context",
+    "sample_codes", "sample", "sample_codes_reference",
 ]
 
 log = logging.getLogger(__name__)
