@@ -84,9 +84,9 @@ def encode_context(vqvae: nn.Module, frames: torch.Tensor, window: int, pad: str
     temporal attention over the clip). On the demo's data the position of a latent frame in an
     8-frame clip is read off its codes alone 89% of the time, and the same frames encoded at
     another position share 5-13% of their codes. A prior trained on whole clips has only seen
-    clip-start codes at positions 0..c-1. Encoded this way, 2 latent frames of context share 85%
-    of their codes with those of a clip that really starts there (11% encoded alone, 7% copied from
-    the end of the previous clip), and the prior's NLL of the real next latent frame is 1.10 nats
+    clip-start codes at positions 0..c-1. Encoded this way (``pad="last"``), 2 latent frames of
+    context share 85% of their codes with those of a clip that really starts there (11% encoded
+    alone, 7% copied from the end of the previous clip), and the prior's NLL of the real next latent frame is 1.10 nats
     (1.04 with the real clip's codes, 3.43 encoded alone, 3.18 copied). Which padding: ``"last"``
     (the default, used by ``continue`` for real frames) fits real clips best (64 held-out clips
     with the demo's trained prior: NLL of the real next two latent frames 1.12 / 0.81 nats, 76% of
