@@ -130,6 +130,30 @@ def test_encode_context_encodes_frames_as_a_clip_start():
             S.encode_context(vq, bad, window=3)
 
 
+def test_encode_context_pads_by_replaying_the_frames():
+    """pad="repeat": the context frames replayed from their first to the trained length (c = 1 of
+    T = 3: f0 f1 f0 f1 f0 f1; c = 2: f0 .. f3 f0 f1), encoded, first c kept; another pad is refused.
+    reencode_context hands over the decoded window's last frames padded that way."""
+    vq = tiny_prior().vqvae
+    frames = torch.rand(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.5
+    with torch.no_grad():
+        z = vq._latents(frames).movedim(1, -1).reshape(-1, 8)
+        vq.codebook.embeddings.copy_(z[torch.randperm(len(z), generator=torch.Generator().manual_seed(1))[:16]])
+        for c in (1, 2):
+            f = frames[:, :, :2 * c]
+            got = S.encode_context(vq, f, window=3, pad="repeat")
+            want = vq.encode(torch.cat([f, f, f], dim=2)[:, :, :6])[:, :c]
+            assert got.shape == (2, c, 2, 2) and torch.equal(got, want)
+        assert not torch.equal(S.encode_context(vq, frames, 3, pad="repeat"), S.encode_context(vq, frames, 3))
+        with pytest.raises(ValueError, match="pad must be one of"):
+            S.encode_context(vq, frames, window=3, pad="reflect")
+        codes = vq.encode(torch.rand(2, 3, 6, 8, 8, generator=torch.Generator().manual_seed(2)) - 0.5)
+        pixels = vq.decode(codes)
+        want = S.encode_context(vq, pixels.clamp(-0.5, 0.5)[:, :, 2:], window=3, pad="repeat")
+        assert torch.equal(S.reencode_context(vq, codes, 2), want)
+        assert torch.equal(S.reencode_context(vq, codes, 2, pixels=pixels), want)
+
+
 def test_reencoded_windows_are_decoded_as_sampled():
     """handover="reencode": the windowed decode rebuilds each sampled window (its context re-encoded
     from the previous window's pixels); VideoGPT.sample decodes it that way, "codes" as stored."""

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .sample import HANDOVERS, encode_context, latent_windows
+from .sample import HANDOVERS, latent_windows, reencode_context
 
 __all__ = ["DECODE_MODES", "decode_windows", "decode_latents"]
 
@@ -51,7 +51,7 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
 
     ``handover="reencode"`` decodes the windows ``sample_codes(..., handover="reencode",
     context_frames=overlap)`` sampled: each later window's shared frames are the previous decoded
-    window's last pixel frames re-encoded (:func:`videogpt_fast.sample.encode_context`), as the
+    window's last pixel frames re-encoded (:func:`videogpt_fast.sample.reencode_context`), as the
     sampler conditioned on them, not the stored codes. ``"codes"``: the codes as they are.
 
     Returns videos (n, 3, t * ds_t, h * ds_h, w * ds_w) in the decoder's dtype, unclamped like
@@ -66,13 +66,13 @@ def decode_windows(vqvae: nn.Module, codes: torch.Tensor, window: int, overlap: 
     overlap = window // 2 if overlap is None else overlap
     windows = latent_windows(t, window, overlap)
     ds = int(vqvae.downsample[0])
-    out = weight = x = None
+    out = weight = x = previous = None
     for k, (start, shared) in enumerate(windows):
         win = codes[:, start:start + window]
         if shared and k and handover == "reencode":  # what the sampler conditioned this window on
-            context = encode_context(vqvae, x.clamp(-0.5, 0.5)[:, :, (window - shared) * ds:], window)
+            context = reencode_context(vqvae, previous, shared, pixels=x)  # x: `previous` decoded
             win = torch.cat([context, win[:, shared:]], dim=1)
-        x = vqvae.decode(win)
+        x, previous = vqvae.decode(win), win
         w = x.new_ones(window * ds)
         if shared:  # fade in over the frames shared with the previous window
             w[:shared * ds] = _ramp(shared * ds, x)

@@ -34,8 +34,8 @@ from .ops import decode_attention, decode_attention_backend
 
 __all__ = [
     "decode_attention", "DecodePlan", "decode_step", "sample_logits",
-    "teacher_forced_decode", "latent_windows", "HANDOVERS", "encode_context", "reencode_context", "sample_codes",
-    "sample", "sample_codes_reference",
+    "teacher_forced_decode", "latent_windows", "HANDOVERS", "CONTEXT_PADS", "encode_context", "reencode_context",
+    "sample_codes", "sample", "sample_codes_reference",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,40 +67,65 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
 HANDOVERS = ("reencode", "codes")
 
 
+#: how :func:`encode_context` pads context frames to the trained clip length: ``"last"`` repeats the
+#: last frame, ``"repeat"`` replays the context frames from their first
+CONTEXT_PADS = ("last", "repeat")
+
+
 @torch.no_grad()
-def encode_context(vqvae: nn.Module, frames: torch.Tensor, window: int) -> torch.Tensor:
+def encode_context(vqvae: nn.Module, frames: torch.Tensor, window: int, pad: str = "last") -> torch.Tensor:
     """Codes (n, c, h, w) int64 of pixel ``frames`` (n, 3, c * ds_t, H, W) in [-0.5, 0.5] as they
     are at the START of a clip of ``window`` latent frames (the prior's T): the frames are padded
-    to ``window * ds_t`` by repeating the last one, encoded as one clip, and the first c latent
-    frames kept.
+    to ``window * ds_t`` (``pad="last"``: by repeating the last one; ``"repeat"``: by replaying
+    the frames themselves, f0 f1 .. f0 f1 ..; :data:`CONTEXT_PADS`), encoded as one clip, and the
+    first c latent frames kept.
 
     Why: the VQ-VAE's codes depend on where a latent frame sits in its clip (zero-padded 3D convs,
     temporal attention over the clip). On the demo's data the position of a latent frame in an
     8-frame clip is read off its codes alone 89% of the time, and the same frames encoded at
     another position share 5-13% of their codes. A prior trained on whole clips has only seen
-    clip-start codes at positions 0..c-1. Encoded this way, 2 latent frames of context share 85%
-    of their codes with those of a clip that really starts there (11% encoded alone, 7% copied from
-    the end of the previous clip), and the prior's NLL of the real next latent frame is 1.10 nats
-    (1.04 with the real clip's codes, 3.43 encoded alone, 3.18 copied).
-    ValueError unless 0 < c < ``window``.
+    clip-start codes at positions 0..c-1. Encoded this way (``pad="last"``), 2 latent frames of
+    context share 85% of their codes with those of a clip that really starts there (11% encoded
+    alone, 7% copied from the end of the previous clip), and the prior's NLL of the real next latent frame is 1.10 nats
+    (1.04 with the real clip's codes, 3.43 encoded alone, 3.18 copied). Which padding: ``"last"``
+    (the default, used by ``continue`` for real frames) fits real clips best (64 held-out clips
+    with the demo's trained prior: NLL of the real next two latent frames 1.12 / 0.81 nats, 76% of
+    the context's codes those of the real clip's start; ``"repeat"`` 1.20 / 0.81 and 71%), but it
+    loses more of a generated shape (see :func:`reencode_context`).
+    ValueError unless 0 < c < ``window``, or for another ``pad``.
     """
+    if pad not in CONTEXT_PADS:
+        raise ValueError(f"encode_context: pad must be one of {CONTEXT_PADS}, got {pad!r}")
     ds = int(vqvae.downsample[0])
     f = frames.shape[2]
     if frames.dim() != 5 or f % ds or not 0 < f // ds < window:
         raise ValueError(f"encode_context: frames must be (n, 3, c * {ds}, H, W) with 0 < c < {window}, "
                          f"got {tuple(frames.shape)}")
-    padded = torch.cat([frames, frames[:, :, -1:].expand(-1, -1, window * ds - f, -1, -1)], dim=2)
-    return vqvae.encode(padded)[:, :f // ds]
+    rest = window * ds - f
+    if pad == "last":
+        tail = frames[:, :, -1:].expand(-1, -1, rest, -1, -1)
+    else:
+        tail = frames.repeat(1, 1, -(-rest // f), 1, 1)[:, :, :rest]
+    return vqvae.encode(torch.cat([frames, tail], dim=2))[:, :f // ds]
 
 
 @torch.no_grad()
-def reencode_context(vqvae: nn.Module, window_codes: torch.Tensor, frames: int) -> torch.Tensor:
+def reencode_context(vqvae: nn.Module, window_codes: torch.Tensor, frames: int,
+                     pixels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The last ``frames`` latent frames of a window's codes (n, T, h, w) handed to the next window
-    with ``handover="reencode"``: the window decoded to pixels (clamped to [-0.5, 0.5]) and its last
-    ``frames * ds_t`` pixel frames re-encoded by :func:`encode_context`. (n, frames, h, w) int64."""
+    with ``handover="reencode"``: the window decoded to pixels (``pixels``: its decode, when the
+    caller has it; clamped to [-0.5, 0.5]) and its last ``frames * ds_t`` pixel frames re-encoded
+    by :func:`encode_context` with ``pad="repeat"``. (n, frames, h, w) int64.
+
+    Why "repeat": the prior's own shapes are fainter than real ones, and the decode / re-encode
+    round trip loses more of them when the clip is padded with a still last frame. With the demo's
+    trained prior (32 samples of 32 frames, context 2, README) the context frames keep 89% of
+    their shape's area per hand-over padded with the last frame and 95% replayed, and the area per
+    8-frame window goes 0.156 0.123 0.093 0.069 instead of 0.156 0.087 0.050 0.036 (training
+    videos 0.155), colour drift from the first window 0.15 0.23 0.30 instead of 0.25 0.40 0.44."""
     ds = int(vqvae.downsample[0])
-    pixels = vqvae.decode(window_codes).clamp(-0.5, 0.5)
-    return encode_context(vqvae, pixels[:, :, pixels.shape[2] - frames * ds:], window_codes.shape[1])
+    pixels = (vqvae.decode(window_codes) if pixels is None else pixels).clamp(-0.5, 0.5)
+    return encode_context(vqvae, pixels[:, :, pixels.shape[2] - frames * ds:], window_codes.shape[1], pad="repeat")
 
 
 def _write_prefix(plan: DecodePlan, codes: torch.Tensor) -> None:
@@ -187,11 +212,12 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             :func:`videogpt_fast.long_video.decode_latents` with the same ``handover`` and
             ``context_frames`` rebuilds the sampled windows (``VideoGPT.sample`` does). Measured
             with the fully trained default demo prior (32 samples of 32 frames, context 2, README):
-            NLL of the latent frames sampled after the context 2.28/1.36 nats copied, 0.66/0.52
-            re-encoded (1.12/0.83 in training clips); frame-to-frame change of the shape's
-            colour 0.083 copied, 0.050 re-encoded (0.035 for reconstructions), of its area 2.7
-            vs 0.56. Copied contexts make the prior restart a new shape at every window;
-            re-encoded ones continue it (and its own within-window shrinking, which compounds).
+            NLL of the latent frames sampled after the context 2.28/1.36 nats copied, 0.83/0.65
+            re-encoded (1.12/0.83 in training clips); the shape's area per 8-frame window 0.158
+            0.208 0.212 0.215 copied (a new shape at every window), 0.154 0.118 0.090 0.068
+            re-encoded (training videos 0.155; the prior's own within-window shrinking compounds
+            over the windows), its colour's drift from the first window 0.22 0.27 0.30 copied,
+            0.15 0.23 0.31 re-encoded, its frame-to-frame area change 2.7 vs 0.72.
         prefix: codes (n, P, H', W') of the first P latent frames, 0 < P < T, given (e.g. a real
             clip's, to continue it): they are teacher-forced into the first window in one pass and
             returned unchanged; sampling starts at latent frame P.
