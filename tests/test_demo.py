@@ -75,6 +75,13 @@ def test_demo_frames_must_exceed_the_trained_length(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_demo_handover_needs_frames(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--handover", "codes", "--output", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--handover: only used with --frames" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_foreground_area_is_the_shape_area():
     import torch
     v = torch.zeros(2, 3, 3, 10, 10)

@@ -28,6 +28,7 @@ from . import train
 from .argtypes import DefaultsHelpFormatter, positive_float, positive_int
 from .run_dir import OutputLock, check_fresh_output
 from .data.synthetic import MovingShapesDataset
+from .sample import HANDOVERS
 
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
 VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=positive_int, default=None,
                    help=f"also sample long videos of this many frames (> {SEQUENCE_LENGTH}, the trained length) and "
                         "report their coherence")
-    p.add_argument("--handover", choices=("reencode", "codes"), default="reencode",
-                   help="with --frames: how a window gets the frames it shares with the previous one (see "
+    p.add_argument("--handover", choices=HANDOVERS, default=None,
+                   help="with --frames (default reencode): how a window gets the frames it shares with the previous one (see "
                         "videogpt-fast sample --help)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
@@ -218,6 +219,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = parser.parse_args(argv)
     if opts.frames is not None and opts.frames <= SEQUENCE_LENGTH:
         parser.error(f"argument --frames: must exceed the trained {SEQUENCE_LENGTH} frames, got {opts.frames}")
+    if opts.handover is not None and opts.frames is None:
+        parser.error("argument --handover: only used with --frames (long samples); add --frames N")
+    opts.handover = opts.handover or HANDOVERS[0]
     out = Path(opts.output)
     lock = OutputLock(out)
     try:
