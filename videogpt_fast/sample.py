@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -48,8 +49,12 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
     The first window is (0, 0): plain sampling. Each later one starts ``window - context_frames``
     frames after the previous one and keeps the frames it shares with it as its prefix; the last
     one ends at the last frame (it may overlap more). ValueError unless
-    ``latent_frames >= window > context_frames >= 0``.
+    ``latent_frames >= window > context_frames >= 0``; TypeError for non-int frame counts (2.5, "4").
     """
+    for name, value in (("latent_frames", latent_frames), ("context_frames", context_frames)):
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"sample: {name} must be an int, got {value!r} ({type(value).__name__})")
+    latent_frames, context_frames = operator.index(latent_frames), operator.index(context_frames)
     if not latent_frames >= window > context_frames >= 0:
         raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
                          f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
@@ -85,8 +90,11 @@ def encode_context(vqvae: nn.Module, frames: torch.Tensor, window: int) -> torch
     ValueError unless 0 < c < ``window``.
     """
     ds = int(vqvae.downsample[0])
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 5:
+        raise ValueError(f"encode_context: frames must be a (n, 3, c * {ds}, H, W) tensor, got "
+                         f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
     f = frames.shape[2]
-    if frames.dim() != 5 or f % ds or not 0 < f // ds < window:
+    if f % ds or not 0 < f // ds < window:
         raise ValueError(f"encode_context: frames must be (n, 3, c * {ds}, H, W) with 0 < c < {window}, "
                          f"got {tuple(frames.shape)}")
     padded = torch.cat([frames, frames[:, :, -1:].expand(-1, -1, window * ds - f, -1, -1)], dim=2)
@@ -192,7 +200,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             colour 0.083 copied, 0.050 re-encoded (0.035 for reconstructions), of its area 2.7
             vs 0.56. Copied contexts make the prior restart a new shape at every window;
             re-encoded ones continue it (and its own within-window shrinking, which compounds).
-        prefix: codes (n, P, H', W') of the first P latent frames, 0 < P < T, given (e.g. a real
+        prefix: int64/int32 codes in [0, n_codes), (n, P, H', W'), of the first P latent frames, 0 < P < T, given (e.g. a real
             clip's, to continue it): they are teacher-forced into the first window in one pass and
             returned unchanged; sampling starts at latent frame P.
     """
@@ -202,12 +210,20 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     latent_frames = T if latent_frames is None else latent_frames
     context_frames = T // 2 if context_frames is None else context_frames
     windows = latent_windows(latent_frames, T, context_frames)
+    latent_frames = operator.index(latent_frames)
     if handover not in HANDOVERS:
         raise ValueError(f"sample: handover must be one of {HANDOVERS}, got {handover!r}")
     if prefix is not None:
+        if not isinstance(prefix, torch.Tensor) or prefix.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"sample: prefix must be int64/int32 codes (n, P, H', W'), got "
+                             f"{prefix.dtype if isinstance(prefix, torch.Tensor) else type(prefix).__name__}")
         if prefix.dim() != 4 or prefix.shape[0] != n or tuple(prefix.shape[2:]) != grid or not 0 < prefix.shape[1] < T:
             raise ValueError(f"sample: prefix must be codes (n={n}, P, *{grid}) with 0 < P < T={T}, "
                              f"got {tuple(prefix.shape)}")
+        n_codes = int(model.vqvae.n_codes)
+        if not 0 <= int(prefix.min()) <= int(prefix.max()) < n_codes:  # once per call, before any work
+            raise ValueError(f"sample: prefix codes must be in [0, n_codes={n_codes}), got values in "
+                             f"[{int(prefix.min())}, {int(prefix.max())}]")
         windows[0] = (0, int(prefix.shape[1]))
     cond = _cond_from_batch(model, n, batch)
     compile, cuda_graph = step_modes(model.fc_in.weight.device, compile, cuda_graph)
