@@ -453,3 +453,23 @@ def test_continue_errors_exit_2(models, videos, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_frames_are_refused_before_sampling(models, videos, tmp_path, capsys, monkeypatch):
+    """--frames whose decoded pixels cannot fit in the device's memory is a one-line error before any
+    sampling (it sampled for hours, or hung listing 10^22 windows, before the allocation failed)."""
+    from videogpt_fast import sample as S
+    _, _, gpt_path = models
+
+    def never(*a, **k):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(S, "latent_windows", never)
+    out = str(tmp_path / "h.mp4")
+    for argv in (["sample", "--ckpt", str(gpt_path), "--frames", str(10 ** 23)],
+                 ["continue", "--ckpt", str(gpt_path), "--video", str(videos / "v0.mp4"), "--frames", str(10 ** 12)]):
+        assert cli.main([*argv, "--device", "cpu", "--no_progress", "--output", out]) == 2
+        err = capsys.readouterr().err
+        assert "GiB as float32 pixels, more than the" in err and "lower --frames or --n" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
