@@ -271,6 +271,7 @@ def test_long_sampling_rejects_bad_arguments_before_any_work():
         (dict(prefix=[[0]]), ValueError, "prefix must be int64/int32 codes"),
         (dict(prefix=torch.full((1, 1, 8, 8), 32)), ValueError, r"prefix codes must be in \[0, n_codes=32\)"),
         (dict(prefix=torch.full((1, 1, 8, 8), -1)), ValueError, r"prefix codes must be in \[0, n_codes=32\)"),
+        (dict(generator=5), ValueError, "generator must be a torch.Generator on the model's device type"),
     ]:
         with pytest.raises(error, match=message):
             S.sample_codes(model, 1, progress=False, **kwargs)
