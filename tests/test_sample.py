@@ -281,6 +281,19 @@ def test_long_sampling_rejects_bad_arguments_before_any_work():
     assert S.sample_codes(model, 1, progress=False, latent_frames=torch.tensor(3)).shape == (1, 3, 8, 8)
 
 
+def test_too_long_for_memory_fails_before_listing_windows(monkeypatch):
+    """latent_frames whose codes cannot be allocated fail at once (the window listing ran first: an
+    endless loop for 10^20 frames)."""
+    model = random_model("full")
+
+    def never(*a, **k):
+        raise AssertionError("windows listed before the codes were allocated")
+
+    monkeypatch.setattr(S, "latent_windows", never)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):  # 10^12 x 64 codes x 8 bytes
+        S.sample_codes(model, 1, progress=False, latent_frames=10 ** 12)
+
+
 def _long_cases():
     """(model, batch, n) for full, sparse, class-conditional and frame-conditional priors with
     T = 4 latent frames."""

@@ -42,6 +42,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _check_windows(latent_frames: Any, window: int, context_frames: Any) -> Tuple[int, int]:
+    """(latent_frames, context_frames) as ints; the checks of :func:`latent_windows`."""
+    for name, value in (("latent_frames", latent_frames), ("context_frames", context_frames)):
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"sample: {name} must be an int, got {value!r} ({type(value).__name__})")
+    latent_frames, context_frames = operator.index(latent_frames), operator.index(context_frames)
+    if not latent_frames >= window > context_frames >= 0:
+        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
+                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    return latent_frames, context_frames
+
+
 def latent_windows(latent_frames: int, window: int, context_frames: int) -> List[Tuple[int, int]]:
     """The windows of sliding-window sampling: (first latent frame, teacher-forced prefix frames)
     for each window of ``window`` latent frames covering ``latent_frames``.
@@ -51,13 +63,7 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
     one ends at the last frame (it may overlap more). ValueError unless
     ``latent_frames >= window > context_frames >= 0``; TypeError for non-int frame counts (2.5, "4").
     """
-    for name, value in (("latent_frames", latent_frames), ("context_frames", context_frames)):
-        if isinstance(value, bool) or not hasattr(value, "__index__"):
-            raise TypeError(f"sample: {name} must be an int, got {value!r} ({type(value).__name__})")
-    latent_frames, context_frames = operator.index(latent_frames), operator.index(context_frames)
-    if not latent_frames >= window > context_frames >= 0:
-        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
-                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    latent_frames, context_frames = _check_windows(latent_frames, window, context_frames)
     windows, start = [(0, 0)], 0
     while start + window < latent_frames:
         end = start + window
@@ -209,8 +215,10 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
     latent_frames = T if latent_frames is None else latent_frames
     context_frames = T // 2 if context_frames is None else context_frames
+    latent_frames, _ = _check_windows(latent_frames, T, context_frames)
+    # the codes first: a latent_frames too long for memory fails here, before listing its windows
+    samples = torch.zeros((n, latent_frames * math.prod(grid)), dtype=torch.long, device=model.fc_in.weight.device)
     windows = latent_windows(latent_frames, T, context_frames)
-    latent_frames = operator.index(latent_frames)
     if handover not in HANDOVERS:
         raise ValueError(f"sample: handover must be one of {HANDOVERS}, got {handover!r}")
     if prefix is not None:
@@ -239,7 +247,6 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
                  plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
         per_frame = math.prod(grid)
-        samples = torch.zeros((n, latent_frames * per_frame), dtype=torch.long, device=plan.device)
         if prefix is not None:
             samples[:, :prefix[0].numel()] = prefix.reshape(n, -1).to(plan.device)
         window = samples.new_zeros(n, plan.seq_len)  # the codes the current window is conditioned on / samples
