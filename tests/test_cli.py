@@ -467,6 +467,7 @@ def test_huge_frames_are_refused_before_sampling(models, videos, tmp_path, capsy
     monkeypatch.setattr(S, "latent_windows", never)
     out = str(tmp_path / "h.mp4")
     for argv in (["sample", "--ckpt", str(gpt_path), "--frames", str(10 ** 23)],
+                 ["sample", "--ckpt", str(gpt_path), "--n", str(10 ** 12)],
                  ["continue", "--ckpt", str(gpt_path), "--video", str(videos / "v0.mp4"), "--frames", str(10 ** 12)]):
         assert cli.main([*argv, "--device", "cpu", "--no_progress", "--output", out]) == 2
         err = capsys.readouterr().err

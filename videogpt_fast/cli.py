@@ -74,8 +74,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = check_output_path(a.output, GRID_EXTS)  # before any model work: samples are never lost
     device = _device(a.device)
     gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
-    if a.frames is not None:
-        _check_video_fits(gpt, a.n, a.frames, device)
+    _check_video_fits(gpt, a.n, a.frames, device)
     torch.manual_seed(a.seed)
     batch = None
     if gpt.use_frame_cond or gpt.args.class_cond:
@@ -117,16 +116,18 @@ def _latent_frames(gpt, frames: Optional[int]) -> int:
     return T if frames is None else max(T, -(-frames // ds))
 
 
-def _check_video_fits(gpt, n: int, frames: int, device: torch.device) -> None:
+def _check_video_fits(gpt, n: int, frames: Optional[int], device: torch.device) -> None:
     """ValueError when ``n`` videos of ``frames`` frames, as the float32 pixels the VQ-VAE decodes
     them to, exceed ``device``'s memory: a huge ``--frames`` is refused before any sampling (it
     sampled for hours, or hung listing its windows, before the allocation failed)."""
     from .model_size import memory_bytes
     resolution = getattr(gpt.args, "resolution", None) or gpt.vqvae.args.resolution
-    pixels = n * 3 * _latent_frames(gpt, frames) * int(gpt.vqvae.downsample[0]) * int(resolution) ** 2
+    length = _latent_frames(gpt, frames) * int(gpt.vqvae.downsample[0])
+    pixels = n * 3 * length * int(resolution) ** 2
     total = memory_bytes(str(device))
     if total is not None and pixels * 4 > total:
-        raise ValueError(f"--frames {frames}: {n} video(s) of {frames} frames at {resolution}x{resolution} need "
+        raise ValueError(f"--n {n} --frames {frames or length}: {n} video(s) of {length} frames at "
+                         f"{resolution}x{resolution} need "
                          f"{pixels * 4 / 2**30:.1f} GiB as float32 pixels, more than the {total / 2**30:.1f} GiB "
                          "of memory of this device; lower --frames or --n")
 

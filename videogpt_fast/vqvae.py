@@ -195,7 +195,8 @@ class VQVAE(nn.Module):
         commitment_loss`` (the one to back-propagate) and ``metrics`` = detached ``recon_loss``,
         ``commitment_loss`` and ``perplexity`` (the original's logged values). In training mode the
         codebook's EMA buffers update, as in :meth:`forward`. ValueError for bad videos (see
-        :meth:`forward`)."""
+        :meth:`forward`). Values are not checked (that would sync the host every step): NaN/inf
+        videos give a NaN loss and, in training mode, NaN codebook EMA buffers for good."""
         recon_loss, _, vq_output = self(x)
         loss = recon_loss + vq_output["commitment_loss"]
         return loss, {"recon_loss": recon_loss.detach(), "commitment_loss": vq_output["commitment_loss"].detach(),
