@@ -474,3 +474,15 @@ def test_huge_frames_are_refused_before_sampling(models, videos, tmp_path, capsy
         assert "GiB as float32 pixels, more than the" in err and "lower --frames or --n" in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unusable_backend_in_the_environment_is_one_line(models, tmp_path, capsys, monkeypatch):
+    """VIDEOGPT_FAST_BACKEND=cuda for a CPU run raises BackendUnavailableError (a RuntimeError), which
+    went past the one-line handler as a traceback (exit status 1)."""
+    monkeypatch.setenv("VIDEOGPT_FAST_BACKEND", "cuda")
+    _, _, gpt_path = models
+    assert cli.main(["sample", "--ckpt", str(gpt_path), "--device", "cpu", "--no_progress",
+                     "--output", str(tmp_path / "s.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "error: VIDEOGPT_FAST_BACKEND=cuda requested for decode_attention but" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, nonneg_int, positive_int, seed_int
+from .backends import BackendUnavailableError
 
 from .data.video_reader import VIDEO_EXTS, read_video, video_files  # the one video listing and reader (data/)
 from .utils import as_namespace
@@ -405,7 +406,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
+    # CheckpointError is a ValueError, CheckpointWriteError an OSError; BackendUnavailableError (a
+    # RuntimeError) is a backend set in VIDEOGPT_FAST_BACKEND that cannot run here
+    except (ValueError, OSError, BackendUnavailableError) as e:
         print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
