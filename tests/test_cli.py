@@ -486,3 +486,13 @@ def test_unusable_backend_in_the_environment_is_one_line(models, tmp_path, capsy
     err = capsys.readouterr().err
     assert "error: VIDEOGPT_FAST_BACKEND=cuda requested for decode_attention but" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_continue_from_a_too_short_clip_names_the_frames_needed(models, tmp_path, capsys):
+    """The message named a --sequence_length that continue does not have."""
+    _, _, gpt_path = models
+    write_video(moving_shapes(1, 1, 24, seed=7)[0], str(tmp_path / "one.mp4"))
+    assert cli.main(["continue", "--ckpt", str(gpt_path), "--video", str(tmp_path / "one.mp4"), "--frames", "8",
+                     "--device", "cpu", "--no_progress", "--output", str(tmp_path / "c.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "one.mp4' has 1 frames from frame 0; need 2" in err and "sequence_length" not in err, err

@@ -49,8 +49,7 @@ def _clip(path: str, sequence_length: int, resolution: int, start: int = 0) -> t
 
     frames = read_video(path, sequence_length, start)
     if len(frames) < sequence_length:
-        raise ValueError(f"{path!r} has {len(frames)} frames from frame {start}; need sequence_length="
-                         f"{sequence_length}")
+        raise ValueError(f"{path!r} has {len(frames)} frames from frame {start}; need {sequence_length}")
     return preprocess(torch.from_numpy(frames), resolution)
 
 
