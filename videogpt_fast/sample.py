@@ -235,11 +235,13 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         windows[0] = (0, int(prefix.shape[1]))
     cond = _cond_from_batch(model, n, batch)
     device = model.fc_in.weight.device
-    if generator is not None and not (isinstance(generator, torch.Generator) and generator.device.type == device.type):
-        raise ValueError(f"sample: generator must be a torch.Generator on the model's device type ({device.type}), "
-                         f"got {generator.device if isinstance(generator, torch.Generator) else type(generator).__name__}")
-    compile, cuda_graph = step_modes(model.fc_in.weight.device, compile, cuda_graph)
+    compile, cuda_graph = step_modes(device, compile, cuda_graph)
     eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
+    if generator is not None and not (isinstance(generator, torch.Generator) and
+                                      (not eager or generator.device.type == device.type)):
+        raise ValueError(f"sample: generator must be a torch.Generator on the model's device type ({device.type}) "
+                         f"for eager steps, got "
+                         f"{generator.device if isinstance(generator, torch.Generator) else type(generator).__name__}")
     plan = DecodePlan.from_model(model, n, cond, dtype)
     try:
         stepper = Stepper(plan, sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
