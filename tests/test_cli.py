@@ -470,3 +470,46 @@ def test_continue_errors_exit_2(models, videos, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_frames_are_refused_before_sampling(models, videos, tmp_path, capsys, monkeypatch):
+    """--frames whose decoded pixels cannot fit in the device's memory is a one-line error before any
+    sampling (it sampled for hours, or hung listing 10^22 windows, before the allocation failed)."""
+    from videogpt_fast import sample as S
+    _, _, gpt_path = models
+
+    def never(*a, **k):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(S, "latent_windows", never)
+    out = str(tmp_path / "h.mp4")
+    for argv in (["sample", "--ckpt", str(gpt_path), "--frames", str(10 ** 23)],
+                 ["sample", "--ckpt", str(gpt_path), "--n", str(10 ** 12)],
+                 ["continue", "--ckpt", str(gpt_path), "--video", str(videos / "v0.mp4"), "--frames", str(10 ** 12)]):
+        assert cli.main([*argv, "--device", "cpu", "--no_progress", "--output", out]) == 2
+        err = capsys.readouterr().err
+        assert "GiB as float32 pixels, more than the" in err and "lower --frames or --n" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unusable_backend_in_the_environment_is_one_line(models, tmp_path, capsys, monkeypatch):
+    """VIDEOGPT_FAST_BACKEND=cuda for a CPU run raises BackendUnavailableError (a RuntimeError), which
+    went past the one-line handler as a traceback (exit status 1)."""
+    monkeypatch.setenv("VIDEOGPT_FAST_BACKEND", "cuda")
+    _, _, gpt_path = models
+    assert cli.main(["sample", "--ckpt", str(gpt_path), "--device", "cpu", "--no_progress",
+                     "--output", str(tmp_path / "s.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "error: VIDEOGPT_FAST_BACKEND=cuda requested for decode_attention but" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_continue_from_a_too_short_clip_names_the_frames_needed(models, tmp_path, capsys):
+    """The message named a --sequence_length that continue does not have."""
+    _, _, gpt_path = models
+    write_video(moving_shapes(1, 1, 24, seed=7)[0], str(tmp_path / "one.mp4"))
+    assert cli.main(["continue", "--ckpt", str(gpt_path), "--video", str(tmp_path / "one.mp4"), "--frames", "8",
+                     "--device", "cpu", "--no_progress", "--output", str(tmp_path / "c.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "one.mp4' has 1 frames from frame 0; need 2" in err and "sequence_length" not in err, err

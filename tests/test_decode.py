@@ -74,3 +74,18 @@ def test_default_draw_is_torch_multinomial():
     theirs = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(9)).squeeze(-1)
     assert torch.equal(ours, theirs)
     assert ours.unique().numel() > 5
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, "bf16", torch.bool])
+def test_prior_dtype_must_be_a_floating_dtype(dtype):
+    """A non-floating ``dtype`` is a clear error (it was nn.Module.to's TypeError, or for a string
+    'Invalid device string')."""
+    import argparse
+    from videogpt_fast.gpt import VideoGPT
+    from videogpt_fast.vqvae import VQVAE
+    vq = VQVAE(argparse.Namespace(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=[2, 2, 2],
+                                  sequence_length=4, resolution=8))
+    gpt = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
+                        dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq).eval()
+    with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
+        S.DecodePlan.from_model(gpt, 1, dtype=dtype)

@@ -188,3 +188,16 @@ def test_reencoded_windows_are_decoded_as_sampled():
         gpt.sample_codes(1, progress=False, latent_frames=5, handover="copy")
     with pytest.raises(ValueError, match="handover must be one of"):
         decode_windows(gpt.vqvae, codes, T, handover="copy")
+
+
+def test_decode_latents_rejects_bad_codes_and_windows():
+    """window=0 is an error (it silently meant the default window), and codes that are not a 4-d
+    tensor are a clear ValueError (not an AttributeError / IndexError)."""
+    vq = tiny_prior().vqvae
+    codes = torch.zeros(1, 5, 2, 2, dtype=torch.long)
+    for window in (0, -1):
+        with pytest.raises(ValueError, match="latent_frames >= T > context_frames"):
+            decode_latents(vq, codes, "windows", window=window)
+    for bad in ([[0]], torch.zeros(5, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"codes must be a \(n, t, h, w\) tensor"):
+            decode_latents(vq, bad, "windows")

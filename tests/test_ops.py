@@ -169,3 +169,54 @@ def test_decode_attention_validation_and_cuda_backend_on_cpu():
         ops.decode_attention(q, k, k, torch.tensor(1), torch.ones(2, 2, 3, dtype=torch.bool), 32)
     with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="decode_attention"):
         ops.decode_attention(q, k, k, torch.tensor(1))
+
+
+# --------------------------------------------------------------------------------------------
+# bad input to every public op: a clear exception naming the constraint, from ops, never from inside
+# an implementation (found by adversarial testing after the issue-17 refactor)
+_q5, _q4, _dq, _dk = torch.randn(1, 2, 3, 4, 8), torch.randn(1, 2, 32, 8), torch.randn(1, 2, 8), torch.randn(1, 2, 32, 8)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ops.codebook_nearest([[1.0]], torch.randn(2, 4)), TypeError, "x must be a torch.Tensor"),
+    (lambda: ops.axial_attention(_q5, _q5, _q5, "2"), TypeError, "dim must be an int"),
+    (lambda: ops.axial_attention(_q5, _q5, _q5, 2.0), TypeError, "dim must be an int"),
+    (lambda: ops.axial_attention(*(torch.randn(1, 2, 3, 4, 0),) * 3, 2), ValueError, "head dims must be >= 1"),
+    (lambda: ops.blocksparse_attention(_q4, _q4, _q4, torch.ones(2, 2), 16.0), TypeError, "block must be an int"),
+    (lambda: ops.blocksparse_attention(*(torch.randn(1, 2, 0, 8),) * 3, torch.ones(0, 0), 16), ValueError,
+     "sequence length must be >= 1"),
+    (lambda: ops.blocksparse_attention(*(torch.randn(1, 2, 32, 0),) * 3, torch.ones(2, 2), 16), ValueError,
+     "head dims must be >= 1"),
+    (lambda: ops.decode_attention(_dq, _dk, _dk, 3), TypeError, "pos must be a torch.Tensor"),
+    (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), torch.ones(2, 2, dtype=torch.bool)), ValueError,
+     "block must be a positive int"),
+    (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), backend="garbage"), ValueError,
+     "backend must be one of torch, triton, cuda"),
+    (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), backend="cuda"), BackendUnavailableError,
+     "backend 'cuda' was passed but"),
+])
+def test_ops_reject_bad_arguments_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_decode_attention_explicit_triton_backend_on_cpu_without_interpreter(monkeypatch):
+    """An explicit ``backend="triton"`` is checked like a resolved one (it reached the Triton
+    launcher, which failed with '0 active drivers')."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from videogpt_fast.backends import triton_available
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    with pytest.raises(BackendUnavailableError, match="need a CUDA tensor"):
+        ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), backend="triton")
+
+
+def test_empty_inputs_give_empty_outputs_on_the_torch_backend():
+    """0 rows / an empty attention axis give empty results (as the Triton kernels do), not a crash
+    in the reference (torch.cat of nothing, reshape(-1) of 0 elements)."""
+    with use_backend("torch"):
+        assert ops.codebook_nearest(torch.randn(0, 4), torch.randn(3, 4)).shape == (0,)
+        codes, counts, sums = ops.codebook_nearest_with_stats(torch.randn(0, 4), torch.randn(3, 4))
+        assert codes.shape == (0,) and torch.equal(counts, torch.zeros(3)) and torch.equal(sums, torch.zeros(3, 4))
+        q = torch.randn(1, 2, 0, 4, 8)
+        assert ops.axial_attention(q, q, torch.randn(1, 2, 0, 4, 5), 2).shape == (1, 2, 0, 4, 5)

@@ -258,6 +258,42 @@ def test_latent_windows():
             S.latent_windows(*bad)
 
 
+def test_long_sampling_rejects_bad_arguments_before_any_work():
+    """Non-int frame counts, bad prefixes and bad context frames are clear errors up front (they
+    crashed in torch.zeros / slicing / F.embedding, or a float prefix was silently truncated)."""
+    model = random_model("full")  # T = 2, grid (8, 8), 32 codes, downsample_t 2
+    for kwargs, error, message in [
+        (dict(latent_frames=4.5), TypeError, "latent_frames must be an int"),
+        (dict(latent_frames=4.0), TypeError, "latent_frames must be an int"),
+        (dict(latent_frames="5"), TypeError, "latent_frames must be an int"),
+        (dict(latent_frames=5, context_frames=1.0), TypeError, "context_frames must be an int"),
+        (dict(prefix=torch.zeros(1, 1, 8, 8)), ValueError, "prefix must be int64/int32 codes"),
+        (dict(prefix=[[0]]), ValueError, "prefix must be int64/int32 codes"),
+        (dict(prefix=torch.full((1, 1, 8, 8), 32)), ValueError, r"prefix codes must be in \[0, n_codes=32\)"),
+        (dict(prefix=torch.full((1, 1, 8, 8), -1)), ValueError, r"prefix codes must be in \[0, n_codes=32\)"),
+        (dict(generator=5), ValueError, "generator must be a torch.Generator on the model's device type"),
+    ]:
+        with pytest.raises(error, match=message):
+            S.sample_codes(model, 1, progress=False, **kwargs)
+    for bad in (torch.zeros(3, 2, 32), torch.zeros(3, 32), [[0.0]]):
+        with pytest.raises(ValueError, match="encode_context: frames must be"):
+            S.encode_context(model.vqvae, bad, window=2)
+    assert S.sample_codes(model, 1, progress=False, latent_frames=torch.tensor(3)).shape == (1, 3, 8, 8)
+
+
+def test_too_long_for_memory_fails_before_listing_windows(monkeypatch):
+    """latent_frames whose codes cannot be allocated fail at once (the window listing ran first: an
+    endless loop for 10^20 frames)."""
+    model = random_model("full")
+
+    def never(*a, **k):
+        raise AssertionError("windows listed before the codes were allocated")
+
+    monkeypatch.setattr(S, "latent_windows", never)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):  # 10^12 x 64 codes x 8 bytes
+        S.sample_codes(model, 1, progress=False, latent_frames=10 ** 12)
+
+
 def _long_cases():
     """(model, batch, n) for full, sparse, class-conditional and frame-conditional priors with
     T = 4 latent frames."""

@@ -135,3 +135,15 @@ def test_class_cond_with_unlabeled_test_files_fails_up_front(tiny_vqvae_ckpt, tm
     err = capsys.readouterr().err
     assert "--class_cond: 1 video file(s) directly in" in err and "test have no class" in err
     assert not list(out.glob("*.ckpt"))
+
+
+def test_unusable_backend_in_the_environment_is_one_line(shapes_hdf5, tmp_path, capsys, monkeypatch):
+    """VIDEOGPT_FAST_BACKEND=triton on CPU without the interpreter raises BackendUnavailableError (a
+    RuntimeError), which went past the one-line handler as a traceback (exit status 1)."""
+    monkeypatch.setenv("VIDEOGPT_FAST_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    argv = ["vqvae", "--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "1", "--device", "cpu",
+            "--output", str(tmp_path / "run")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("videogpt-fast train vqvae: error: VIDEOGPT_FAST_BACKEND=triton requested for"), err

@@ -289,6 +289,8 @@ def test_validation_errors():
     (lambda x: x.double(), r"videos are torch\.float64 but the VQVAE's weights are torch\.float32"),
     (lambda x: x.half(), r"videos are torch\.float16 but the VQVAE's weights are torch\.float32"),
     (lambda x: x[:0], r"non-empty batch"),
+    (lambda x: x[:, :, :0], r"T, H, W >= 1, got shape \(2, 3, 0, 8, 8\)"),  # was a conv "kernel size" error
+    (lambda x: x[:, :, :, :, :0], r"T, H, W >= 1, got shape \(2, 3, 4, 8, 0\)"),
     (lambda x: x.to("meta"), r"videos are on meta but the VQVAE is on cpu"),
     (lambda x: x.numpy(), r"torch\.Tensor \(B, 3, T, H, W\), got ndarray"),
 ])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, nonneg_int, positive_int, seed_int
+from .backends import BackendUnavailableError
 
 from .data.video_reader import VIDEO_EXTS, read_video, video_files  # the one video listing and reader (data/)
 from .utils import as_namespace
@@ -75,6 +76,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = check_output_path(a.output, GRID_EXTS)  # before any model work: samples are never lost
     device = _device(a.device)
     gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
+    _check_video_fits(gpt, a.n, a.frames, device)
     torch.manual_seed(a.seed)
     batch = None
     if gpt.use_frame_cond or gpt.args.class_cond:
@@ -120,6 +122,22 @@ def _latent_frames(gpt, frames: Optional[int]) -> int:
     return T if frames is None else max(T, -(-frames // ds))
 
 
+def _check_video_fits(gpt, n: int, frames: Optional[int], device: torch.device) -> None:
+    """ValueError when ``n`` videos of ``frames`` frames, as the float32 pixels the VQ-VAE decodes
+    them to, exceed ``device``'s memory: a huge ``--frames`` is refused before any sampling (it
+    sampled for hours, or hung listing its windows, before the allocation failed)."""
+    from .model_size import memory_bytes
+    resolution = getattr(gpt.args, "resolution", None) or gpt.vqvae.args.resolution
+    length = _latent_frames(gpt, frames) * int(gpt.vqvae.downsample[0])
+    pixels = n * 3 * length * int(resolution) ** 2
+    total = memory_bytes(str(device))
+    if total is not None and pixels * 4 > total:
+        raise ValueError(f"--n {n} --frames {frames or length}: {n} video(s) of {length} frames at "
+                         f"{resolution}x{resolution} need "
+                         f"{pixels * 4 / 2**30:.1f} GiB as float32 pixels, more than the {total / 2**30:.1f} GiB "
+                         "of memory of this device; lower --frames or --n")
+
+
 def cmd_continue(a: argparse.Namespace) -> int:
     """Continue a video file past its first frames with a prior: encode the first
     ``context_frames`` latent frames' worth of the clip (as the start of a clip,
@@ -134,6 +152,7 @@ def cmd_continue(a: argparse.Namespace) -> int:
         raise ValueError(f"--video {a.video}: no such file")
     device = _device(a.device)
     gpt = load_videogpt(a.ckpt, vqvae=a.vqvae, device=device)
+    _check_video_fits(gpt, a.n, a.frames, device)
     T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
     context = T // 2 if a.context_frames is None else a.context_frames
     if not 0 < context < T:
@@ -394,7 +413,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
+    # CheckpointError is a ValueError, CheckpointWriteError an OSError; BackendUnavailableError (a
+    # RuntimeError) is a backend set in VIDEOGPT_FAST_BACKEND that cannot run here
+    except (ValueError, OSError, BackendUnavailableError) as e:
         print(f"videogpt-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:

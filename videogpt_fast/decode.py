@@ -82,7 +82,10 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
 # --------------------------------------------------------------------------------------------
 def _prior_in_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
     """``model`` itself, or (another ``dtype``) a copy of its prior in ``dtype`` sharing the frozen
-    VQ-VAE; the LayerNorms (fp32 math, as the original) and the frame encoder stay in fp32."""
+    VQ-VAE; the LayerNorms (fp32 math, as the original) and the frame encoder stay in fp32.
+    ValueError unless ``dtype`` is None or a floating ``torch.dtype``."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"sample: dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     if dtype is None or dtype == model.fc_in.weight.dtype:
         return model
     prior = copy.deepcopy(model, memo={id(model.vqvae): model.vqvae})

@@ -100,11 +100,16 @@ def decode_latents(vqvae: nn.Module, codes: torch.Tensor, decode: str = "windows
     or ``"one_pass"`` (one :meth:`VQVAE.decode` over all t latent frames). For codes from
     ``sample_codes(latent_frames, context_frames, handover)`` pass the same ``context_frames`` and
     ``handover`` (``"codes"`` here by default: real clips' codes need no re-encoding).
-    ValueError for another mode."""
+    ValueError for another mode, codes that are not a 4-d tensor, or a window that does not fit
+    (:func:`decode_windows`)."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-    if decode == "windows" and codes.shape[1] > (window or vqvae.latent_shape[0]):
-        videos = decode_windows(vqvae, codes, window or vqvae.latent_shape[0], context_frames, handover)
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 4:
+        raise ValueError(f"decode_latents: codes must be a (n, t, h, w) tensor, got "
+                         f"{tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__}")
+    window = vqvae.latent_shape[0] if window is None else window  # window=0 is an error, not the default
+    if decode == "windows" and codes.shape[1] > window:
+        videos = decode_windows(vqvae, codes, window, context_frames, handover)
     else:
         videos = vqvae.decode(codes)
     return torch.clamp(videos, -0.5, 0.5) + 0.5

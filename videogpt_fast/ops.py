@@ -13,12 +13,13 @@ Shapes follow the package conventions: attention tensors are (B, heads, *positio
 from __future__ import annotations
 
 import importlib
+import operator
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .backends import resolve
+from .backends import BackendUnavailableError, cuda_usable, resolve, triton_usable
 from .kernels.reference import (axial_attention_reference, blocksparse_attention_reference, code_counts,
                                 codebook_nearest_reference, codebook_nearest_with_stats_reference,
                                 decode_attention_reference, decode_layout_row, expand_layout, spatial_dim)
@@ -82,6 +83,28 @@ def _resolve(op: str, device: torch.device) -> str:
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+def _require_tensors(op: str, names: str, *values) -> None:
+    """TypeError unless every one of ``values`` (named ``names``, comma-separated) is a tensor."""
+    for name, value in zip(names.split(", "), values):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _int_arg(op: str, name: str, value) -> int:
+    """``value`` as a Python int; TypeError for a float, bool or other non-integer (e.g. 16.0)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {value!r} ({type(value).__name__})") from None
+
+
+def _check_head_dims(op: str, q: torch.Tensor, v: torch.Tensor) -> None:
+    if q.shape[-1] < 1 or v.shape[-1] < 1:
+        raise ValueError(f"{op}: head dims must be >= 1, got q/k {q.shape[-1]}, v {v.shape[-1]}")
+
+
 def _check_tensors(op: str, names: str, *tensors: torch.Tensor) -> None:
     """One floating dtype and one device for all of ``tensors`` (named ``names``, comma-separated)."""
     dtypes = {t.dtype for t in tensors}
@@ -117,7 +140,12 @@ def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int,
     """
     if not isinstance(layout, torch.Tensor):
         raise ValueError(f"{op}: layout must be a tensor, got {type(layout)}")
-    if block <= 0 or seq_len % block != 0:
+    block = _int_arg(op, "block", block)
+    if seq_len < 1:
+        raise ValueError(f"{op}: sequence length must be >= 1, got {seq_len}")
+    if block <= 0:
+        raise ValueError(f"{op}: block must be a positive int (the layout's block size), got {block}")
+    if seq_len % block != 0:
         raise ValueError(f"{op}: sequence length {seq_len} is not divisible by block {block}")
     nb = seq_len // block
     if layout.dim() not in (2, 3) or layout.shape[-2:] != (nb, nb) or (layout.dim() == 3 and
@@ -127,6 +155,7 @@ def check_layout(layout: torch.Tensor, seq_len: int, block: int, n_head: int,
 
 
 def _check_codebook(op: str, x: torch.Tensor, codebook: torch.Tensor) -> str:
+    _require_tensors(op, "x, codebook", x, codebook)
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"{op}: expected x (N, D) and codebook (K, D) with equal D, "
                          f"got shapes {tuple(x.shape)} and {tuple(codebook.shape)}")
@@ -197,10 +226,13 @@ def axial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int)
         ValueError: shapes, a non-spatial ``dim``, dtypes or devices, or the Triton kernel's
             limits (fp16/bf16/fp32, head dims <= 256) when it is chosen.
     """
+    _require_tensors("axial_attention", "q, k, v", q, k, v)
+    dim = _int_arg("axial_attention", "dim", dim)
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"axial_attention: q, k must match and v share their leading dims, got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     spatial_dim(q, dim)
+    _check_head_dims("axial_attention", q, v)
     backend = _check_attention("axial_attention", q, k, v, "axial_attention")
     return implementation("axial_attention", backend)(q, k, v, dim)
 
@@ -220,10 +252,12 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     Raises:
         ValueError: naming the violated constraint.
     """
+    _require_tensors("blocksparse_attention", "q, k, v", q, k, v)
     if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
         raise ValueError(f"blocksparse_attention: shape mismatch: expected q, k (B, heads, L, d) and v "
                          f"(B, heads, L, dv) (4-d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     check_layout(layout, q.shape[2], block, q.shape[1])
+    _check_head_dims("blocksparse_attention", q, v)
     backend = _check_attention("blocksparse_attention", q, k, v, "blocksparse_attention", block)
     return implementation("blocksparse_attention", backend)(q, k, v, layout, block, causal)
 
@@ -249,6 +283,7 @@ def _check_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
         # a device pos is not read (no sync), nor is a traced one
         raise ValueError(f"decode_attention: pos must be in [0, {k.shape[2]}) (the cache length), got {int(pos)}")
     _check_tensors("decode_attention", "q, k, v", q, k, v)
+    _check_head_dims("decode_attention", q, v)
     if layout is not None:
         check_layout(layout, k.shape[2], block, q.shape[1], op="decode_attention")
         if layout.device != q.device:
@@ -296,6 +331,20 @@ def decode_attention_backend(device: torch.device) -> str:
     return _resolve("decode_attention", device)
 
 
+def _check_backend(backend: str, device: torch.device) -> str:
+    """A ``backend`` passed to :func:`decode_attention`: one of torch, triton, cuda, and usable on
+    ``device`` (checked in eager calls; a compiled step resolved it outside the traced code)."""
+    if backend not in ("torch",) + backends_of("decode_attention"):
+        raise ValueError(f"decode_attention: backend must be one of torch, "
+                         f"{', '.join(backends_of('decode_attention'))} (as decode_attention_backend "
+                         f"resolves it), got {backend!r}")
+    if backend != "torch" and not torch.compiler.is_compiling():
+        why = triton_usable(device) if backend == "triton" else cuda_usable(device, "decode_attention")
+        if why is not None:
+            raise BackendUnavailableError(f"decode_attention: backend {backend!r} was passed but {why}")
+    return backend
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                      layout: Optional[torch.Tensor] = None, block: int = 0, *,
                      backend: Optional[str] = None) -> torch.Tensor:
@@ -315,9 +364,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     Returns:
         (B, H, dv) in q's dtype.
     Raises:
-        ValueError: naming the violated constraint.
+        ValueError: naming the violated constraint (shapes, dtypes, devices, ``pos``, layout, block,
+            an unknown ``backend``).
+        TypeError: a non-tensor q, k, v or ``pos`` (a Python int ``pos`` too), a non-int ``block``.
+        BackendUnavailableError: an explicit ``backend`` that cannot run on q's device.
     """
-    backend = backend or decode_attention_backend(q.device)
+    _require_tensors("decode_attention", "q, k, v, pos", q, k, v, pos)
+    backend = decode_attention_backend(q.device) if backend is None else _check_backend(backend, q.device)
     _check_decode_attention(q, k, v, pos, layout, block)
     pos = pos.reshape(1)
     if backend == "triton":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import operator
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -41,6 +42,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _check_windows(latent_frames: Any, window: int, context_frames: Any) -> Tuple[int, int]:
+    """(latent_frames, context_frames) as ints; the checks of :func:`latent_windows`."""
+    for name, value in (("latent_frames", latent_frames), ("context_frames", context_frames)):
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"sample: {name} must be an int, got {value!r} ({type(value).__name__})")
+    latent_frames, context_frames = operator.index(latent_frames), operator.index(context_frames)
+    if not latent_frames >= window > context_frames >= 0:
+        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
+                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    return latent_frames, context_frames
+
+
 def latent_windows(latent_frames: int, window: int, context_frames: int) -> List[Tuple[int, int]]:
     """The windows of sliding-window sampling: (first latent frame, teacher-forced prefix frames)
     for each window of ``window`` latent frames covering ``latent_frames``.
@@ -48,11 +61,9 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
     The first window is (0, 0): plain sampling. Each later one starts ``window - context_frames``
     frames after the previous one and keeps the frames it shares with it as its prefix; the last
     one ends at the last frame (it may overlap more). ValueError unless
-    ``latent_frames >= window > context_frames >= 0``.
+    ``latent_frames >= window > context_frames >= 0``; TypeError for non-int frame counts (2.5, "4").
     """
-    if not latent_frames >= window > context_frames >= 0:
-        raise ValueError(f"sample: need latent_frames >= T > context_frames >= 0 (T = {window}, the prior's "
-                         f"latent frames), got latent_frames={latent_frames}, context_frames={context_frames}")
+    latent_frames, context_frames = _check_windows(latent_frames, window, context_frames)
     windows, start = [(0, 0)], 0
     while start + window < latent_frames:
         end = start + window
@@ -97,8 +108,11 @@ def encode_context(vqvae: nn.Module, frames: torch.Tensor, window: int, pad: str
     if pad not in CONTEXT_PADS:
         raise ValueError(f"encode_context: pad must be one of {CONTEXT_PADS}, got {pad!r}")
     ds = int(vqvae.downsample[0])
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 5:
+        raise ValueError(f"encode_context: frames must be a (n, 3, c * {ds}, H, W) tensor, got "
+                         f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
     f = frames.shape[2]
-    if frames.dim() != 5 or f % ds or not 0 < f // ds < window:
+    if f % ds or not 0 < f // ds < window:
         raise ValueError(f"encode_context: frames must be (n, 3, c * {ds}, H, W) with 0 < c < {window}, "
                          f"got {tuple(frames.shape)}")
     rest = window * ds - f
@@ -218,8 +232,8 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             re-encoded (training videos 0.155; the prior's own within-window shrinking compounds
             over the windows), its colour's drift from the first window 0.22 0.27 0.30 copied,
             0.15 0.23 0.31 re-encoded, its frame-to-frame area change 2.7 vs 0.72.
-        prefix: codes (n, P, H', W') of the first P latent frames, 0 < P < T, given (e.g. a real
-            clip's, to continue it): they are teacher-forced into the first window in one pass and
+        prefix: int64/int32 codes in [0, n_codes), (n, P, H', W'), of the first P latent frames, 0 < P < T, given
+            (e.g. a real clip's, to continue it): they are teacher-forced into the first window in one pass and
             returned unchanged; sampling starts at latent frame P.
     """
     n = check_n(n)
@@ -227,17 +241,33 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     T, grid = int(model.shape[0]), tuple(int(s) for s in model.shape[1:])
     latent_frames = T if latent_frames is None else latent_frames
     context_frames = T // 2 if context_frames is None else context_frames
+    latent_frames, _ = _check_windows(latent_frames, T, context_frames)
+    # the codes first: a latent_frames too long for memory fails here, before listing its windows
+    samples = torch.zeros((n, latent_frames * math.prod(grid)), dtype=torch.long, device=model.fc_in.weight.device)
     windows = latent_windows(latent_frames, T, context_frames)
     if handover not in HANDOVERS:
         raise ValueError(f"sample: handover must be one of {HANDOVERS}, got {handover!r}")
     if prefix is not None:
+        if not isinstance(prefix, torch.Tensor) or prefix.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"sample: prefix must be int64/int32 codes (n, P, H', W'), got "
+                             f"{prefix.dtype if isinstance(prefix, torch.Tensor) else type(prefix).__name__}")
         if prefix.dim() != 4 or prefix.shape[0] != n or tuple(prefix.shape[2:]) != grid or not 0 < prefix.shape[1] < T:
             raise ValueError(f"sample: prefix must be codes (n={n}, P, *{grid}) with 0 < P < T={T}, "
                              f"got {tuple(prefix.shape)}")
+        n_codes = int(model.vqvae.n_codes)
+        if not 0 <= int(prefix.min()) <= int(prefix.max()) < n_codes:  # once per call, before any work
+            raise ValueError(f"sample: prefix codes must be in [0, n_codes={n_codes}), got values in "
+                             f"[{int(prefix.min())}, {int(prefix.max())}]")
         windows[0] = (0, int(prefix.shape[1]))
     cond = _cond_from_batch(model, n, batch)
-    compile, cuda_graph = step_modes(model.fc_in.weight.device, compile, cuda_graph)
+    device = model.fc_in.weight.device
+    compile, cuda_graph = step_modes(device, compile, cuda_graph)
     eager = not (compile or cuda_graph)  # eager steps draw from `generator` itself
+    if generator is not None and not (isinstance(generator, torch.Generator) and
+                                      (not eager or generator.device.type == device.type)):
+        raise ValueError(f"sample: generator must be a torch.Generator on the model's device type ({device.type}) "
+                         f"for eager steps, got "
+                         f"{generator.device if isinstance(generator, torch.Generator) else type(generator).__name__}")
     plan = DecodePlan.from_model(model, n, cond, dtype)
     try:
         stepper = Stepper(plan, sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
@@ -245,7 +275,6 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
         log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
                  plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
         per_frame = math.prod(grid)
-        samples = torch.zeros((n, latent_frames * per_frame), dtype=torch.long, device=plan.device)
         if prefix is not None:
             samples[:, :prefix[0].numel()] = prefix.reshape(n, -1).to(plan.device)
         window = samples.new_zeros(n, plan.seq_len)  # the codes the current window is conditioned on / samples

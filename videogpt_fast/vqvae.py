@@ -142,8 +142,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"VQVAE expects videos as a torch.Tensor (B, 3, T, H, W), got {type(x).__name__}")
         if x.dim() != 5 or x.shape[1] != 3:
             raise ValueError(f"VQVAE expects videos (B, 3, T, H, W), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"VQVAE expects a non-empty batch of videos, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0 or 0 in x.shape[2:]:
+            raise ValueError(f"VQVAE expects a non-empty batch of videos with T, H, W >= 1, got shape {tuple(x.shape)}")
         weight = self.codebook.embeddings
         if not x.is_floating_point():
             raise ValueError(f"VQVAE expects float videos in [-0.5, 0.5], got {x.dtype} (uint8 frames go through "
@@ -195,7 +195,8 @@ class VQVAE(nn.Module):
         commitment_loss`` (the one to back-propagate) and ``metrics`` = detached ``recon_loss``,
         ``commitment_loss`` and ``perplexity`` (the original's logged values). In training mode the
         codebook's EMA buffers update, as in :meth:`forward`. ValueError for bad videos (see
-        :meth:`forward`)."""
+        :meth:`forward`). Values are not checked (that would sync the host every step): NaN/inf
+        videos give a NaN loss and, in training mode, NaN codebook EMA buffers for good."""
         recon_loss, _, vq_output = self(x)
         loss = recon_loss + vq_output["commitment_loss"]
         return loss, {"recon_loss": recon_loss.detach(), "commitment_loss": vq_output["commitment_loss"].detach(),

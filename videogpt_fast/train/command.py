@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import torch.distributed as dist
 
+from ..backends import BackendUnavailableError
 from ..model_size import report_out_of_memory
 from ..run_dir import OutputLock, check_fresh_output
 from .args import parse_args
@@ -28,7 +29,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.resume:
             check_fresh_output(args.output)
         Trainer(args).fit()
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError, CheckpointWriteError an OSError
+    # CheckpointError is a ValueError, CheckpointWriteError an OSError; BackendUnavailableError (a
+    # RuntimeError) is a backend set in VIDEOGPT_FAST_BACKEND that cannot run here
+    except (ValueError, OSError, BackendUnavailableError) as e:
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
