@@ -64,6 +64,13 @@ def test_wrong_kind_of_checkpoint_is_a_value_error():
         load_videogpt(str(load_fixture("vqvae_lightning.ckpt")))
 
 
+def test_checkpoint_of_neither_model_says_so(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}, "hyper_parameters": {"args": {}}}, path)
+    with pytest.raises(ValueError, match="is a checkpoint of neither model .unknown state-dict keys., not a VQ-VAE"):
+        load_vqvae(str(path))
+
+
 def test_args_are_checked_against_weights_before_building(tmp_path, monkeypatch):
     """A tiny file whose args say n_codes=2**25 fails at once, without building the model for real."""
     from videogpt_fast.vqvae import VQVAE

@@ -11,7 +11,7 @@ One module per job; import the public names from here (``videogpt_fast.checkpoin
 """
 from .errors import (CheckpointError, CheckpointMismatchError, CheckpointWriteError, CorruptCheckpointError,
                      UnsafeCheckpointError)
-from .lightning import LIGHTNING_VERSION, checkpoint_kind, lightning_checkpoint, save_checkpoint, split_checkpoint
+from .lightning import LIGHTNING_VERSION, checkpoint_kind, describe_kind, lightning_checkpoint, save_checkpoint, split_checkpoint
 from .loading import check_fits, check_size, infer_vqvae_args, load_videogpt, load_vqvae
 from .pretrained import (PRETRAINED_I3D, PRETRAINED_VIDEOGPT, PRETRAINED_VQVAE, cache_dirs, download,
                          resolve_name_or_path, resolve_pretrained)
@@ -23,5 +23,5 @@ __all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError",
            "CheckpointWriteError", "safe_load", "atomic_write", "atomic_save", "link_or_copy", "is_temporary",
            "PRETRAINED_VQVAE", "PRETRAINED_VIDEOGPT", "PRETRAINED_I3D", "cache_dirs", "download",
            "resolve_pretrained", "resolve_name_or_path", "LIGHTNING_VERSION", "lightning_checkpoint",
-           "save_checkpoint", "split_checkpoint", "checkpoint_kind", "load_vqvae", "load_videogpt",
+           "save_checkpoint", "split_checkpoint", "checkpoint_kind", "describe_kind", "load_vqvae", "load_videogpt",
            "infer_vqvae_args", "check_fits", "check_size"]

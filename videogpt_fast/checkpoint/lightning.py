@@ -61,6 +61,12 @@ def split_checkpoint(ckpt: Any, path: Path) -> Tuple[argparse.Namespace, Dict[st
     return as_namespace(args), ckpt["state_dict"]
 
 
+def describe_kind(kind: str) -> str:
+    """``kind`` of :func:`checkpoint_kind` as an error message names it: 'a vqvae checkpoint', 'a videogpt
+    checkpoint', 'a checkpoint of neither model (unknown state-dict keys)'."""
+    return "a checkpoint of neither model (unknown state-dict keys)" if kind == "unknown" else f"a {kind} checkpoint"
+
+
 def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
     """'videogpt' (a prior), 'vqvae', or 'unknown', from the state-dict keys."""
     if any(k.startswith("attn_stack.") for k in state_dict):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from .errors import CheckpointError, CheckpointMismatchError, short_reason
-from .lightning import checkpoint_kind, split_checkpoint
+from .lightning import checkpoint_kind, describe_kind, split_checkpoint
 from .pretrained import PRETRAINED_VIDEOGPT, PRETRAINED_VQVAE, resolve_name_or_path, resolve_pretrained
 from .reading import safe_load
 
@@ -97,7 +97,7 @@ def _read(name_or_path: PathLike, want: str, root: Optional[PathLike] = None):
     args, state_dict = split_checkpoint(safe_load(path), path)
     kind = checkpoint_kind(state_dict)
     if kind != want:
-        raise CheckpointError(f"{path} is a {kind} checkpoint, not {what}"
+        raise CheckpointError(f"{path} is {describe_kind(kind)}, not {what}"
                          + (f"; load it with {_KINDS[kind][1]}" if kind in _KINDS else ""))
     return path, args, state_dict
 

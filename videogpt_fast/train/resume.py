@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..checkpoint import atomic_save, checkpoint_kind, lightning_checkpoint, link_or_copy, split_checkpoint
+from ..checkpoint import atomic_save, checkpoint_kind, describe_kind, lightning_checkpoint, link_or_copy, split_checkpoint
 from .distributed import all_gather_object, barrier, get_rng_state, set_rng_state
 
 log = logging.getLogger("videogpt_fast.train")
@@ -38,7 +38,7 @@ def check_resumable(ckpt: Dict[str, Any], path: Path, stage: str) -> None:
     kind = checkpoint_kind(ckpt.get("state_dict", {}))
     want = "vqvae" if stage == "vqvae" else "videogpt"
     if kind != want:
-        raise ValueError(f"--resume {path} is a {kind} checkpoint, but this run trains the {stage}")
+        raise ValueError(f"--resume {path} is {describe_kind(kind)}, but this run trains the {stage}")
     if "videogpt_fast" not in ckpt:
         raise ValueError(f"--resume {path} holds no training state (optimiser, RNG, data position): it was not "
                          "written by videogpt_fast.train; start a new run from its weights instead")
