@@ -77,19 +77,21 @@ def _has_cxx() -> bool:
 
 @pytest.mark.slow  # two inductor compilations (codebook-init step, EMA step): minutes on a busy CPU
 @pytest.mark.skipif(not _has_cxx(), reason="inductor on CPU needs a C++ compiler (g++/c++/clang++ not found)")
-def test_compile_inductor_losses_match_eager(tmp_path, monkeypatch):
+def test_compile_inductor_losses_match_eager(tmp_path):
     """--compile (inductor on CPU) trains 2 VQ-VAE steps (codebook init, then EMA) with the losses of eager."""
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, "fallback_random", True)  # the codebook init draws the same numbers
     losses = {}
-    for mode in ("eager", "compile"):
-        torch._dynamo.reset()
-        args = train.build_parser("vqvae").parse_args(
-            ["--data_path", "-", *VQ_FLAGS, "--max_steps", "2", "--output", str(tmp_path / mode)]
-            + (["--compile"] if mode == "compile" else []))
-        args.stage = "vqvae"
-        hist = train.Trainer(args, MovingShapesDataset(6, 4, 16)).fit()
-        losses[mode] = [r["loss"] for r in hist if "loss" in r]
+    # fallback_random: the codebook init draws the same numbers. inductor's own patch(), not monkeypatch:
+    # monkeypatch's undo left the config without the option, failing every later compile in the session
+    with inductor_config.patch(fallback_random=True):
+        for mode in ("eager", "compile"):
+            torch._dynamo.reset()
+            args = train.build_parser("vqvae").parse_args(
+                ["--data_path", "-", *VQ_FLAGS, "--max_steps", "2", "--output", str(tmp_path / mode)]
+                + (["--compile"] if mode == "compile" else []))
+            args.stage = "vqvae"
+            hist = train.Trainer(args, MovingShapesDataset(6, 4, 16)).fit()
+            losses[mode] = [r["loss"] for r in hist if "loss" in r]
     assert len(losses["eager"]) == 2
     for a, b in zip(losses["eager"], losses["compile"]):
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), losses
