@@ -23,6 +23,8 @@ from typing import Callable, List, Tuple
 
 import torch
 
+from ._interpreter import interpret
+
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
           torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
 
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="", help="compile only launches with this pointer dtype (fp32, bf16, fp16)")
     a = p.parse_args(argv)
     overrides = {k: int(v) for k, v in (item.split("=", 1) for item in a.set)}
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpret():
         print("aot_check: unset TRITON_INTERPRET (it compiles, it does not interpret)", file=sys.stderr)
         return 2
     import triton

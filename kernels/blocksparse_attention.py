@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import interpret as _interpret
+from .reference import padded_csr
 from .tuning import Launcher
 
 __all__ = ["blocksparse_attention", "blocksparse_decode_attention", "layout_tables", "compiled_variants",
@@ -71,11 +72,8 @@ _LOG2E = 1.4426950408889634
 # --------------------------------------------------------------------------------------------
 def _csr(lay: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Padded CSR of a bool (H, n, n) matrix: (idx (H, n, W) int32 ascending, counts (H, n) int32)."""
-    cnt = lay.sum(-1, dtype=torch.int32)
-    width = max(int(cnt.max().item()), 1)
-    # stable sort of 0 (True) before 1 (False) keeps the True columns in ascending order
-    idx = torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width]
-    return idx.to(torch.int32).contiguous(), cnt.contiguous()
+    idx, cnt = padded_csr(lay)
+    return idx.to(torch.int32).contiguous(), cnt.to(torch.int32).contiguous()
 
 
 class _Tables:

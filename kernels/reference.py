@@ -21,7 +21,7 @@ __all__ = [
     "codebook_nearest_reference", "codebook_nearest_reference_float64", "code_counts",
     "codebook_stats_reference", "codebook_nearest_with_stats_reference", "codebook_stats_reference_onehot",
     "axial_attention_reference", "axial_attention_reference_explicit",
-    "expand_layout", "blocksparse_dense_mask", "blocksparse_attention_reference",
+    "expand_layout", "padded_csr", "blocksparse_dense_mask", "blocksparse_attention_reference",
     "blocksparse_attention_reference_dense",
     "decode_layout_row", "decode_attention_reference", "decode_attention_reference_dense",
 ]
@@ -156,6 +156,17 @@ def blocksparse_dense_mask(layout: torch.Tensor, block: int, causal: bool) -> to
     return mask
 
 
+def padded_csr(lay: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Padded CSR of a bool (..., n, n) block layout: (idx (..., n, W) int64, counts (..., n) int64), W the
+    largest row count (at least 1); each row's True columns in ascending order, then padding (column
+    indices of False entries, to be masked by ``counts``). One host sync (W). Shared by the block-sparse
+    reference and the kernel's layout tables."""
+    cnt = lay.sum(-1)
+    width = max(int(cnt.max().item()), 1)
+    # stable sort of 0 (True) before 1 (False) keeps the True columns in ascending order
+    return torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width], cnt
+
+
 def blocksparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                     layout: torch.Tensor, block: int, causal: bool = True) -> torch.Tensor:
     """Block-sparse attention in plain PyTorch, with cost proportional to the non-zero blocks.
@@ -168,10 +179,8 @@ def blocksparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.T
     B, H, L, D = q.shape
     lay = expand_layout(layout.to(q.device), H)
     nb = L // block
-    nnz = lay.sum(-1)                                     # (H, nb)
-    width = max(int(nnz.max().item()), 1)
-    # column indices of each row's blocks, padded with block 0 and masked below
-    order = torch.argsort((~lay).to(torch.int8), dim=-1, stable=True)[..., :width]  # (H, nb, W)
+    order, nnz = padded_csr(lay)                          # (H, nb, W) padded with block 0, masked below; (H, nb)
+    width = order.shape[-1]
     valid = torch.arange(width, device=q.device).view(1, 1, width) < nnz.unsqueeze(-1)
     qb = q.reshape(B, H, nb, block, D)
     kb = k.reshape(B, H, nb, block, D)

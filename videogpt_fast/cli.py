@@ -23,6 +23,8 @@ from .argtypes import DefaultsHelpFormatter, check_output_path, device_name, non
 from .backends import BackendUnavailableError
 
 from .data.video_reader import VIDEO_EXTS, read_video, video_files  # the one video listing and reader (data/)
+from .long_video import DECODE_MODES
+from .sample import HANDOVERS
 from .utils import as_namespace
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
 GRID_EXTS = (".mp4", ".gif")
@@ -302,10 +304,10 @@ def _long_video_flags(p: argparse.ArgumentParser, continuing: bool = False) -> N
                    help="latent frames each window keeps from the previous one"
                         + (" and that are encoded from the clip" if continuing else "")
                         + " (default: half the prior's latent frames)")
-    p.add_argument("--decode", choices=("windows", "one_pass"), default="windows",
+    p.add_argument("--decode", choices=DECODE_MODES, default="windows",
                    help="VQ-VAE decode of long latents: in windows of the trained length cross-faded at the seams "
                         "(better on the demo's data), or in one pass")
-    p.add_argument("--handover", choices=("reencode", "codes"), default="reencode",
+    p.add_argument("--handover", choices=HANDOVERS, default=HANDOVERS[0],
                    help="how a window gets the frames it shares with the previous one: decoded and re-encoded as "
                         "the start of a clip (the VQ-VAE's codes carry their position in the clip; on the demo's "
                         "data this keeps long samples coherent), or the previous window's codes copied")

@@ -345,12 +345,13 @@ class VideoGPT(nn.Module):
         windows as sampled, each with its re-encoded context.
         ValueError for a bad ``decode`` or ``latent_frames`` < T."""
         from .long_video import DECODE_MODES, decode_latents
+        from .sample import HANDOVERS
         if decode not in DECODE_MODES:  # before any sampling
             raise ValueError(f"VideoGPT.sample: decode must be one of {DECODE_MODES}, got {decode!r}")
         codes = self.sample_codes(n, batch, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                                   progress=progress, latent_frames=latent_frames, **kwargs)
         return decode_latents(self.vqvae, codes, decode, window=int(self.shape[0]),
-                              context_frames=kwargs.get("context_frames"), handover=kwargs.get("handover", "reencode"))
+                              context_frames=kwargs.get("context_frames"), handover=kwargs.get("handover", HANDOVERS[0]))
 
     # ------------------------------------------------------------------------------------------
     @classmethod

@@ -5,8 +5,8 @@ implementations: the plain-PyTorch ``<op>_reference`` of :mod:`videogpt_fast.ker
 (backend ``torch``, and what every kernel is tested against), the Triton kernel in
 ``videogpt_fast.kernels`` (the top-level ``kernels/`` folder) and the CUDA op of
 ``videogpt_fast._C`` (``csrc/``), where they exist. :mod:`videogpt_fast.backends` picks one per
-call. Inputs are validated here, once, before any implementation runs (the kernels do not
-validate again).
+call. Inputs are validated here, once, before any implementation runs (the kernels keep only
+cheap checks of their own arguments, for direct callers).
 
 Shapes follow the package conventions: attention tensors are (B, heads, *positions, head_dim).
 """
@@ -298,7 +298,10 @@ def _dense_decode_layout(L: int, device: torch.device):
     kernel; cached so the kernel's layout tables are built once."""
     key = (L, str(device))
     if key not in _DENSE_LAYOUTS:
-        block = next(b for b in (128, 64, 32, 16) if L % b == 0)
+        block = next((b for b in (128, 64, 32, 16) if L % b == 0), None)
+        if block is None:
+            raise ValueError(f"decode_attention: the Triton decode kernel needs a cache length divisible "
+                             f"by 16, got {L}")
         _DENSE_LAYOUTS[key] = (torch.ones(1, L // block, L // block, dtype=torch.bool, device=device), block)
     return _DENSE_LAYOUTS[key]
 
@@ -311,9 +314,6 @@ def _triton_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     checked here, outside the traced code (the other checks ran in :func:`decode_attention`)."""
     _check_triton("decode_attention", "blocksparse_attention", q.dtype, (q.shape[-1], v.shape[-1]),
                   None if layout is None else block)
-    if layout is None and k.shape[2] % 16:
-        raise ValueError(f"decode_attention: the Triton decode kernel needs a cache length divisible "
-                         f"by 16, got {k.shape[2]}")
     if layout is None:
         layout, block = _dense_decode_layout(k.shape[2], q.device)
     return implementation("decode_attention", "triton")(q.unsqueeze(2), k, v, layout, block, pos).squeeze(2)

@@ -75,7 +75,7 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
 #: how a later window receives the latent frames it shares with the previous one (``sample_codes``'
 #: ``handover``): ``"reencode"`` the previous window's pixels through :func:`encode_context`, or
 #: ``"codes"`` the previous window's own codes, copied
-HANDOVERS = ("reencode", "codes")
+HANDOVERS = ("reencode", "codes")  # the first is the default everywhere (sample_codes, VideoGPT.sample, CLI)
 
 
 #: how :func:`encode_context` pads context frames to the trained clip length: ``"last"`` repeats the
@@ -184,7 +184,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  compile: Optional[bool] = None,
                  plan_hook: Optional[Callable[[DecodePlan], None]] = None,
                  latent_frames: Optional[int] = None, context_frames: Optional[int] = None,
-                 prefix: Optional[torch.Tensor] = None, handover: str = "reencode") -> torch.Tensor:
+                 prefix: Optional[torch.Tensor] = None, handover: str = HANDOVERS[0]) -> torch.Tensor:
     """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior, or longer ones
     (n, latent_frames, H', W') by sliding a window of the prior's T latent frames.
 

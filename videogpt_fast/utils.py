@@ -12,6 +12,14 @@ import numpy as np
 import torch
 
 
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one, else all cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def as_namespace(args: Any, *, copy: bool = False, owner: str = "model") -> argparse.Namespace:
     """Hyper-parameters as an ``argparse.Namespace``, the original models' constructor argument.
 

@@ -174,9 +174,10 @@ class VQVAE(nn.Module):
         if encodings.dim() != 4 or encodings.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"decode expects int64/int32 codes (B, t, h, w), got "
                              f"{encodings.dtype} of shape {tuple(encodings.shape)}")
-        if encodings.numel() and not 0 <= int(encodings.min()) <= int(encodings.max()) < self.n_codes:
-            raise ValueError(f"decode expects codes in [0, n_codes={self.n_codes}), got values in "
-                             f"[{int(encodings.min())}, {int(encodings.max())}]")
+        if encodings.numel():
+            lo, hi = torch.stack(torch.aminmax(encodings)).tolist()  # one host sync
+            if not 0 <= lo <= hi < self.n_codes:
+                raise ValueError(f"decode expects codes in [0, n_codes={self.n_codes}), got values in [{lo}, {hi}]")
         h = F.embedding(encodings, self.codebook.embeddings)
         h = self.post_vq_conv(h.movedim(-1, 1))
         return self.decoder(h)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.utils.data as data
 
+from ..utils import cpu_count
 from .hdf5_dataset import HDF5Dataset
 from .video_dataset import VideoDataset
 
@@ -22,11 +23,6 @@ __all__ = ["build_dataset", "build_dataloader", "VideoData", "make_loader", "cho
 logger = logging.getLogger("videogpt_fast.data")
 
 _DEFAULTS = dict(sequence_length=16, resolution=64, batch_size=32, num_workers=8)
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _options(args: Any = None, **overrides) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..utils import cpu_count
 from .video_reader import VIDEO_EXTS, ClipReadError, list_videos, probe_video, read_video, timestamps_ordered
 
 __all__ = ["VIDEO_EXTS", "VideoEntry", "VideoIndex", "ClipReadError", "list_videos", "probe_video",
@@ -195,8 +196,7 @@ class VideoIndex:
     @staticmethod
     def _probe_all(todo: list, num_workers: int | None) -> list[VideoEntry]:
         if num_workers is None:
-            num_workers = min(len(todo), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else (os.cpu_count() or 1))
+            num_workers = min(len(todo), cpu_count())
         logger.info("indexing %d video file(s) (decoding each once)", len(todo))
         if num_workers <= 1 or len(todo) < 4:
             return [_probe_entry(t) for t in todo]

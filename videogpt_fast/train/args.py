@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -15,6 +14,7 @@ import torch.utils.data as data
 from .. import perf
 from ..argtypes import DefaultsHelpFormatter, device_name, seed_int
 from ..model_size import check_model_memory, estimated_params
+from ..utils import cpu_count
 from .models import model_namespace
 
 log = logging.getLogger("videogpt_fast.train")
@@ -34,11 +34,7 @@ USAGE = """Train the VQ-VAE or the VideoGPT prior, in one process or under torch
 
 def default_num_workers() -> int:
     """min(8, CPU cores this process may use): more workers than cores only contend (and PyTorch warns)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
-    return min(8, cores)
+    return min(8, cpu_count())
 
 
 def build_parser(stage: str) -> argparse.ArgumentParser:

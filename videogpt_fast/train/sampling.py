@@ -70,7 +70,7 @@ class ResumableSampler(data.Sampler):
         total = self.per_rank * self.num_replicas
         pos = torch.arange(total) % self.n  # pad by wrapping around
         mine = pos[self.rank::self.num_replicas][self.start:]
-        return iter([(int(order[p]), int(seeds[p])) for p in mine])
+        return iter(list(zip(order[mine].tolist(), seeds[mine].tolist())))  # one gather, not 2 per sample
 
     def __len__(self) -> int:
         return self.per_rank - self.start

@@ -117,9 +117,6 @@ class Trainer:
             if self.global_step > args.max_steps:
                 raise ValueError(f"--resume: the checkpoint is at step {self.global_step}, past --max_steps "
                                  f"{args.max_steps}: nothing to train; give a larger --max_steps to continue")
-            if self.global_step == args.max_steps:
-                self.announce(f"--resume: the checkpoint is already at --max_steps {args.max_steps}; nothing to "
-                              "train (give a larger --max_steps to continue)", logging.WARNING)
         if self.is_main:
             stale = remove_stale_temporaries(self.output)
             if stale:
