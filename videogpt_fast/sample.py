@@ -294,12 +294,13 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                     _write_prefix(plan, context)
                 for i in range(forced * per_frame, plan.seq_len):
                     code = stepper(i)
-                    samples[:, offset + i] = code
                     window[:, i] = code
                     plan.prev.copy_(code)
                     bar.update()
                     if plan_hook is not None:
                         plan_hook(plan)
+                # the window's sampled codes into the result at once (not one more write per step)
+                samples[:, offset + forced * per_frame:offset + plan.seq_len] = window[:, forced * per_frame:]
     finally:
         plan.close()
     return samples.view(n, latent_frames, *grid)
