@@ -545,10 +545,10 @@ def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
     _LAUNCHERS[name](lambda c: (rows // c[tile], bh), args, meta, config)
 
 
-def _decode_warps(d_pad: int, dv_pad: int) -> int:
-    """Warps of the decode kernel: 8 for 256-lane head dims (d=144: 4 warps spilled 756 bytes on
-    sm_90 per ``aot_check``), else 4."""
-    return 8 if max(d_pad, dv_pad) >= 256 else 4
+def _decode_config(block: int, d: int, dv: int) -> dict:
+    """The decode kernel's one launch config: ``BLOCK_N = min(block, 64)`` key rows per step, and 8 warps
+    for 256-lane head dims (d=144: 4 warps spilled 756 bytes on sm_90 per ``aot_check``), else 4."""
+    return {"BLOCK_N": min(block, 64), "num_warps": 8 if max(_pad(d), _pad(dv)) >= 256 else 4}
 
 
 def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torch.dtype,
@@ -560,7 +560,7 @@ def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torc
     meta = dict(BLOCK=block, **_chunk_meta(d, dv), CAUSAL=bool(causal), PRECISION=_precision(dtype), L=q_shape[2])
     out = {name: _LAUNCHERS[name].candidates(_fixed_config(name, block, _width(meta), dtype), meta)
            for name in ("fwd", "bwd_dq", "bwd_dkdv")}
-    out["decode"] = [{"BLOCK_N": min(block, 64), "num_warps": _decode_warps(_pad(d), _pad(dv))}]
+    out["decode"] = [_decode_config(block, d, dv)]
     return out
 
 
@@ -719,6 +719,5 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
         q, k_cache, v_cache, out, tables.cols, tables.cnt, pos_ptr, pos_val, _LOG2E / math.sqrt(D),
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
         out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, L, D, DV,
-        BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, BLOCK_N=min(block, 64),
-        num_warps=_decode_warps(_pad(D), _pad(DV)))
+        BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, **_decode_config(block, D, DV))
     return out
