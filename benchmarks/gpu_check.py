@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -91,7 +90,6 @@ if device.type == "cuda":
     p = torch.cuda.get_device_properties(device)
     info.update(capability=f"{p.major}.{p.minor}", multiprocessors=p.multi_processor_count,
                 memory_gib=round(p.total_memory / 2**30, 1))
-import importlib.util
 info["pytest_plugins"] = {m: importlib.util.find_spec(m) is not None for m in ("xdist", "pytest_timeout")}
 info["av_importable"] = importlib.util.find_spec("av") is not None
 print("ENV_JSON " + json.dumps(info, default=str))
@@ -245,25 +243,29 @@ class GpuCheck:
     # ------------------------------------------------------------------ phases
     def phase_env(self, limit: float) -> Dict[str, Any]:
         log = self.log("env")
-        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device], log, limit, _phase_env())
+        t0 = time.time()
+        link_note = None
+        first = run_limited([sys.executable, "-c", "import videogpt_fast.kernels"], log, limit, _phase_env())
+        if first["status"] != "ok":
+            # a bare checkout (no install, no videogpt_fast/kernels link): link kernels/ where setup.py's
+            # package_dir puts it, as a development checkout has it (videogpt_fast imports its kernels)
+            link = REPO / "videogpt_fast" / "kernels"
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to(Path("..") / "kernels", target_is_directory=True)
+                link_note = "linked videogpt_fast/kernels -> ../kernels (a bare checkout)"
+        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device], log,
+                         max(limit - (time.time() - t0), 1), _phase_env())
+        ph["wall_s"] = round(time.time() - t0, 1)
         text = log.read_text()
         found = re.findall(r"^ENV_JSON (.*)$", text, flags=re.M)
         if ph["status"] == "ok" and found:
             self.env = json.loads(found[-1])
             if self.env.get("kernels_importable") is not True:
-                # a bare checkout (no install, no videogpt_fast/kernels link): link kernels/ where
-                # setup.py's package_dir puts it, as a development checkout has it, and check again
-                link = REPO / "videogpt_fast" / "kernels"
-                why = self.env["kernels_importable"]
-                if not link.exists():
-                    link.symlink_to(Path("..") / "kernels", target_is_directory=True)
-                again = run_limited([sys.executable, "-c", "import videogpt_fast.kernels"], log,
-                                    max(limit - ph["wall_s"], 1), _phase_env())
-                ph.update(status=again["status"], rc=again["rc"], wall_s=round(ph["wall_s"] + again["wall_s"], 1))
-                ph["note"] = f"linked videogpt_fast/kernels -> ../kernels (it did not import: {why})"
-                self.env["kernels_importable"] = again["status"] == "ok"
-            ph.setdefault("note", f"{self.env.get('device_name')} | torch {self.env.get('torch')} | "
-                                  f"triton {self.env.get('triton')} | {self.env.get('cpu_count')} cores")
+                ph.update(status="failed", note=f"videogpt_fast.kernels does not import: {self.env['kernels_importable']}")
+            else:
+                ph["note"] = (f"{link_note + ' | ' if link_note else ''}{self.env.get('device_name')} | "
+                              f"torch {self.env.get('torch')} | triton {self.env.get('triton')} | "
+                              f"{self.env.get('cpu_count')} cores")
         elif ph["status"] == "ok":
             ph.update(status="failed", note="no ENV_JSON line in the log")
         else:

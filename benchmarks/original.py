@@ -9,8 +9,6 @@ attention, DeepSpeed) is missing.
 from __future__ import annotations
 
 import importlib
-import tempfile
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
@@ -60,13 +58,24 @@ def vqvae(pkg: ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
 
 
 def videogpt(pkg: ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
-    """The original VideoGPT with ``ours``' weights. Its constructor loads the VQ-VAE from a
-    Lightning checkpoint path, so ours is written to a temporary one first."""
-    from videogpt_fast.checkpoint import save_checkpoint
+    """The original VideoGPT with ``ours``' weights. Its constructor loads the VQ-VAE with
+    ``VQVAE.load_from_checkpoint(args.vqvae)``, which Lightning 2.x refuses for its 1.3
+    checkpoints: for the call, that classmethod hands over the original VQVAE built by
+    :func:`vqvae` with the same weights (``args.vqvae`` names an existing file so the constructor
+    takes that branch and downloads nothing)."""
     args = as_namespace(ours.args, copy=True)
-    with tempfile.TemporaryDirectory(prefix="videogpt_fast_original_") as tmp:
-        args.vqvae = str(save_checkpoint(Path(tmp) / "vqvae.ckpt", ours.vqvae))
+    twin = vqvae(pkg, ours.vqvae)
+    args.vqvae = __file__
+    cls = pkg.vqvae.VQVAE
+    own = cls.__dict__.get("load_from_checkpoint")
+    cls.load_from_checkpoint = classmethod(lambda c, *a, **k: twin)
+    try:
         model = pkg.gpt.VideoGPT(args)
+    finally:
+        if own is None:
+            del cls.load_from_checkpoint
+        else:
+            cls.load_from_checkpoint = own
     model.load_state_dict(ours.state_dict(), strict=True)
     model.vqvae.codebook._need_init = False
     return model.to(next(ours.parameters()).device).train(ours.training)
