@@ -116,16 +116,20 @@ def codes_check(x: torch.Tensor, e: torch.Tensor, exact: bool) -> Tuple[Callable
     return check, tol
 
 
-_FAITHFUL = ("reference", "original")  # the original's own algorithm: rounding ties allowed in every dtype
+#: implementations that certify their codes against float64 (the Triton search: TF32 candidates, then a
+#: float64 re-check, kernels/codebook.py); the others (the original, the in-package reference and the
+#: CUDA op) evaluate the original's |x|^2 - 2 x.e + |e|^2 in the input dtype, so near-ties may go either way
+_CERTIFIED = ("triton",)
 
 
 def _codes_checks(case: Case, x: torch.Tensor, e: torch.Tensor, impls) -> None:
-    """fp32 inputs: our implementations must give exactly the float64 codes, the original's
-    algorithm within the fp32 rounding bound; half precision: all within the dtype's bound."""
+    """fp32 inputs: the certified implementations (:data:`_CERTIFIED`) must give exactly the float64
+    codes, the others may differ only on near-ties within the fp32 rounding bound; half precision:
+    all within the dtype's bound (the Triton kernel certifies fp32 inputs only)."""
     case.check, case.tolerance = codes_check(x, e, exact=False)
     if x.dtype == torch.float32:
         exact = codes_check(x, e, exact=True)
-        case.impl_checks.update({impl: exact for impl in impls if impl not in _FAITHFUL})
+        case.impl_checks.update({impl: exact for impl in impls if impl in _CERTIFIED})
 
 
 def codebook_cases(s: Settings) -> Iterator[Case]:

@@ -159,6 +159,16 @@ def write_plots(result: Dict[str, Any], out: Path) -> List[Path]:
     return paths
 
 
+def _commands(result: Dict[str, Any]) -> str:
+    """How ``result`` was measured: its GPU-check command(s) when it came from ``benchmarks.gpu_check``
+    (one per run when several were merged, ``gpu_check_runs``), else the benchmark command."""
+    runs = result.get("gpu_check_runs") or ([result["gpu_check"]] if result.get("gpu_check") else [])
+    commands = list(dict.fromkeys(r["command"] for r in runs if r.get("command")))
+    if not commands:
+        return f"`{result['env'].get('command', '')}`"
+    return " then ".join(f"`{c}`" for c in commands)
+
+
 def readme_table(result: Dict[str, Any], source: str) -> str:
     """The README's performance table: per case, the fastest implementation whose check passed
     (never the reference), its speedup over the reference and, when it ran, over the original package."""
@@ -174,14 +184,17 @@ def readme_table(result: Dict[str, Any], source: str) -> str:
                 best[key] = r
     lines = [README_BEGIN,
              f"Measured on **{env['device_name']}** ({env['date']}, torch {env['torch']}, triton {env['triton']}) "
-             f"with `{env.get('command', '')}`; generated from `{source}`.", "",
-             "| case | params | dtype | fastest impl | ms | speedup vs reference | speedup vs original package |",
-             "|---|---|---|---|---|---|---|"]
+             f"with {_commands(result)}; generated from `{source}`.", "",
+             "| case | params | dtype | fastest impl | ms | speedup vs reference | speedup vs original package "
+             "| vs what a user would pick instead |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, r in sorted(best.items()):
         name, params, dtype = key
         vs_orig = f"{_fmt(original_ms[key] / r['median_ms'])}x" if key in original_ms else "not run"
+        others = ", ".join(f"{k[len('speedup_vs_'):]} {_fmt(v)}x" for k, v in sorted(r.items())
+                           if k.startswith("speedup_vs_") and k != "speedup_vs_reference" and v) or "-"
         lines.append(f"| {name} | {params} | {dtype} | {r['impl']} | {_fmt(r['median_ms'], 3)} | "
-                     f"{_fmt(r['speedup_vs_reference'])}x | {vs_orig} |")
+                     f"{_fmt(r['speedup_vs_reference'])}x | {vs_orig} | {others} |")
     lines.append(README_END)
     return "\n".join(lines)
 

@@ -80,3 +80,21 @@ def test_which_backend_ran_is_logged(caplog):
     with caplog.at_level(logging.DEBUG, logger="videogpt_fast.backends"), use_backend("torch"):
         ops.codebook_nearest(x, e)
     assert any("codebook_nearest: backend torch" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_takes_the_first_usable_backend_in_the_ops_order(monkeypatch):
+    """On CUDA tensors ``auto`` follows each op's order (ops.REGISTRY[op].auto: the codebook search
+    prefers Triton, decode attention the CUDA op) and skips an unusable backend; torch elsewhere."""
+    from videogpt_fast import ops
+    usable = {"triton": None, "cuda": None}
+    monkeypatch.setattr(backends, "triton_usable", lambda device: usable["triton"])
+    monkeypatch.setattr(backends, "cuda_usable", lambda device, op: usable["cuda"])
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    with use_backend("auto"):
+        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "triton"
+        assert backends.resolve("decode_attention", gpu, ops.backends_of("decode_attention")) == "cuda"
+        assert backends.resolve("codebook_nearest", cpu, ops.backends_of("codebook_nearest")) == "torch"
+        usable["triton"] = "Triton is not installed"
+        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "cuda"
+        usable["cuda"] = "the CUDA extension videogpt_fast._C is not built"
+        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "torch"

@@ -65,6 +65,11 @@ def test_readme_table_ranks_checked_fast_paths_and_compares_with_the_original():
     assert len(lines) == 1
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     assert cells[3] == "fast" and cells[5] == "4.00x" and cells[6] == "8.00x"  # never "original" or "reference"
+    assert cells[7] == "-"  # no alternative (flash SDPA, FlexAttention) in this case
+    res = _result()
+    next(r for r in res["rows"] if r["impl"] == "fast")["speedup_vs_sdpa_flash_causal"] = 1.5
+    row = next(ln for ln in report.readme_table(res, "x").splitlines() if ln.startswith("| toy"))
+    assert [c.strip() for c in row.strip("|").split("|")][7] == "sdpa_flash_causal 1.50x"
     assert table.startswith(report.README_BEGIN) and table.endswith(report.README_END)
 
 
@@ -92,7 +97,15 @@ def fake_original(monkeypatch):
     real one cannot be installed here); it exercises the adapter's plumbing, not the original's
     numbers (those are pinned by the reference fixtures)."""
     import videogpt_fast
-    from videogpt_fast import attention, gpt, vqvae
+    from videogpt_fast import attention, vqvae
+
+    class OriginalLikeVideoGPT(videogpt_fast.VideoGPT):
+        """The original's constructor: the VQ-VAE from ``VQVAE.load_from_checkpoint(args.vqvae)``."""
+        def __init__(self, args):
+            super().__init__(args, vqvae=vqvae.VQVAE.load_from_checkpoint(args.vqvae))
+
+    gpt = types.ModuleType("videogpt.gpt")
+    gpt.VideoGPT = OriginalLikeVideoGPT
     pkg = types.ModuleType("videogpt")
     pkg.attention, pkg.vqvae, pkg.gpt = attention, vqvae, gpt
     pkg.VQVAE, pkg.VideoGPT = videogpt_fast.VQVAE, videogpt_fast.VideoGPT
@@ -126,7 +139,7 @@ def test_original_adapter_builds_equivalent_modules(fake_original, tmp_path):
 
     prior = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
                           dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq).eval()
-    orig_prior = O.videogpt(fake_original, prior)  # goes through a Lightning checkpoint of the VQ-VAE
+    orig_prior = O.videogpt(fake_original, prior)  # its VQ-VAE handed over through load_from_checkpoint
     codes = torch.randint(0, 16, (2, *vq.latent_shape))
     emb = vq.codebook.dictionary_lookup(codes)
     with torch.no_grad():
@@ -248,14 +261,24 @@ def test_codes_check_against_the_float64_argmin_with_the_rounding_bound():
         exact(codebook_truth(x32, e32), torch.tensor([1, 2, 3]))
 
 
-def test_codebook_case_fp32_our_paths_exact_original_algorithm_within_bound():
-    from benchmarks.cases_kernels import codebook_cases
-    from benchmarks.harness import Settings
+def test_codebook_case_fp32_certified_triton_exact_formula_paths_within_bound():
+    """fp32: only the certified Triton search must equal the float64 codes exactly; the paths that
+    evaluate the original's formula in fp32 (reference, torch, cuda, original) may differ on
+    near-ties within the rounding bound (the H200 run of 2026-11-30: 1 of 65536 such codes)."""
+    from benchmarks.cases_kernels import _codes_checks, codebook_cases
+    from benchmarks.harness import Case, Settings
     case = next(codebook_cases(Settings(CPU, quick=True)))
     assert case.truth is not None and case.tolerance.startswith("ties<=bound")
-    assert case.impl_checks["torch"][1].startswith("exact") and "reference" not in case.impl_checks
+    assert "torch" not in case.impl_checks and "reference" not in case.impl_checks
     rows = {r["impl"]: r for r in run.run_case(case, CPU, quick=True, min_time_s=0, max_iters=1, warmup=0)}
-    assert rows["torch"]["check"] == "pass" and rows["torch"]["tolerance"].startswith("exact")
+    assert rows["torch"]["check"] == "pass" and rows["torch"]["tolerance"].startswith("ties<=bound")
+    x, e = torch.randn(64, 8), torch.randn(16, 8)
+    probe = Case("codebook_nearest", "kernels", {}, "float32", impls={})
+    _codes_checks(probe, x, e, ["reference", "torch", "triton", "cuda", "original"])
+    assert set(probe.impl_checks) == {"triton"} and probe.impl_checks["triton"][1].startswith("exact")
+    probe16 = Case("codebook_nearest", "kernels", {}, "float16", impls={})
+    _codes_checks(probe16, x.half(), e.half(), ["triton", "cuda"])
+    assert probe16.impl_checks == {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +350,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert all(r["check"] == "pass" and r["tolerance"] and r["first_call_ms"] > 0 for r in rows if r["status"] == "ok")
     assert rc == 0, phases
     table = (out / "summary.txt").read_text()
-    assert "codebook_nearest" in table and "pass (exact)" in table
+    assert "codebook_nearest" in table and "pass (ties<=bound)" in table
     import tarfile
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         names = tar.getnames()

@@ -114,20 +114,22 @@ _SAID: set = set()  # ops whose backend-cuda delegation was logged
 
 
 def _auto(op: str, device: torch.device, available: tuple) -> str:
-    """``auto``'s choice: the first usable of cuda, triton (CUDA tensors only), torch."""
+    """``auto``'s choice: on CUDA tensors the first usable of ``available`` (in its order, the op's
+    preference), else torch."""
     if device.type == "cuda":
-        if "cuda" in available and cuda_usable(device, op) is None:
-            return "cuda"
-        if "triton" in available and triton_usable(device) is None:
-            return "triton"
+        for backend in available:
+            why = triton_usable(device) if backend == "triton" else cuda_usable(device, op)
+            if why is None:
+                return backend
     return "torch"
 
 
 def resolve(op: str, device: torch.device, available: tuple) -> str:
     """Pick the implementation of ``op`` for a tensor on ``device``.
 
-    ``available`` lists the backends that implement ``op`` (besides ``torch``, which always does).
-    ``auto`` takes the first usable of cuda, triton (CUDA tensors only), torch; ``cuda`` does the
+    ``available`` lists the backends that implement ``op`` (besides ``torch``, which always does),
+    in the op's order of preference. ``auto`` takes the first usable of them (CUDA tensors only),
+    else torch; ``cuda`` does the
     same for ops the extension lacks. A named backend that cannot run an op it implements raises
     :class:`BackendUnavailableError`.
     """
