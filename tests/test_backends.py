@@ -98,3 +98,19 @@ def test_auto_takes_the_first_usable_backend_in_the_ops_order(monkeypatch):
         assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "cuda"
         usable["cuda"] = "the CUDA extension videogpt_fast._C is not built"
         assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "torch"
+
+
+def test_auto_leaves_out_a_backend_measured_slower_for_the_dtype(monkeypatch):
+    """Axial attention in fp32: auto takes torch (SDPA measured faster than the Triton kernel on an
+    H200), in bf16 the Triton kernel; a backend named explicitly still runs."""
+    from videogpt_fast import ops
+    monkeypatch.setattr(backends, "triton_usable", lambda device: None)
+    gpu = torch.device("cuda", 0)
+    entry = ops.REGISTRY["axial_attention"]
+    with use_backend("auto"):
+        assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.float32)) == "torch"
+        assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.bfloat16)) == "triton"
+    with use_backend("triton"):
+        assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.float32)) == "triton"
+    with use_backend("cuda"):  # the extension lacks it: as under auto
+        assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.float32)) == "torch"

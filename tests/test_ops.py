@@ -192,7 +192,7 @@ _q5, _q4, _dq, _dk = torch.randn(1, 2, 3, 4, 8), torch.randn(1, 2, 32, 8), torch
     (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), torch.ones(2, 2, dtype=torch.bool)), ValueError,
      "block must be a positive int"),
     (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), backend="garbage"), ValueError,
-     "backend must be one of torch, triton, cuda"),
+     "backend must be one of torch, cuda, triton"),
     (lambda: ops.decode_attention(_dq, _dk, _dk, torch.tensor(3), backend="cuda"), BackendUnavailableError,
      "backend 'cuda' was passed but"),
 ])

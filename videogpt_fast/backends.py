@@ -124,22 +124,23 @@ def _auto(op: str, device: torch.device, available: tuple) -> str:
     return "torch"
 
 
-def resolve(op: str, device: torch.device, available: tuple) -> str:
+def resolve(op: str, device: torch.device, available: tuple, auto_order: Optional[tuple] = None) -> str:
     """Pick the implementation of ``op`` for a tensor on ``device``.
 
     ``available`` lists the backends that implement ``op`` (besides ``torch``, which always does),
-    in the op's order of preference. ``auto`` takes the first usable of them (CUDA tensors only),
-    else torch; ``cuda`` does the
+    in the op's order of preference. ``auto`` takes the first usable of ``auto_order`` (default
+    ``available``; an op leaves out a backend measured slower than torch for the inputs' dtype) on
+    CUDA tensors, else torch; ``cuda`` does the
     same for ops the extension lacks. A named backend that cannot run an op it implements raises
     :class:`BackendUnavailableError`.
     """
     wanted = get_backend()
     if wanted == "auto":
-        chosen = _auto(op, device, available)
+        chosen = _auto(op, device, available if auto_order is None else auto_order)
     elif wanted == "torch":
         chosen = "torch"
     elif wanted == "cuda" and "cuda" not in available:
-        chosen = _auto(op, device, available)
+        chosen = _auto(op, device, available if auto_order is None else auto_order)
         if op not in _SAID:
             _SAID.add(op)
             log.info("backend cuda: the CUDA extension has no %s; it runs on %s (as under auto)", op, chosen)

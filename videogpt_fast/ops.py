@@ -35,16 +35,22 @@ class Op:
     (``"module.function"`` in ``videogpt_fast.kernels``) and ``cuda`` (the op's name in
     ``torch.ops.videogpt_fast``), the last two where they exist. ``auto``: the order in which
     backend ``auto`` tries them on CUDA tensors (the faster first, as measured in
-    ``benchmarks/results``)."""
+    ``benchmarks/results``); ``auto_skips``: (backend, dtype) pairs that ``auto`` does not take
+    because they measured slower than ``torch`` (a backend named explicitly still runs)."""
     reference: Callable
     triton: Optional[str] = None
     cuda: Optional[str] = None
     auto: Tuple[str, ...] = ("cuda", "triton")
+    auto_skips: Tuple[Tuple[str, torch.dtype], ...] = ()
 
     @property
     def backends(self) -> Tuple[str, ...]:
         """The backends besides ``torch`` that implement the op, in ``auto``'s order."""
         return tuple(b for b in self.auto if getattr(self, b) is not None)
+
+    def auto_order(self, dtype: Optional[torch.dtype]) -> Tuple[str, ...]:
+        """The backends ``auto`` tries for inputs of ``dtype``, in order."""
+        return tuple(b for b in self.backends if (b, dtype) not in self.auto_skips)
 
 
 #: op name -> its implementations. Adding a kernel adds one entry here.
@@ -54,7 +60,10 @@ REGISTRY: Dict[str, Op] = {
     "codebook_nearest": Op(codebook_nearest_reference, "codebook.codebook_nearest", "codebook_nearest",
                            auto=("triton", "cuda")),
     "codebook_nearest_with_stats": Op(codebook_nearest_with_stats_reference, "codebook.codebook_nearest_with_stats"),
-    "axial_attention": Op(axial_attention_reference, "axial_attention.axial_attention"),
+    # fp32: SDPA (torch) 3.10 ms vs Triton 5.79 ms fwd+bwd on an H200 (B=16 heads=2 4x32x32 d=120,
+    # benchmarks/results/nvidia-h200-2026-11-30); bf16/fp16: Triton 1.1-1.5x SDPA
+    "axial_attention": Op(axial_attention_reference, "axial_attention.axial_attention",
+                          auto_skips=(("triton", torch.float32),)),
     "blocksparse_attention": Op(blocksparse_attention_reference, "blocksparse_attention.blocksparse_attention"),
     "decode_attention": Op(decode_attention_reference, "blocksparse_attention.blocksparse_decode_attention",
                            "decode_attention"),
@@ -82,8 +91,8 @@ def implementation(op: str, backend: str) -> Callable:
     return getattr(_kernel_module(module), fn)
 
 
-def _resolve(op: str, device: torch.device) -> str:
-    return resolve(op, device, backends_of(op))
+def _resolve(op: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    return resolve(op, device, backends_of(op), REGISTRY[op].auto_order(dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +177,7 @@ def _check_codebook(op: str, x: torch.Tensor, codebook: torch.Tensor) -> str:
     if codebook.shape[0] == 0 or codebook.shape[1] == 0:
         raise ValueError(f"{op}: codebook must have K >= 1 and D >= 1, got {tuple(codebook.shape)}")
     _check_tensors(op, "x, codebook", x, codebook)
-    backend = _resolve(op, x.device)
+    backend = _resolve(op, x.device, x.dtype)
     if backend == "triton":
         _check_triton(op, "codebook", x.dtype)
     return backend
@@ -178,7 +187,7 @@ def _check_attention(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      block: Optional[int] = None) -> str:
     """Common floating dtype and device of q, k, v, the backend, and the kernel's limits."""
     _check_tensors(op, "q, k, v", q, k, v)
-    backend = _resolve(op, q.device)
+    backend = _resolve(op, q.device, q.dtype)
     if backend == "triton":
         _check_triton(op, module, q.dtype, (q.shape[-1], v.shape[-1]), block)
     return backend
