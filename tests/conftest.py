@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 # triton is first imported, which is why it lives here.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:  # import Triton now, under that setting: its standard-library helpers (tl.sum, tl.max...) take
+        # their mode at import, so a test that sets TRITON_INTERPRET=0 for a while must not import it first
+        import triton.language  # noqa: F401
+    except ImportError:
+        pass
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
