@@ -47,6 +47,7 @@ per-call costs dominate at B=1. This version: not measured on GPU.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import threading
 from typing import Dict, List, Optional, Tuple, Union
@@ -602,13 +603,20 @@ def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
 
 
 def _decode_config(block: int, d: int, dv: int) -> Dict[str, dict]:
-    """The decode kernels' one launch config each (``d``, ``dv`` are not needed: the head dim runs as
-    power-of-two column chunks, see :func:`_chunks`): pass 1 (``decode``) takes ``BLOCK_N = min(block,
-    64)`` key rows per step in 4 warps; pass 2 (``decode_reduce``) merges ``SPLIT_TILE = 16`` partials
-    per step. S is a runtime argument: no recompile per S. Compiled for sm_90 at block 32, bf16, with
-    the JIT's specialisation of unit strides (ptxas, no GPU run): d=144 (128 + 16) 128 registers, d=128
-    64, no spills; 8 warps would give 96 registers at d=144. Not timed on a GPU."""
-    return {"decode": {"BLOCK_N": min(block, 64), "num_warps": 4},
+    """The decode kernels' one launch config each. Pass 1 (``decode``) takes ``BLOCK_N = min(block,
+    32)`` key rows per step over the head dim's power-of-two column chunks (:func:`_chunks`), in 4
+    warps up to 48 tile elements per thread, else 8; pass 2 (``decode_reduce``) merges
+    ``SPLIT_TILE = 16`` partials per step. S is a runtime argument: no recompile per S.
+
+    Why 32 rows: compiled for sm_90 in bf16 with the JIT's specialisation of unit strides and
+    16-divisible arguments (ptxas, no GPU run), d=144 (128 + 16 lanes) takes 128 registers at
+    block 32 (151 at block 128), no spills: 3-4 programs of 4 warps per SM, as many as
+    :func:`_decode_splits` launches, with 18 KB of K and V loads each in flight; 64 rows took 225
+    registers in 4 warps (2 programs per SM) or 128 in 8 (2 per SM: two waves). Not timed on a GPU.
+    """
+    block_n = min(block, 32)
+    width = _width(_chunk_meta(d, dv))
+    return {"decode": {"BLOCK_N": block_n, "num_warps": 4 if block_n * width <= 48 * 128 else 8},
             "decode_reduce": {"SPLIT_TILE": 16, "num_warps": 4}}
 
 
@@ -616,9 +624,15 @@ def _decode_config(block: int, d: int, dv: int) -> Dict[str, dict]:
 _DEFAULT_SMS = 132
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (cached per CUDA device); ``_DEFAULT_SMS`` off CUDA."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return _DEFAULT_SMS
 
 

@@ -300,7 +300,7 @@ def test_decode_gpt_head_dims(D, DV):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_decode_block_64(dtype):
-    """Block 64 (one 64-key sub-tile per block), 3 blocks, per-head layout."""
+    """Block 64 (two 32-key sub-tiles per block: the (block, sub-tile) loop), 3 blocks, per-head layout."""
     B, H, L, D, DV, block = 2, 2, 192, 24, 40, 64
     layout = _random_layout(H, L // block, seed=64)
     layout[0, 2, 1] = 0
@@ -445,6 +445,27 @@ def test_gpu_other_blocks(block, dtype):
     q, k, v = _inputs(2, heads, L, 144, 144, dtype=dtype, seed=block)
     tol = _GPU_TOL[dtype]
     _check(q, k, v, layout, block, True, tol=tol, gtol=4 * tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("sparse", [True, False], ids=["strided", "dense"])
+def test_gpu_decode_sampling_size(sparse, dtype):
+    """The split-K decode step at the sampler's size (B=16, 4 heads x 144, L=4096, block 32; the
+    strided layout or all-ones), S from the heuristic, against float64 at several positions."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    B, H, L, D, block = 16, 4, 4096, 144, 32
+    layout = (StridedSparsityConfig(_GPU_SHAPES[L], H, True, block, 4).make_layout() if sparse
+              else torch.ones(L // block, L // block, dtype=torch.uint8))
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, D, dtype=dtype, seed=7))
+    tol = _GPU_TOL[dtype]
+    for pos in (0, 31, 1000, L - 1):
+        q = q_all[:, :, pos:pos + 1]
+        out = torch.full((B, H, 1, D), float("nan"), device=DEVICE, dtype=dtype)
+        bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE), out=out)
+        want = R.decode_attention_reference_dense(q[:, :, 0].double(), k.double(), v.double(), pos, layout, block)
+        assert_close(out, want.unsqueeze(2), rtol=tol, atol=tol, msg=f"pos {pos}")
 
 
 @pytest.mark.parametrize("sparse", [True, False])
