@@ -127,7 +127,8 @@ def _cases(only: str) -> List[Tuple[str, Callable[[], None]]]:
                 out = torch.empty_like(q)
                 lse = bsa._forward(q, q, q, tables, 32, True, out)
                 bsa._backward(q, q, q, out, lse, out, tables, 32, True)
-                bsa.blocksparse_decode_attention(q[:, :, :1], q, q, layout, 32, 100)
+                for pos in (100, torch.tensor(100)):   # split-K pass 1 and its reduce, pos as int and tensor
+                    bsa.blocksparse_decode_attention(q[:, :, :1], q, q, layout, 32, pos)
 
     cases = [("codebook", codebook), ("axial", axial), ("blocksparse", blocksparse)]
     return [c for c in cases if only in ("all", c[0])]
@@ -160,6 +161,7 @@ def main(argv=None) -> int:
     cfg_fn = cb._config
     cb._config = lambda n, dtype, precision, device: cfg_fn(n, dtype, precision, torch.device("cuda"))
     bsa._decode_kernel = cap.direct(bsa._decode_kernel)
+    bsa._decode_reduce_kernel = cap.direct(bsa._decode_reduce_kernel)
     target = GPUTarget("cuda", a.arch, 32)
     seen = set()
     print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma")

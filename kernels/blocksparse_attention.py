@@ -16,7 +16,11 @@ the non-zero blocks of a block layout, as ``StridedSparsityConfig.make_layout()`
   accumulation;
 * decode: one query row at position ``pos`` against a KV cache (keys ``<= pos`` of the layout row
   ``pos // block``), ``pos`` a Python int or a one-element integer tensor (read on device, so the
-  step can be captured in a CUDA graph once the layout tables are cached).
+  step can be captured in a CUDA graph once the layout tables are cached). Split-K
+  ("flash-decoding", as ``csrc/decode_attention.cu``): pass 1 on grid (B*heads, S) splits the
+  row's blocks into S runs and writes fp32 partials (acc, max, sum), pass 2 on (B*heads,) merges
+  them; S (:func:`_decode_splits`) fills the GPU with ~4 programs per SM and does not depend on
+  ``pos``, so one launch pair serves every step.
 
 Cost is proportional to the number of non-zero blocks. Inputs fp16/bf16/fp32; fp32 inputs use
 IEEE dot products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Head dims run in at most
@@ -43,6 +47,7 @@ per-call costs dominate at B=1. This version: not measured on GPU.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import threading
 from typing import Dict, List, Optional, Tuple, Union
@@ -432,64 +437,116 @@ def _bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, COLS, CNT, sm_scale, qk_scale
 
 
 @triton.jit
-def _decode_kernel(Q, K, V, O, COLS, CNT, POS, pos_val, qk_scale,
-                   stride_qb, stride_qh, stride_qd,
-                   stride_kb, stride_kh, stride_kn, stride_kd,
-                   stride_vb, stride_vh, stride_vn, stride_vd,
-                   stride_ob, stride_oh, stride_od,
-                   stride_th, stride_tr, stride_ch,
-                   H, L, D, DV,
-                   BLOCK: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr, POS_FROM_PTR: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
-    """One query row at position ``pos``: keys <= pos among the blocks of layout row pos // BLOCK.
-    A device ``pos`` outside [0, L) reads nothing and writes NaN (it cannot be checked on the host
-    without a sync)."""
-    pid_bh = tl.program_id(0)
-    b = pid_bh // H
-    h = pid_bh % H
+def _decode_pos(POS, pos_val, L, POS_FROM_PTR: tl.constexpr):
+    """(pos clamped to [0, L), whether it was in range): a device ``pos`` is read here, never on the host."""
     if POS_FROM_PTR:
         pos = tl.load(POS).to(tl.int32)
     else:
         pos = pos_val
     in_range = (pos >= 0) & (pos < L)
-    pos = tl.minimum(tl.maximum(pos, 0), L - 1)
+    return tl.minimum(tl.maximum(pos, 0), L - 1), in_range
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, PART, COLS, CNT, POS, pos_val, qk_scale, n_splits,
+                   stride_qb, stride_qh, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_th, stride_tr, stride_ch,
+                   H, L, D, DV,
+                   BLOCK: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV0: tl.constexpr, DV1: tl.constexpr,
+                   POS_FROM_PTR: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Decode pass 1, grid (B*H, S): split ``s`` of the query at ``pos`` (head ``h``) walks entries
+    [s*per, min((s+1)*per, cnt)) of layout row pos // BLOCK (``cnt`` blocks, ``per = cdiv(cnt, S)``),
+    keys <= pos, with the online softmax in base 2, and writes its partial to
+    ``PART[bh, s] = (acc[0:DV], m, l)`` (fp32; an empty split: acc 0, m = -inf, l = 0). A device
+    ``pos`` outside [0, L) reads no key (every partial empty; pass 2 writes NaN)."""
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    pos, in_range = _decode_pos(POS, pos_val, L, POS_FROM_PTR)
     lrow = pos // BLOCK
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < D
-    dv_mask = offs_dv < DV
+    cnt = tl.where(in_range, tl.load(CNT + h * stride_ch + lrow), 0)
+    per = tl.cdiv(cnt, n_splits)
+    lo = split * per
+    hi = tl.minimum(lo + per, cnt)
+    base = COLS + h * stride_th + lrow * stride_tr
     K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_d * stride_qd,
-                mask=d_mask, other=0.0).to(tl.float32)
+    one = tl.arange(0, 1)
+    q0, q1 = _load2(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, one, 0, stride_qd, D, 1, D0, D1)
+    q0 = q0.to(tl.float32)
+    q1 = q1.to(tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
     m_i = tl.full([1], float("-inf"), tl.float32)
     l_i = tl.zeros([1], tl.float32)
-    acc = tl.zeros([DV_PAD], tl.float32)
-    cnt = tl.where(in_range, tl.load(CNT + h * stride_ch + lrow), 0)
-    base = COLS + h * stride_th + lrow * stride_tr
-    for i in range(0, cnt):
-        col = tl.load(base + i)
-        for sub in range(0, BLOCK, BLOCK_N):
-            cols = col * BLOCK + sub + offs_n0
-            seen = cols <= pos
-            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                        mask=seen[:, None] & d_mask[None, :], other=0.0)
-            s = tl.sum(k.to(tl.float32) * q[None, :], 1) * qk_scale
-            s = tl.where(seen, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 0))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_new)
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 0)
-            v = tl.load(V + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                        mask=seen[:, None] & dv_mask[None, :], other=0.0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
-            m_i = m_new
-    o = acc / tl.where(l_i == 0.0, 1.0, l_i)
-    o = tl.where(in_range, o, float("nan"))
-    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_dv * stride_od,
-             o.to(O.dtype.element_ty), mask=dv_mask)
+    acc0 = tl.zeros([1, DV0], tl.float32)
+    acc1 = tl.zeros([1, DV1 if DV1 > 0 else 16], tl.float32)
+    SUB: tl.constexpr = BLOCK // BLOCK_N
+    for j in range(lo * SUB, hi * SUB):     # one loop over (block, sub-tile) pairs
+        keys = tl.load(base + j // SUB) * BLOCK + (j % SUB) * BLOCK_N + offs_n
+        seen = keys <= pos
+        rows = tl.minimum(keys, pos)         # keys after pos are never read (they may be garbage)
+        k0, k1 = _load2(K, rows, stride_kn, stride_kd, D, BLOCK_N, D0, D1)
+        s = tl.sum(k0.to(tl.float32) * q0, 1)
+        if D1 > 0:
+            s += tl.sum(k1.to(tl.float32) * q1, 1)
+        s = tl.where(seen, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_new)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        v0, v1 = _load2(V, rows, stride_vn, stride_vd, DV, BLOCK_N, DV0, DV1)
+        acc0 = acc0 * alpha[:, None] + tl.sum(p[:, None] * v0.to(tl.float32), 0)[None, :]
+        if DV1 > 0:
+            acc1 = acc1 * alpha[:, None] + tl.sum(p[:, None] * v1.to(tl.float32), 0)[None, :]
+        m_i = m_new
+    part = PART + (pid_bh.to(tl.int64) * n_splits + split) * (DV + 2)
+    _store2(part, one, 0, 1, DV, acc0, acc1, DV0, DV1)
+    tl.store(part + DV + one, m_i)
+    tl.store(part + DV + 1 + one, l_i)
+
+
+@triton.jit
+def _decode_reduce_kernel(PART, O, POS, pos_val, n_splits,
+                          stride_ob, stride_oh, stride_od,
+                          H, L, DV,
+                          DV0: tl.constexpr, DV1: tl.constexpr, POS_FROM_PTR: tl.constexpr,
+                          SPLIT_TILE: tl.constexpr):
+    """Decode pass 2, grid (B*H,): merges the ``n_splits`` partials of pass 1, ``SPLIT_TILE`` at a
+    time (each rescaled by exp2(m_s - M), M the running maximum), divides by the total l (0: no key
+    seen, zeros) and writes ``O`` in its dtype; NaN for a device ``pos`` outside [0, L)."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    _, in_range = _decode_pos(POS, pos_val, L, POS_FROM_PTR)
+    part = PART + pid_bh.to(tl.int64) * n_splits * (DV + 2)
+    m_i = tl.full([1], float("-inf"), tl.float32)
+    l_i = tl.zeros([1], tl.float32)
+    acc0 = tl.zeros([DV0], tl.float32)
+    acc1 = tl.zeros([DV1 if DV1 > 0 else 16], tl.float32)
+    offs_s = tl.arange(0, SPLIT_TILE)
+    for t in range(0, n_splits, SPLIT_TILE):
+        rows = tl.minimum(t + offs_s, n_splits - 1)    # rows past the last split repeat it with weight 0
+        valid = t + offs_s < n_splits
+        m = tl.where(valid, tl.load(part + rows * (DV + 2) + DV), float("-inf"))
+        l = tl.load(part + rows * (DV + 2) + DV + 1)
+        m_new = tl.maximum(m_i, tl.max(m, 0))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_ref)
+        w = tl.math.exp2(m - m_ref)
+        l_i = l_i * alpha + tl.sum(w * l, 0)
+        a0, a1 = _load2(part, rows, DV + 2, 1, DV, SPLIT_TILE, DV0, DV1)
+        acc0 = acc0 * alpha + tl.sum(w[:, None] * a0, 0)
+        if DV1 > 0:
+            acc1 = acc1 * alpha + tl.sum(w[:, None] * a1, 0)
+        m_i = m_new
+    inv = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
+    inv = tl.where(in_range, inv, float("nan"))
+    _store2(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh, tl.arange(0, 1), 0, stride_od, DV,
+            (acc0 * inv)[None, :], (acc1 * inv)[None, :], DV0, DV1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,22 +602,58 @@ def _launch(name: str, rows: int, bh: int, args: tuple, meta: dict) -> None:
     _LAUNCHERS[name](lambda c: (rows // c[tile], bh), args, meta, config)
 
 
-def _decode_config(block: int, d: int, dv: int) -> dict:
-    """The decode kernel's one launch config: ``BLOCK_N = min(block, 64)`` key rows per step, and 8 warps
-    for 256-lane head dims (d=144: 4 warps spilled 756 bytes on sm_90 per ``aot_check``), else 4."""
-    return {"BLOCK_N": min(block, 64), "num_warps": 8 if max(_pad(d), _pad(dv)) >= 256 else 4}
+def _decode_config(block: int, d: int, dv: int) -> Dict[str, dict]:
+    """The decode kernels' one launch config each. Pass 1 (``decode``) takes ``BLOCK_N = min(block,
+    32)`` key rows per step over the head dim's power-of-two column chunks (:func:`_chunks`), in 4
+    warps up to 48 tile elements per thread, else 8; pass 2 (``decode_reduce``) merges
+    ``SPLIT_TILE = 16`` partials per step. S is a runtime argument: no recompile per S.
+
+    Why 32 rows: compiled for sm_90 in bf16 with the JIT's specialisation of unit strides and
+    16-divisible arguments (ptxas, no GPU run), d=144 (128 + 16 lanes) takes 128 registers at
+    block 32 (151 at block 128), no spills: 3-4 programs of 4 warps per SM, as many as
+    :func:`_decode_splits` launches, with 18 KB of K and V loads each in flight; 64 rows took 225
+    registers in 4 warps (2 programs per SM) or 128 in 8 (2 per SM: two waves). Not timed on a GPU.
+    """
+    block_n = min(block, 32)
+    width = _width(_chunk_meta(d, dv))
+    return {"decode": {"BLOCK_N": block_n, "num_warps": 4 if block_n * width <= 48 * 128 else 8},
+            "decode_reduce": {"SPLIT_TILE": 16, "num_warps": 4}}
+
+
+#: SM count assumed off CUDA (the interpreter, ``aot_check``): an H200's.
+_DEFAULT_SMS = 132
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (cached per CUDA device); ``_DEFAULT_SMS`` off CUDA."""
+    if device.type == "cuda":
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _DEFAULT_SMS
+
+
+def _decode_splits(bh: int, n_col_blocks: int, sms: int) -> int:
+    """Number of splits S of the decode step's layout row: about 4 programs per SM over the B*H
+    (query, head) pairs, ``ceil(4 * sms / bh)``, at most ``n_col_blocks`` (the longest layout row,
+    so a split has at least one block at the last position), at least 1. Depends on shapes only,
+    never on ``pos``, so one launch serves every step (CUDA graphs)."""
+    return max(1, min(n_col_blocks, -(-4 * sms // max(bh, 1))))
 
 
 def compiled_variants(q_shape: Tuple[int, ...], dv: int, block: int, dtype: torch.dtype,
                       causal: bool = True) -> Dict[str, List[dict]]:
     """The launch configs a call with q/k of shape ``q_shape`` (B, heads, L, d), v head dim ``dv``
-    and ``dtype`` compiles, per kernel (``fwd``, ``bwd_dq``, ``bwd_dkdv``, ``decode``): one each
+    and ``dtype`` compiles, per kernel (``fwd``, ``bwd_dq``, ``bwd_dkdv``, ``decode``, ``decode_reduce``): one each
     unless ``VIDEOGPT_FAST_AUTOTUNE=1`` (the pruned sweep list)."""
     d = q_shape[-1]
     meta = dict(BLOCK=block, **_chunk_meta(d, dv), CAUSAL=bool(causal), PRECISION=_precision(dtype), L=q_shape[2])
     out = {name: _LAUNCHERS[name].candidates(_fixed_config(name, block, _width(meta), dtype), meta)
            for name in ("fwd", "bwd_dq", "bwd_dkdv")}
-    out["decode"] = [_decode_config(block, d, dv)]
+    out.update({name: [config] for name, config in _decode_config(block, d, dv).items()})
     return out
 
 
@@ -680,25 +773,38 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
 
 def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                  layout: torch.Tensor, block: int, pos: Union[int, torch.Tensor],
-                                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                                 out: Optional[torch.Tensor] = None, splits: Optional[int] = None) -> torch.Tensor:
     """Attention of the query at flattened position ``pos`` to the cached keys ``<= pos`` in the
     blocks of layout row ``pos // block`` (the original's ``get_non_block_layout_row`` mask).
     Forward only (sampling).
+
+    Split-K ("flash-decoding", as ``csrc/decode_attention.cu``), two launches and no host sync:
+    pass 1, grid (B*heads, S), splits the row's blocks into S near-equal runs and writes one fp32
+    partial (acc, max, sum) per split to a scratch tensor (B*heads, S, dv + 2); pass 2, grid
+    (B*heads,), merges them into ``out``. One (B, heads) pair alone cannot fill a GPU (64 programs
+    for 132 SMs at B=16, 4 heads).
 
     Args:
         q: (B, heads, 1, d); k_cache: (B, heads, L, d); v_cache: (B, heads, L, dv).
         layout, block: as :func:`blocksparse_attention` (shapes, dtypes, devices and the layout are
             checked by ``videogpt_fast.ops.decode_attention``, not here).
         pos: int in [0, L) (checked), or a one-element integer tensor on q's device, read only by
-            the kernel (no host sync): outside [0, L) the output is NaN. ``ops.decode_attention``
+            the kernels (no host sync): outside [0, L) the output is NaN. ``ops.decode_attention``
             also range-checks a CPU tensor.
         out: optional (B, heads, 1, dv) output tensor.
+        splits: S, the number of splits of the layout row; None: :func:`_decode_splits` (about 4
+            programs per SM, at most the longest row's block count). Splits past a row's block
+            count are empty. Must be an int >= 1.
     Returns:
         (B, heads, 1, dv) in q's dtype.
+    Raises:
+        ValueError: q not (B, heads, 1, d), an int ``pos`` outside [0, L), a bad ``out`` or ``splits``.
     """
     name = "blocksparse_decode_attention"
     if q.dim() != 4 or q.shape[2] != 1:
         raise ValueError(f"{name}: q must be (B, heads, 1, d), got {tuple(q.shape)}")
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+        raise ValueError(f"{name}: splits must be None or an int >= 1, got {splits!r}")
     B, H, L, D = k_cache.shape
     DV = v_cache.shape[-1]
     if isinstance(pos, torch.Tensor):
@@ -715,9 +821,15 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
                          f"{tuple(out.shape)} {out.dtype} on {out.device}")
     tables = layout_tables(layout, True, q.device)
     th, tr, ch = tables.strides(False)
-    _decode_kernel[(B * H,)](
-        q, k_cache, v_cache, out, tables.cols, tables.cnt, pos_ptr, pos_val, _LOG2E / math.sqrt(D),
-        q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
-        out.stride(0), out.stride(1), out.stride(3), th, tr, ch, H, L, D, DV,
-        BLOCK=block, D_PAD=_pad(D), DV_PAD=_pad(DV), POS_FROM_PTR=from_ptr, **_decode_config(block, D, DV))
+    S = splits if splits is not None else _decode_splits(B * H, tables.cols.shape[-1], _sm_count(q.device))
+    part = torch.empty((B * H, S, DV + 2), device=q.device, dtype=torch.float32)
+    chunks = _chunk_meta(D, DV)
+    config = _decode_config(block, D, DV)
+    _decode_kernel[(B * H, S)](
+        q, k_cache, v_cache, part, tables.cols, tables.cnt, pos_ptr, pos_val, _LOG2E / math.sqrt(D), S,
+        q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(), th, tr, ch, H, L, D, DV,
+        BLOCK=block, **chunks, POS_FROM_PTR=from_ptr, **config["decode"])
+    _decode_reduce_kernel[(B * H,)](
+        part, out, pos_ptr, pos_val, S, out.stride(0), out.stride(1), out.stride(3), H, L, DV,
+        DV0=chunks["DV0"], DV1=chunks["DV1"], POS_FROM_PTR=from_ptr, **config["decode_reduce"])
     return out

@@ -283,7 +283,7 @@ def test_decode_matches_reference_and_full_forward(per_head):
 
 @pytest.mark.parametrize("D,DV", [(144, 144), (120, 144), (144, 120)])
 def test_decode_gpt_head_dims(D, DV):
-    """The decode kernel at the GPT's head dim 144 (padded to 256 lanes) and at 120."""
+    """The decode kernel at the GPT's head dim 144 (column chunks 128 + 16) and at 120."""
     B, H, L, block = 1, 2, 96, 32
     layout = _random_layout(H, L // block, seed=D + DV)
     q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, DV))
@@ -300,7 +300,7 @@ def test_decode_gpt_head_dims(D, DV):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_decode_block_64(dtype):
-    """Block 64 (one 64-key sub-tile per block), 3 blocks, per-head layout."""
+    """Block 64 (two 32-key sub-tiles per block: the (block, sub-tile) loop), 3 blocks, per-head layout."""
     B, H, L, D, DV, block = 2, 2, 192, 24, 40, 64
     layout = _random_layout(H, L // block, seed=64)
     layout[0, 2, 1] = 0
@@ -338,6 +338,67 @@ def test_decode_validation():
         bsa.blocksparse_decode_attention(q[:, :, :2], k, v, layout, 16, 3)
     with use_backend("triton"), pytest.raises(ValueError, match="one-element int64 tensor"):
         ops.decode_attention(q[:, :, 0], k, v, torch.tensor([1.0], device=DEVICE), layout, 16)
+
+
+# split-K decode: pass 1 (B*H, S) partials, pass 2 merge; forced S against the float64 truth
+_DECODE_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+_SPLIT_CASES = {   # B, H, L, d, dv, block, dtype, per-head layout
+    "B1H3_L80_d40_fp32": (1, 3, 80, 40, 24, 16, torch.float32, True),
+    "B3H1_L96_d144_bf16": (3, 1, 96, 144, 144, 32, torch.bfloat16, False),
+    "B1H1_L48_d24_fp16": (1, 1, 48, 24, 40, 16, torch.float16, True),
+}
+
+
+@pytest.mark.parametrize("splits", [None, 1, 2, 3, "more"], ids=lambda s: f"S{s}")
+@pytest.mark.parametrize("case", sorted(_SPLIT_CASES))
+def test_decode_split_k_matches_float64(case, splits):
+    """Every S (the heuristic, 1, 2, 3, more splits than the row has blocks) gives the float64
+    reference at a position in the first block (one block: every split but the first is empty), in
+    the middle and at the end, pos as int and as tensor, into a NaN-poisoned ``out``."""
+    B, H, L, D, DV, block, dtype, per_head = _SPLIT_CASES[case]
+    nb = L // block
+    layout = _random_layout(H if per_head else 0, nb, seed=L + D, p=0.7)
+    splits = nb + 2 if splits == "more" else splits
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, DV, dtype=dtype))
+    tol = _DECODE_TOL[dtype]
+    for i, pos in enumerate((block // 3, L // 2 + 1, L - 1)):
+        q = q_all[:, :, pos:pos + 1]
+        out = torch.full((B, H, 1, DV), float("nan"), device=DEVICE, dtype=dtype)
+        arg = torch.tensor(pos, device=DEVICE) if i % 2 else pos
+        got = bsa.blocksparse_decode_attention(q, k, v, layout, block, arg, out=out, splits=splits)
+        assert got.data_ptr() == out.data_ptr() and got.dtype == dtype
+        want = R.decode_attention_reference_dense(q[:, :, 0].double(), k.double(), v.double(), pos, layout, block)
+        assert_close(out, want.unsqueeze(2), rtol=tol, atol=tol, msg=f"pos {pos}, splits {splits}")
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_split_k_device_pos_out_of_range_is_nan(splits):
+    """A device pos outside [0, L) gives NaN through the split-K passes (no key is read)."""
+    q, k, v = (t.detach() for t in _inputs(1, 3, 48, 24, 24, dtype=torch.bfloat16))
+    layout = torch.ones(3, 3, dtype=torch.uint8)
+    for pos in (-1, 48, 1000):
+        out = torch.zeros(1, 3, 1, 24, device=DEVICE, dtype=torch.bfloat16)
+        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, 16, torch.tensor(pos, device=DEVICE), out=out,
+                                         splits=splits)
+        assert out.isnan().all(), f"pos {pos}"
+
+
+def test_decode_splits_heuristic():
+    """About 4 programs per SM over the B*H pairs, capped by the longest row's block count, >= 1."""
+    assert bsa._decode_splits(64, 128, 132) == 9      # B=16, 4 heads, dense L=4096 / 32 on an H200
+    assert bsa._decode_splits(64, 8, 132) == 8        # the strided layout's longest row
+    assert bsa._decode_splits(2048, 128, 132) == 1
+    assert bsa._decode_splits(1, 1, 132) == 1
+    for bh in (1, 3, 7, 64, 100, 528, 1000):
+        s = bsa._decode_splits(bh, 1000, 132)
+        assert 1 <= s and (s - 1) * bh < 4 * 132 <= s * bh
+
+
+@pytest.mark.parametrize("splits", [0, -2, 1.5, True, "2"])
+def test_decode_splits_validation(splits):
+    q, k, v = (t.detach() for t in _inputs(1, 1, 32, 16, 16))
+    with pytest.raises(ValueError, match="splits must be None or an int >= 1"):
+        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, torch.ones(2, 2), 16, 3, splits=splits)
 
 
 # ------------------------------------------------------------------------------------------
@@ -384,6 +445,27 @@ def test_gpu_other_blocks(block, dtype):
     q, k, v = _inputs(2, heads, L, 144, 144, dtype=dtype, seed=block)
     tol = _GPU_TOL[dtype]
     _check(q, k, v, layout, block, True, tol=tol, gtol=4 * tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA device (compiled Triton)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("sparse", [True, False], ids=["strided", "dense"])
+def test_gpu_decode_sampling_size(sparse, dtype):
+    """The split-K decode step at the sampler's size (B=16, 4 heads x 144, L=4096, block 32; the
+    strided layout or all-ones), S from the heuristic, against float64 at several positions."""
+    from videogpt_fast.attention import StridedSparsityConfig
+    B, H, L, D, block = 16, 4, 4096, 144, 32
+    layout = (StridedSparsityConfig(_GPU_SHAPES[L], H, True, block, 4).make_layout() if sparse
+              else torch.ones(L // block, L // block, dtype=torch.uint8))
+    q_all, k, v = (t.detach() for t in _inputs(B, H, L, D, D, dtype=dtype, seed=7))
+    tol = _GPU_TOL[dtype]
+    for pos in (0, 31, 1000, L - 1):
+        q = q_all[:, :, pos:pos + 1]
+        out = torch.full((B, H, 1, D), float("nan"), device=DEVICE, dtype=dtype)
+        bsa.blocksparse_decode_attention(q, k, v, layout, block, torch.tensor(pos, device=DEVICE), out=out)
+        want = R.decode_attention_reference_dense(q[:, :, 0].double(), k.double(), v.double(), pos, layout, block)
+        assert_close(out, want.unsqueeze(2), rtol=tol, atol=tol, msg=f"pos {pos}")
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -434,10 +516,14 @@ class _LaunchCounter:
 
     def __init__(self, kernel, log, name):
         self.kernel, self.log, self.name = kernel, log, name
+        self.grids, self.args, self.meta = [], [], []
 
     def __getitem__(self, grid):
         def run(*args, **kwargs):
             self.log.append(self.name)
+            self.grids.append(grid)
+            self.args.append(args)
+            self.meta.append(kwargs)
             return self.kernel[grid](*args, **kwargs)
         return run
 
@@ -447,6 +533,7 @@ def _count_launches(monkeypatch):
     for name, launcher in bsa._LAUNCHERS.items():
         monkeypatch.setattr(launcher, "kernel", _LaunchCounter(launcher.kernel, log, name))
     monkeypatch.setattr(bsa, "_decode_kernel", _LaunchCounter(bsa._decode_kernel, log, "decode"))
+    monkeypatch.setattr(bsa, "_decode_reduce_kernel", _LaunchCounter(bsa._decode_reduce_kernel, log, "decode_reduce"))
     return log
 
 
@@ -458,6 +545,40 @@ def test_three_launches_per_forward_backward(monkeypatch):
     layout = _random_layout(2, 4, seed=31)
     _check(q, k, v, layout, 16, True)
     assert log == ["fwd", "bwd_dq", "bwd_dkdv"]
+
+
+def test_decode_two_launches_no_sync_and_split_partition(monkeypatch):
+    """A decode step is pass 1 on grid (B*H, S) then the reduce on (B*H,), with no host sync once
+    the layout's tables are cached; split s holds blocks [s*per, (s+1)*per) of the row (per =
+    ceil(count / S)): the partials past the row's count are empty (m = -inf, l = 0, acc = 0)."""
+    B, H, L, D, block = 1, 3, 64, 16, 16
+    q, k, v = (t.detach() for t in _inputs(B, H, L, D, D))
+    layout = torch.ones(L // block, L // block, dtype=torch.uint8)
+    bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, block, 0)      # builds the tables
+    log = _count_launches(monkeypatch)
+
+    def no_sync(self, *a, **kw):
+        raise AssertionError("host sync (.item()) in the decode step")
+
+    for pos, S, busy in ((5, 3, 1), (63, 3, 2), (63, 6, 4), (40, 2, 2)):   # row counts 1, 4, 4, 3
+        log.clear()
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "item", no_sync)
+            out = bsa.blocksparse_decode_attention(q[:, :, :1], k, v, layout, block, torch.tensor(pos, device=DEVICE),
+                                                   splits=S)
+        assert log == ["decode", "decode_reduce"]
+        assert bsa._decode_kernel.grids[-1] == (B * H, S) and bsa._decode_reduce_kernel.grids[-1] == (B * H,)
+        part = bsa._decode_kernel.args[-1][3].view(B * H, S, D + 2)
+        assert not part.isnan().any(), "a partial was left unwritten"
+        empty = part[:, :, D] == float("-inf")
+        assert empty.tolist() == [[s >= busy for s in range(S)]] * (B * H), f"pos {pos}, S {S}"
+        assert (part[:, :, D + 1][empty] == 0).all() and (part[:, :, :D][empty] == 0).all()
+        want = R.decode_attention_reference_dense(q[:, :, 0], k, v, pos, layout, block)
+        assert_close(out, want.unsqueeze(2))
+    listed = bsa.compiled_variants((B, H, L, D), D, block, q.dtype)   # the configs launched are the listed ones
+    for name in ("decode", "decode_reduce"):
+        meta = getattr(bsa, f"_{name}_kernel").meta[-1]
+        assert [{key: meta[key] for key in listed[name][0]}] == listed[name]
 
 
 def test_second_call_builds_no_tables_and_never_syncs(monkeypatch):
@@ -499,7 +620,7 @@ def test_at_most_two_compiled_variants(L, heads, dim, dtype, monkeypatch):
     monkeypatch.setattr(_tuning, "interpret", lambda: False)
     monkeypatch.delenv(_tuning.ENV_VAR, raising=False)
     variants = bsa.compiled_variants((16, heads, L, dim), dim, 32, dtype)
-    assert set(variants) == {"fwd", "bwd_dq", "bwd_dkdv", "decode"}
+    assert set(variants) == {"fwd", "bwd_dq", "bwd_dkdv", "decode", "decode_reduce"}
     assert all(len(v) == 1 for v in variants.values())
     monkeypatch.setenv(_tuning.ENV_VAR, "1")
     swept = bsa.compiled_variants((16, heads, L, dim), dim, 32, dtype)["fwd"]
