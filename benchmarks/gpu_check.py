@@ -292,7 +292,7 @@ class GpuCheck:
     def phase_tests(self, limit: float) -> Dict[str, Any]:
         log = self.log("tests")
         plugins = self.env.get("pytest_plugins", {})
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rfE"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rfEs"]
         notes = []
         if plugins.get("xdist") and self.args.workers > 1:
             cmd += ["-n", str(self.args.workers)]
