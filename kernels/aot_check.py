@@ -1,14 +1,21 @@
 """Compile the kernels for a GPU architecture on a machine without one, and report each binary.
 
 ``python -m videogpt_fast.kernels.aot_check [--arch 90] [--only codebook|axial|blocksparse]``
-runs each op's launcher at the paper's sizes with launches captured instead of run, compiles every
-captured launch (its heuristic config, see :mod:`.tuning`) with Triton's bundled ``ptxas`` for
-``sm_<arch>``, and prints: kernel, dtype, config, compile seconds, registers, spill bytes, shared
-memory, and whether the tensor-core instructions are Hopper's ``wgmma`` or ``mma.sync``. Each launch
-is specialised on its argument values as Triton's JIT does at launch (:func:`_signature`: integers
-equal to 1 become constants, integers and pointers divisible by 16 carry ``tt.divisibility=16``);
-before 2026-11-30 it was not, and unit-stride loads compiled unvectorised, overstating registers and
-spills (the d=144 bf16 decode kernel: ~255 registers and spills reported, 128 at launch).
+runs each op's launcher at the paper's sizes (contiguous CPU tensors; the codebook's fp32 search in
+each of its precisions) with launches captured instead of run, compiles every captured launch (its
+heuristic config, see :mod:`.tuning`) with Triton's bundled ``ptxas`` for ``sm_<arch>``, and prints:
+kernel, dtype, config, compile seconds, registers, spill bytes, shared memory, whether the
+tensor-core instructions are Hopper's ``wgmma`` or ``mma.sync``, and how the launch was specialised.
+
+Each launch is specialised on its argument values as Triton's JIT does at launch
+(:func:`_signature`): integers equal to 1 become constants (a unit stride lets loads vectorise),
+integers and pointers divisible by 16 carry ``tt.divisibility=16``. So the report holds for
+arguments like the examples': a launch with other strides or sizes (a stride that is not 1, a
+size not divisible by 16) is another compile, by the JIT too. Before 2026-11-30 aot_check did not
+specialise: it compiled unvectorised loads, and its registers and spills were not the launch's,
+mostly overstated (the bf16 decode kernel: 255 registers at d=144 where the specialised compile
+takes 128; at d=128, 255 and 12 bytes of spill where it takes 64), for the axial backward
+understated (16-bit: no spill where the specialised compile spills 32-40 bytes).
 
 It checks that the kernels compile, without spills, before GPU time is spent; it measures
 nothing about speed. The compile times are this machine's (single-threaded, per binary); Triton
@@ -89,6 +96,16 @@ def _signature(kernel, args: tuple, meta: dict) -> Tuple[dict, dict, dict]:
     return sig, consts, attrs
 
 
+def _specialised(kernel, consts: dict, attrs: dict) -> str:
+    """``"1: a,b; /16 no: c"``: the non-constexpr parameters that :func:`_signature` made the constant 1,
+    and the integers and pointers that did not get the divisibility attribute (two launches of one
+    config that differ here are two compiles, by the JIT too)."""
+    names = kernel.arg_names
+    ones = [names[i] for (i,), v in consts.items() if v == 1 and not kernel.params[i].is_constexpr]
+    odd = [names[i] for (i,), v in attrs.items() if not v]
+    return f"1: {','.join(ones) or '-'}; /16 no: {','.join(odd) or '-'}"
+
+
 def _ptxas_report(ptx: str, arch: int) -> Tuple[str, str]:
     import triton
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -141,10 +158,11 @@ def _cases(only: str) -> List[Tuple[str, Callable[[], None]]]:
     from . import axial_attention as ax, blocksparse_attention as bsa, codebook as cb
 
     def codebook():
-        for dt in (torch.float32, torch.bfloat16, torch.float16):
+        for dt, precision in ((torch.float32, "tf32"), (torch.float32, "tf32x3"), (torch.float32, "ieee"),
+                              (torch.bfloat16, None), (torch.float16, None)):
             x, e = torch.randn(65536, 256).to(dt), torch.randn(2048, 256).to(dt)
-            cb.codebook_nearest(x, e)
-            cb.codebook_nearest_with_stats(x, e)
+            cb.codebook_nearest(x, e, precision=precision)
+            cb.codebook_nearest_with_stats(x, e, precision=precision)
 
     def axial():
         for dt in (torch.float32, torch.bfloat16, torch.float16):
@@ -201,7 +219,8 @@ def main(argv=None) -> int:
     bsa._decode_reduce_kernel = cap.direct(bsa._decode_reduce_kernel)
     target = GPUTarget("cuda", a.arch, 32)
     seen = set()
-    print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma")
+    print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma | "
+          "arguments specialised to 1; integers and pointers not divisible by 16")
     for name, run in _cases(a.only):
         cap.launches.clear()
         run()
@@ -230,7 +249,8 @@ def main(argv=None) -> int:
             ptx = out.asm["ptx"]
             mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
             print(f"{kname:<18} {dtypes:<14} {shown} {opts} | {time.time() - t0:.1f} s, {regs} regs, "
-                  f"{spills} spill, {out.metadata.shared} shared, {mma}", flush=True)
+                  f"{spills} spill, {out.metadata.shared} shared, {mma} | {_specialised(kernel, consts, attrs)}",
+                  flush=True)
     return 0
 
 
