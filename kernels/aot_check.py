@@ -36,6 +36,7 @@ import torch
 
 from ._interpreter import interpret
 
+
 def _signature(kernel, args: tuple, meta: dict) -> Tuple[dict, dict, dict]:
     """The ``(signature, constexprs, attrs)`` that Triton 3.6's JIT compiles ``kernel[grid](*args, **meta)``
     with (``JITFunction.run``: its binder's ``specialize_impl`` per argument, then ``_pack_args``), for
