@@ -1,10 +1,21 @@
 """Compile the kernels for a GPU architecture on a machine without one, and report each binary.
 
 ``python -m videogpt_fast.kernels.aot_check [--arch 90] [--only codebook|axial|blocksparse]``
-runs each op's launcher at the paper's sizes with launches captured instead of run, compiles every
-captured launch (its heuristic config, see :mod:`.tuning`) with Triton's bundled ``ptxas`` for
-``sm_<arch>``, and prints: kernel, dtype, config, compile seconds, registers, spill bytes, shared
-memory, and whether the tensor-core instructions are Hopper's ``wgmma`` or ``mma.sync``.
+runs each op's launcher at the paper's sizes (contiguous CPU tensors; the codebook's fp32 search in
+each of its precisions) with launches captured instead of run, compiles every captured launch (its
+heuristic config, see :mod:`.tuning`) with Triton's bundled ``ptxas`` for ``sm_<arch>``, and prints:
+kernel, dtype, config, compile seconds, registers, spill bytes, shared memory, whether the
+tensor-core instructions are Hopper's ``wgmma`` or ``mma.sync``, and how the launch was specialised.
+
+Each launch is specialised on its argument values as Triton's JIT does at launch
+(:func:`_signature`): integers equal to 1 become constants (a unit stride lets loads vectorise),
+integers and pointers divisible by 16 carry ``tt.divisibility=16``. So the report holds for
+arguments like the examples': a launch with other strides or sizes (a stride that is not 1, a
+size not divisible by 16) is another compile, by the JIT too. Before 2026-11-30 aot_check did not
+specialise: it compiled unvectorised loads, and its registers and spills were not the launch's,
+mostly overstated (the bf16 decode kernel: 255 registers at d=144 where the specialised compile
+takes 128; at d=128, 255 and 12 bytes of spill where it takes 64), for the axial backward
+understated (16-bit: no spill where the specialised compile spills 32-40 bytes).
 
 It checks that the kernels compile, without spills, before GPU time is spent; it measures
 nothing about speed. The compile times are this machine's (single-threaded, per binary); Triton
@@ -25,31 +36,75 @@ import torch
 
 from ._interpreter import interpret
 
-_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-          torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
 
+def _signature(kernel, args: tuple, meta: dict) -> Tuple[dict, dict, dict]:
+    """The ``(signature, constexprs, attrs)`` that Triton 3.6's JIT compiles ``kernel[grid](*args, **meta)``
+    with (``JITFunction.run``: its binder's ``specialize_impl`` per argument, then ``_pack_args``), for
+    ``triton.compile(ASTSource(kernel, signature, constexprs, attrs))``. ``meta`` holds the keyword
+    arguments without ``num_warps``/``num_stages``.
 
-def _signature(kernel, args: tuple, constexprs: dict) -> Tuple[dict, dict]:
-    names = kernel.arg_names
-    sig, consts = {}, {}
-    it = iter(args)
-    for i, name in enumerate(names):
-        if name in constexprs:
+    Per parameter, in order, bound like the call (defaults applied):
+
+    - a ``tl.constexpr`` parameter, or an argument ``None``: ``"constexpr"``, its value in ``constexprs``;
+    - ``bool``: ``"u1"`` (never specialised); ``float``: ``"fp32"`` (never specialised);
+    - ``int``: equal to 1 (not a ``bool``), a compile-time constant 1 (``"constexpr"``: a stride of 1 lets
+      loads vectorise); else ``"i32"`` in [-2**31, 2**31), ``"u64"`` from 2**63, ``"i64"`` otherwise, with
+      ``attrs[(i,)] = [["tt.divisibility", 16]]`` when divisible by 16 and ``[]`` when not;
+    - a tensor: ``"*<dtype>"`` (Triton's canonical name: ``*bf16``, ``*u1`` for bool), divisible by 16 when
+      its ``data_ptr() % 16 == 0``. The example tensors here live on the CPU; their storage is aligned to
+      64 bytes (CUDA's caching allocator gives 512-byte blocks), and a view's byte offset is the same on
+      either device, so ``data_ptr() % 16`` is the one a GPU launch of the same shapes would see;
+    - a name in the kernel's ``do_not_specialize`` keeps its type and gets no constant 1 nor ``attrs``
+      entry; one in ``do_not_specialize_on_alignment`` gets no divisibility (the constant 1 stays).
+
+    Raises ``TypeError`` for an argument of another type, and ``NotImplementedError`` for a type-annotated
+    (non-constexpr) parameter, which the JIT types from the annotation (no kernel here has one).
+    tests/test_kernel_aot_check.py checks this against Triton's own binder.
+    """
+    from triton._utils import canonicalize_ptr_dtype
+    bound = kernel.signature.bind(*args, **meta)
+    bound.apply_defaults()
+    sig, consts, attrs = {}, {}, {}
+    for i, (name, kp) in enumerate(zip(kernel.arg_names, kernel.params)):
+        a = bound.arguments[name]
+        if kp.is_constexpr or a is None:
             sig[name] = "constexpr"
-            consts[(i,)] = constexprs[name]
+            consts[(i,)] = a
             continue
-        a = next(it)
-        if isinstance(a, torch.Tensor):
-            sig[name] = "*" + _TYPES[a.dtype]
-        elif isinstance(a, bool):
-            sig[name] = "i1"
-        elif isinstance(a, int):
-            sig[name] = "i64" if abs(a) >= 2 ** 31 else "i32"
-        elif isinstance(a, float):
+        if kp.annotation_type:
+            raise NotImplementedError(f"{kernel.fn.__name__}.{name}: annotated parameters ({kp.annotation}) "
+                                      "are typed by the JIT from the annotation; aot_check does not model that")
+        if isinstance(a, bool):
+            sig[name] = "u1"
+            continue
+        if isinstance(a, float):
             sig[name] = "fp32"
+            continue
+        if isinstance(a, int):
+            if a == 1 and not kp.do_not_specialize:
+                sig[name] = "constexpr"
+                consts[(i,)] = 1
+                continue
+            sig[name] = "i32" if -2 ** 31 <= a < 2 ** 31 else "u64" if a >= 2 ** 63 else "i64"
+            aligned = a % 16 == 0
+        elif isinstance(a, torch.Tensor):
+            sig[name] = canonicalize_ptr_dtype(a.dtype, False)
+            aligned = a.data_ptr() % 16 == 0
         else:
-            raise TypeError(f"{name}: cannot type argument {a!r}")
-    return sig, consts
+            raise TypeError(f"{kernel.fn.__name__}.{name}: cannot type argument {a!r}")
+        if not kp.do_not_specialize:
+            attrs[(i,)] = [["tt.divisibility", 16]] if aligned and not kp.do_not_specialize_on_alignment else []
+    return sig, consts, attrs
+
+
+def _specialised(kernel, consts: dict, attrs: dict) -> str:
+    """``"1: a,b; /16 no: c"``: the non-constexpr parameters that :func:`_signature` made the constant 1,
+    and the integers and pointers that did not get the divisibility attribute (two launches of one
+    config that differ here are two compiles, by the JIT too)."""
+    names = kernel.arg_names
+    ones = [names[i] for (i,), v in consts.items() if v == 1 and not kernel.params[i].is_constexpr]
+    odd = [names[i] for (i,), v in attrs.items() if not v]
+    return f"1: {','.join(ones) or '-'}; /16 no: {','.join(odd) or '-'}"
 
 
 def _ptxas_report(ptx: str, arch: int) -> Tuple[str, str]:
@@ -104,10 +159,11 @@ def _cases(only: str) -> List[Tuple[str, Callable[[], None]]]:
     from . import axial_attention as ax, blocksparse_attention as bsa, codebook as cb
 
     def codebook():
-        for dt in (torch.float32, torch.bfloat16, torch.float16):
+        for dt, precision in ((torch.float32, "tf32"), (torch.float32, "tf32x3"), (torch.float32, "ieee"),
+                              (torch.bfloat16, None), (torch.float16, None)):
             x, e = torch.randn(65536, 256).to(dt), torch.randn(2048, 256).to(dt)
-            cb.codebook_nearest(x, e)
-            cb.codebook_nearest_with_stats(x, e)
+            cb.codebook_nearest(x, e, precision=precision)
+            cb.codebook_nearest_with_stats(x, e, precision=precision)
 
     def axial():
         for dt in (torch.float32, torch.bfloat16, torch.float16):
@@ -164,16 +220,17 @@ def main(argv=None) -> int:
     bsa._decode_reduce_kernel = cap.direct(bsa._decode_reduce_kernel)
     target = GPUTarget("cuda", a.arch, 32)
     seen = set()
-    print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma")
+    print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma | "
+          "arguments specialised to 1; integers and pointers not divisible by 16")
     for name, run in _cases(a.only):
         cap.launches.clear()
         run()
         for kname, kernel, args, meta in cap.launches:
             meta.update({k: v for k, v in overrides.items() if k in meta or k in ("num_warps", "num_stages")})
             opts = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
-            sig, consts = _signature(kernel, args, meta)
+            sig, consts, attrs = _signature(kernel, args, meta)
             key = (kname, tuple(sorted(sig.items())), tuple(sorted((str(k), str(v)) for k, v in consts.items())),
-                   tuple(sorted(opts.items())))
+                   str(sorted(attrs.items())), tuple(sorted(opts.items())))
             if key in seen:
                 continue
             seen.add(key)
@@ -184,8 +241,8 @@ def main(argv=None) -> int:
             shown = {k: v for k, v in meta.items() if k.isupper()}
             t0 = time.time()
             try:
-                out = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=target,
-                                     options=opts)
+                src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+                out = triton.compile(src, target=target, options=opts)
             except Exception as exc:  # report and go on: every kernel gets its verdict
                 print(f"{kname:<18} {dtypes:<14} {shown} {opts} | FAILED: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
@@ -193,7 +250,8 @@ def main(argv=None) -> int:
             ptx = out.asm["ptx"]
             mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
             print(f"{kname:<18} {dtypes:<14} {shown} {opts} | {time.time() - t0:.1f} s, {regs} regs, "
-                  f"{spills} spill, {out.metadata.shared} shared, {mma}", flush=True)
+                  f"{spills} spill, {out.metadata.shared} shared, {mma} | {_specialised(kernel, consts, attrs)}",
+                  flush=True)
     return 0
 
 

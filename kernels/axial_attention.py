@@ -18,7 +18,9 @@ Head dims that are not powers of two (120, 144) are padded to the next one by ma
 Numerics: fp32 accumulation and softmax (base-2 exponentials) for every input dtype. fp32 inputs
 follow ``torch.get_float32_matmul_precision()``: ``"highest"`` (PyTorch's default) uses
 ``tf32x3`` (three TF32 tensor-core products per fp32 product, relative error ~2^-21, close to fp32;
-exact-fp32 FMA dots of this shape spill registers and overflow shared memory on sm_90),
+exact-fp32 FMA dots were reported to spill registers and overflow shared memory on sm_90 by aot_check
+before 2026-11-30, which overstated registers; with the JIT's specialisation, at the fp32 tile budget,
+they take 106-255 registers, 0-48 bytes of spill and 24-42 KB of shared memory: not timed on a GPU),
 ``"high"``/``"medium"`` allow plain TF32. fp32 tiles are capped at half the 16-bit tile size. The forward stores the row log-sum-exp for the
 backward, which recomputes the probabilities (FlashAttention-2 style); when the axis fits in one
 block, dq, dk and dv come from a single kernel.
@@ -267,8 +269,10 @@ class _Config:
         self.block_d = max(16, triton.next_power_of_2(self.d))
         self.block_dv = max(16, triton.next_power_of_2(self.dv))
         width = max(self.block_d, self.block_dv)
-        # tile budget (rows x padded head dim) that compiles for sm_90 without (fp16/bf16) or with
-        # few (fp32, tf32x3 splits every operand) register spills and within shared memory
+        # tile budget (rows x padded head dim) that compiles for sm_90 within shared memory, the
+        # forward without register spills, the backward with few: d=120 at the paper's latents in
+        # aot_check (with the JIT's specialisation), fp16/bf16 0-40 bytes, fp32 (tf32x3 splits every
+        # operand) 16-360; aot_check before 2026-11-30 (unspecialised) said 0 and 32-296
         budget = 2048 if q.dtype == torch.float32 else 4096
         self.seg, self.r = _tiling(self.seq, block, min_rows, max(1, budget // width))
         self.n_blocks = triton.cdiv(self.seq, self.seg)

@@ -577,11 +577,17 @@ def _fixed_config(name: str, block: int, dpad: int, dtype: torch.dtype) -> dict:
 
     Each program holds a tile of ``min(block, 64)`` rows (32 beyond a width of 128) and loops over
     inner tiles of the other side (dK/dV: rows are keys, the loop walks queries). Checked with
-    ``python -m videogpt_fast.kernels.aot_check`` for sm_90 at block 32 (ptxas, no GPU run): with
-    4 warps at d=128 the backward kernels spilled; 8 warps from a width of 128 on removes that, and
-    16-row inner tiles for widths above 128 (d=144) remove most of the rest. fp32 operands take
-    twice the registers: 16 x 16 tiles (the 32 x 32 fp32 dK/dV kernel spilled 25 KB and took 35 s
-    to compile). Not timed on a GPU.
+    ``python -m videogpt_fast.kernels.aot_check`` for sm_90 at block 32 (ptxas, no GPU run, with
+    the JIT's specialisation of unit strides and 16-divisible arguments), registers of forward / dQ
+    / dK/dV: 16-bit d=128 in 8 warps 100 / 126 / 164 (4 warps: 125 / 126 / 192), no spills; d=144
+    (128 + 16) with 16-row inner tiles 198 / 242 / 255, no spills (4 warps: 168 / 168 / 255 and 4
+    bytes of spill in dK/dV; 32-row inner tiles: 175 / 244 / 255 and 248 bytes in dK/dV). fp32
+    operands take 16 x 16 tiles: 61-108 registers, no spills; 32 x 32 tiles spill 240-476 bytes
+    (all three at d=128, dQ at d=144). aot_check before 2026-11-30 overstated all of this (it
+    compiled without that specialisation: unvectorised loads): the backward spills it reported
+    with 4 warps at d=128, the reason for 8 warps from a width of 128, do not appear; nor do its
+    28 bytes in the d=144 dK/dV kernel; its 25 KB of spill and 35 s compile for the 32 x 32 fp32
+    dK/dV kernel are now 240 bytes and 3 s. Not timed on a GPU.
     """
     tile = min(block, 64 if dpad <= 128 else 32)
     if _interpret():   # square tiles as large as allowed: fewer interpreted ops (sub-tiles: test_sub_tiles)
@@ -612,7 +618,10 @@ def _decode_config(block: int, d: int, dv: int) -> Dict[str, dict]:
     16-divisible arguments (ptxas, no GPU run), d=144 (128 + 16 lanes) takes 128 registers at
     block 32 (151 at block 128), no spills: 3-4 programs of 4 warps per SM, as many as
     :func:`_decode_splits` launches, with 18 KB of K and V loads each in flight; 64 rows took 225
-    registers in 4 warps (2 programs per SM) or 128 in 8 (2 per SM: two waves). Not timed on a GPU.
+    registers in 4 warps (2 programs per SM) or 128 in 8 (2 per SM: two waves). aot_check
+    compiles with that specialisation since 2026-11-30 (d=144: 128 registers in 16-bit, 110 in
+    fp32; d=128: 64; pass 2: 32-48); before, it reported ~255 registers (and 12 bytes of spill at
+    d=128), an artefact of unvectorised loads. Not timed on a GPU.
     """
     block_n = min(block, 32)
     width = _width(_chunk_meta(d, dv))

@@ -271,8 +271,11 @@ def _cfg(n, k, d, w, s):
 
 
 # (BLOCK_N, BLOCK_K, BLOCK_D, warps, stages) per candidate-search precision, for sm_80+. The
-# fp32/tf32x3 and "ieee" tiles are the previous sweep's spill-free ones (ptxas -v, sm_90); none of
-# them has been timed on a GPU yet (a tuning session should refill this table).
+# fp32/tf32x3 and "ieee" tiles are the previous sweep's spill-free ones (ptxas -v, sm_90, without the
+# JIT's specialisation); aot_check with it (2026-11-30, N=65536, K=2048, D=256): tf32 246-250
+# registers, tf32x3 230, 16-bit 190-244 (96 KB of shared memory, was 32 KB: the aligned loads now
+# go through cp.async into the 3-stage pipeline), no spills; "ieee" 168 registers and 4 bytes of
+# spill. None of them has been timed on a GPU yet (a tuning session should refill this table).
 _TABLE = {
     "tf32": _cfg(128, 128, 32, 8, 3),
     "tf32x3": _cfg(128, 128, 16, 8, 3),
