@@ -447,7 +447,7 @@ def _decode_pos(POS, pos_val, L, POS_FROM_PTR: tl.constexpr):
     return tl.minimum(tl.maximum(pos, 0), L - 1), in_range
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pos_val"])  # an int pos must not compile a variant for 1 or multiples of 16
 def _decode_kernel(Q, K, V, PART, COLS, CNT, POS, pos_val, qk_scale, n_splits,
                    stride_qb, stride_qh, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
@@ -509,7 +509,7 @@ def _decode_kernel(Q, K, V, PART, COLS, CNT, POS, pos_val, qk_scale, n_splits,
     tl.store(part + DV + 1 + one, l_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pos_val"])  # an int pos must not compile a variant for 1 or multiples of 16
 def _decode_reduce_kernel(PART, O, POS, pos_val, n_splits,
                           stride_ob, stride_oh, stride_od,
                           H, L, DV,
