@@ -144,7 +144,7 @@ def codebook_cases(s: Settings) -> Iterator[Case]:
                                "torch": lambda x=x, e=e: R.codebook_nearest_reference(x, e)},
                         flops=2.0 * n * k * d, bytes=float((n * d + k * d) * x.element_size() + n * 8),
                         truth=lambda x=x, e=e: codebook_truth(x, e))
-            _fast_impls(case, dev, "codebook_nearest", lambda x=x, e=e: ops.codebook_nearest(x, e), has_cuda=True)
+            _fast_impls(case, dev, "codebook_nearest", lambda x=x, e=e: ops.codebook_nearest(x, e))
             O.add_original(case, lambda pkg, x=x, e=e: O.bind(O.codebook_search(pkg, e), x))
             _codes_checks(case, x, e, list(case.impls) + ["original"])
             yield case

@@ -5,11 +5,11 @@
 //       One query per (batch, head) over a KV cache: q (B, H, D), k/v (B, H, L, D), pos a one-element
 //       int64 device tensor; key j is visible iff j <= pos and (no layout_row or
 //       layout_row[h, j / block] != 0). Split-K "flash-decoding", fp32 accumulation, D <= 256.
-//   videogpt_fast::codebook_nearest(Tensor x, Tensor codebook) -> Tensor
-//       argmin_k |x_n|^2 - 2 x_n.e_k + |e_k|^2 (ties -> lowest k), int64 (N,).
 //
-// CUDA kernels live in decode_attention.cu and codebook.cu; Meta kernels here let torch.compile and
-// FakeTensor tracing see the output shapes. Being real custom ops, both are captured by CUDA graphs.
+// The CUDA kernel lives in decode_attention.cu; a Meta kernel here lets torch.compile and FakeTensor
+// tracing see the output shape. Being a real custom op, it is captured by CUDA graphs. (A codebook
+// argmin op lived here until 2026-11-30: on an H200 the Triton search was 3.5-5.6x faster and exact,
+// so it was deleted; see benchmarks/results/nvidia-h200-2026-11-30.)
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -18,7 +18,6 @@ namespace videogpt_fast {
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& pos, const c10::optional<at::Tensor>& layout_row,
                                  int64_t block);
-at::Tensor codebook_nearest_cuda(const at::Tensor& x, const at::Tensor& codebook);
 
 namespace {
 
@@ -30,27 +29,18 @@ at::Tensor decode_attention_meta(const at::Tensor& q, const at::Tensor& k, const
   return at::empty({q.size(0), q.size(1), v.size(3)}, q.options());
 }
 
-at::Tensor codebook_nearest_meta(const at::Tensor& x, const at::Tensor& codebook) {
-  TORCH_CHECK(x.dim() == 2 && codebook.dim() == 2 && x.size(1) == codebook.size(1),
-              "codebook_nearest: expected x (N, D) and codebook (K, D) with equal D");
-  return at::empty({x.size(0)}, x.options().dtype(at::kLong));
-}
-
 }  // namespace
 
 TORCH_LIBRARY(videogpt_fast, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, Tensor? layout_row, int block) -> Tensor");
-  m.def("codebook_nearest(Tensor x, Tensor codebook) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(videogpt_fast, CUDA, m) {
   m.impl("decode_attention", &decode_attention_cuda);
-  m.impl("codebook_nearest", &codebook_nearest_cuda);
 }
 
 TORCH_LIBRARY_IMPL(videogpt_fast, Meta, m) {
   m.impl("decode_attention", &decode_attention_meta);
-  m.impl("codebook_nearest", &codebook_nearest_meta);
 }
 
 }  // namespace videogpt_fast

@@ -40,10 +40,10 @@ def test_auto_on_cpu_is_torch():
 
 
 def test_cuda_backend_without_extension_raises():
-    x, e = torch.randn(5, 4), torch.randn(3, 4)
+    q, k = torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8)
     with use_backend("cuda"):
         with pytest.raises(BackendUnavailableError, match="cuda"):
-            ops.codebook_nearest(x, e)
+            ops.decode_attention(q, k, k, torch.tensor(3))
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
@@ -72,7 +72,8 @@ def test_cuda_backend_delegates_ops_the_extension_lacks_and_says_so(caplog, monk
     said = [r.getMessage() for r in caplog.records if "has no axial_attention" in r.getMessage()]
     assert len(said) == 1 and "runs on torch" in said[0]
     with use_backend("cuda"), pytest.raises(BackendUnavailableError, match="not built|CUDA tensor"):
-        ops.codebook_nearest(torch.randn(5, 4), torch.randn(3, 4))  # an op it has: no silent fallback
+        ops.decode_attention(torch.randn(1, 2, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8),
+                             torch.tensor(3))  # an op it has: no silent fallback
 
 
 def test_which_backend_ran_is_logged(caplog):
@@ -83,21 +84,23 @@ def test_which_backend_ran_is_logged(caplog):
 
 
 def test_auto_takes_the_first_usable_backend_in_the_ops_order(monkeypatch):
-    """On CUDA tensors ``auto`` follows each op's order (ops.REGISTRY[op].auto: the codebook search
-    prefers Triton, decode attention the CUDA op) and skips an unusable backend; torch elsewhere."""
+    """On CUDA tensors ``auto`` follows each op's order (ops.REGISTRY[op].auto: decode attention
+    prefers the CUDA op, an order of Triton first is honoured too) and skips an unusable backend;
+    torch elsewhere."""
     from videogpt_fast import ops
     usable = {"triton": None, "cuda": None}
     monkeypatch.setattr(backends, "triton_usable", lambda device: usable["triton"])
     monkeypatch.setattr(backends, "cuda_usable", lambda device, op: usable["cuda"])
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     with use_backend("auto"):
-        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "triton"
         assert backends.resolve("decode_attention", gpu, ops.backends_of("decode_attention")) == "cuda"
-        assert backends.resolve("codebook_nearest", cpu, ops.backends_of("codebook_nearest")) == "torch"
-        usable["triton"] = "Triton is not installed"
-        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "cuda"
+        assert backends.resolve("decode_attention", gpu, ("triton", "cuda")) == "triton"
+        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "triton"
+        assert backends.resolve("decode_attention", cpu, ops.backends_of("decode_attention")) == "torch"
         usable["cuda"] = "the CUDA extension videogpt_fast._C is not built"
-        assert backends.resolve("codebook_nearest", gpu, ops.backends_of("codebook_nearest")) == "torch"
+        assert backends.resolve("decode_attention", gpu, ops.backends_of("decode_attention")) == "triton"
+        usable["triton"] = "Triton is not installed"
+        assert backends.resolve("decode_attention", gpu, ops.backends_of("decode_attention")) == "torch"
 
 
 def test_auto_leaves_out_a_backend_measured_slower_for_the_dtype(monkeypatch):

@@ -4,8 +4,7 @@
 ``setup.py``). Where it was not built, :func:`load` compiles the same sources with
 :func:`torch.utils.cpp_extension.load` (cached in ``$TORCH_EXTENSIONS_DIR``), registers the module as
 ``videogpt_fast._C`` and makes :func:`videogpt_fast.backends.cuda_extension` see it, so that backend
-``cuda`` and ``auto`` select its ops (``torch.ops.videogpt_fast.decode_attention``,
-``torch.ops.videogpt_fast.codebook_nearest``).
+``cuda`` and ``auto`` select its op (``torch.ops.videogpt_fast.decode_attention``).
 """
 from __future__ import annotations
 
