@@ -146,3 +146,48 @@ def test_progress_bar_marks_validation_metrics(shapes_hdf5, tmp_path, capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     last = [line for line in bar if line.startswith("train vqvae")][-1]
     assert "val_recon_loss=" in last and " recon_loss=" not in last
+
+
+def _nan_from(step_no: int, monkeypatch):
+    """Make every train step from ``step_no`` on return a NaN loss (the model itself is untouched)."""
+    real = trainer_mod.Trainer.train_step
+
+    def train_step(self, batch):
+        loss, metrics = real(self, batch)
+        return (loss * float("nan") if self.global_step + 1 >= step_no else loss), metrics
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", train_step)
+
+
+def test_nonfinite_loss_ends_the_run_without_a_checkpoint_of_it(shapes_hdf5, tmp_path, monkeypatch):
+    """fp32: the first NaN loss ends the run with TrainingDivergedError, before the periodic save of
+    that step; the metrics file shows the NaN; the checkpoint written before is unchanged."""
+    _nan_from(3, monkeypatch)
+    args = train_args("vqvae", ["--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "6", "--save_every", "2",
+                                "--log_every", "1", "--val_every", "-1", "--device", "cpu", "--output", str(tmp_path)])
+    trainer = train.Trainer(args)
+    with pytest.raises(train.TrainingDivergedError, match=r"loss is nan at step 3 \(1 consecutive non-finite step\).*"
+                                                          r"the last at step 2"):
+        trainer.fit()
+    assert safe_load(tmp_path / "last.ckpt")["global_step"] == 2
+    assert sorted(p.name for p in tmp_path.glob("epoch=*.ckpt")) == ["epoch=0-step=2.ckpt"]
+
+
+def test_fp16_grad_scaler_gets_some_nonfinite_steps(shapes_hdf5, tmp_path, monkeypatch):
+    """With fp16's GradScaler a few non-finite steps are skipped updates, not a divergence; 20 in a
+    row end the run."""
+    assert trainer_mod.NONFINITE_STEPS_ALLOWED == {True: 20, False: 1}
+    _nan_from(2, monkeypatch)
+    args = train_args("vqvae", ["--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "25", "--precision", "16",
+                                "--log_every", "5", "--val_every", "-1", "--save_every", "0", "--device", "cpu",
+                                "--output", str(tmp_path)])
+    with pytest.raises(train.TrainingDivergedError, match="at step 21 \\(20 consecutive"):
+        train.Trainer(args).fit()
+
+
+def test_cli_reports_divergence_in_one_line(shapes_hdf5, tmp_path, monkeypatch, capsys):
+    _nan_from(1, monkeypatch)
+    code = train.main(["vqvae", "--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "3", "--val_every", "-1",
+                       "--no_progress", "--device", "cpu", "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("videogpt-fast train vqvae: error: training diverged: the loss is nan")
+    assert "none was written" in err[-1] and "Traceback" not in "\n".join(err)

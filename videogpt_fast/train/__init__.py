@@ -53,8 +53,8 @@ from .metrics import MetricsWriter, read_metrics
 from .models import LossModule, build_model, model_namespace
 from .resume import retarget_cosine
 from .sampling import ResumableSampler, SeededDataset, seeded_loader
-from .trainer import Trainer
+from .trainer import Trainer, TrainingDivergedError
 
-__all__ = ["main", "parse_args", "build_parser", "complete_args", "default_num_workers", "Trainer", "LossModule",
+__all__ = ["main", "parse_args", "build_parser", "complete_args", "default_num_workers", "Trainer", "TrainingDivergedError", "LossModule",
            "build_model", "model_namespace", "MetricsWriter", "read_metrics", "ResumableSampler", "SeededDataset",
            "seeded_loader", "retarget_cosine", "STAGES", "MODEL_ARGS", "VAL_BATCHES", "VQVAE_MAX_STEPS"]

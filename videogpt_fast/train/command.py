@@ -13,7 +13,7 @@ from ..run_dir import OutputLock, check_fresh_output
 from .args import parse_args
 from .distributed import env_world
 from .metrics import setup_logging
-from .trainer import Trainer
+from .trainer import Trainer, TrainingDivergedError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,6 +34,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, BackendUnavailableError) as e:
         print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as e:
+        print(f"videogpt-fast train {args.stage}: error: {e}", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as e:
         return report_out_of_memory(e, f"videogpt-fast train {args.stage}")
     finally:

@@ -29,6 +29,16 @@ from .sampling import ResumableSampler, seeded_loader
 log = logging.getLogger("videogpt_fast.train")
 
 
+#: consecutive steps with a non-finite loss that end a run: fp16's GradScaler skips the updates of such
+#: steps and recovers by lowering its scale, so it gets some; without it one NaN loss poisons the weights
+NONFINITE_STEPS_ALLOWED = {True: 20, False: 1}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss stopped being finite: the run ends before it writes a checkpoint of the
+    diverged weights (the checkpoints already written are unchanged)."""
+
+
 class Trainer:
     """One training loop for both stages (and the demo, which passes in-memory datasets).
 
@@ -128,6 +138,7 @@ class Trainer:
         self.saved: List[Path] = periodic_checkpoints(self.output) if ckpt is not None else []
         self._copy_logged = False
         self._last_save_step = self._last_val_step = self.global_step if ckpt is not None else -1
+        self._nonfinite_steps = 0
 
     def _wrap(self, perf_msgs: List[str]) -> nn.Module:
         """The loss module the step runs: SyncBatchNorm and DDP under a process group, compiled with
@@ -291,9 +302,24 @@ class Trainer:
             rec = {"step": step, "epoch": epoch, "loss": float(loss), "time": round(time.time() - t0, 3)}
             rec.update({k: float(v) for k, v in metrics.items()})
             self._log(rec)
+            self._check_finite(step, rec["loss"])
         if bar is not None:
             bar.set_postfix(loss=f"{float(pending[-1][2]):.4f}")
         pending.clear()
+
+    def _check_finite(self, step: int, loss: float) -> None:
+        """Raise :class:`TrainingDivergedError` after :data:`NONFINITE_STEPS_ALLOWED` consecutive steps
+        with a NaN/inf loss (the loss is already on the host here: no extra sync)."""
+        self._nonfinite_steps = 0 if math.isfinite(loss) else self._nonfinite_steps + 1
+        allowed = NONFINITE_STEPS_ALLOWED[self.scaler.is_enabled()]
+        if self._nonfinite_steps >= allowed:
+            last = (f"the last at step {self._last_save_step} in {self.output}" if self._last_save_step >= 0
+                    else "none was written")
+            raise TrainingDivergedError(
+                f"training diverged: the loss is {loss} at step {step} ({self._nonfinite_steps} consecutive "
+                f"non-finite step{'s' if self._nonfinite_steps > 1 else ''}); no checkpoint of these weights is "
+                f"written, the earlier ones are unchanged ({last}): resume from one with a lower --lr, "
+                f"--gradient_clip_val, or --precision 32")
 
     def _validate_and_log(self, bar) -> None:
         self._last_val_step = self.global_step
