@@ -319,7 +319,7 @@ class Trainer:
                 f"training diverged: the loss is {loss} at step {step} ({self._nonfinite_steps} consecutive "
                 f"non-finite step{'s' if self._nonfinite_steps > 1 else ''}); no checkpoint of these weights is "
                 f"written, the earlier ones are unchanged ({last}): resume from one with a lower --lr, "
-                f"--gradient_clip_val, or --precision 32")
+                f"--gradient_clip_val, or --precision 32 (or look for NaN/inf values in the training videos)")
 
     def _validate_and_log(self, bar) -> None:
         self._last_val_step = self.global_step
