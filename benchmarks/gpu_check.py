@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import shlex
@@ -437,6 +438,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             args.limits[name] = float(secs)
         except ValueError:
             p.error(f"--limit {item}: {secs!r} is not a number of seconds")
+        if not 0 < args.limits[name] < math.inf:
+            p.error(f"--limit {item}: seconds must be a finite number > 0")
+    if not 0 < args.budget < math.inf:
+        p.error(f"--budget must be a finite number of seconds > 0, got {args.budget}")
+    for flag, path in (("--out", args.out), ("--archive", args.archive)):
+        if path and Path(path).exists() and Path(path).is_dir() != (flag == "--out"):
+            p.error(f"{flag} {path}: exists and is {'not ' if flag == '--out' else ''}a directory")
     if "env" not in args.phases:
         p.error("--phases must include env (it finds the device and the output folder)")
     return args

@@ -329,6 +329,24 @@ def test_gpu_check_arguments():
             parse_args(bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (["--limit", "tests=-5"], "seconds must be a finite number > 0"),   # was: skipped as "budget is spent"
+    (["--limit", "tests=nan"], "seconds must be a finite number > 0"),  # was: a ValueError traceback mid-run
+    (["--limit", "env=0"], "seconds must be a finite number > 0"),
+    (["--budget", "0"], "--budget must be a finite number of seconds > 0"),
+    (["--budget", "nan"], "--budget must be a finite number of seconds > 0"),  # was: no cap at all
+    (["--out", "FILE"], "exists and is not a directory"),   # was: NotADirectoryError traceback
+    (["--archive", "DIR"], "exists and is a directory"),    # was: IsADirectoryError after the first phase
+])
+def test_gpu_check_rejects_bad_numbers_and_paths_with_exit_status_2(bad, message, tmp_path, capsys):
+    from benchmarks.gpu_check import parse_args
+    (tmp_path / "FILE").write_text("x")
+    bad = [str(tmp_path / "FILE") if a == "FILE" else str(tmp_path) if a == "DIR" else a for a in bad]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--device", "cpu"] + bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_gpu_check_smoke_on_cpu(tmp_path):
     """The pipeline end to end on CPU (env, tests on a one-test file, the codebook phase), with the
     incremental results.json, the phases' record, the archive and the table printed last."""
