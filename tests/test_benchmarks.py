@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import types
 
@@ -88,6 +89,31 @@ def test_report_files_and_readme_refuses_cpu_figures(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "NVIDIA H100" in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "No such file"), ("corrupt", "not JSON"), ("list", "not a benchmark result"),
+    ("gpu_check_env_failed", "env lacks device"), ("row_without_median", r"row 0 \(x \[triton\]\) ran but has no median_ms"),
+    ("readme_without_markers", "section to replace"),
+])
+def test_report_cli_bad_results_exit_status_2(kind, message, tmp_path, capsys):
+    """One error line and exit status 2 (each was a traceback: FileNotFoundError, JSONDecodeError,
+    TypeError, KeyError 'device_name', KeyError 'median_ms' in the README table, ValueError)."""
+    path, readme = tmp_path / "results.json", tmp_path / "README.md"
+    readme.write_text("no table here\n")
+    res = _result("cuda")
+    if kind == "gpu_check_env_failed":   # what gpu_check records when its environment phase fails
+        res = dict(env={}, ceilings={}, rows=[], gpu_check=dict(command="x", phases=[]))
+    elif kind == "row_without_median":
+        res["rows"] = [dict(res["rows"][0], name="x", impl="triton", status="ok")]
+        res["rows"][0].pop("median_ms", None)
+    text = {"corrupt": "{bad", "list": "[]"}.get(kind, json.dumps(res, default=str))
+    if kind != "missing":
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(path)] + (["--readme", str(readme)] if kind == "readme_without_markers" else []))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and re.search(message, err) and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------------------
