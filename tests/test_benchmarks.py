@@ -257,6 +257,25 @@ def test_rel_error_check_rejects_nan_and_wrong_shapes():
         chk(torch.ones(4), torch.ones(4) * 1.01)
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["bound", "exact"])
+def test_codes_check_rejects_out_of_range_wrong_count_and_float_codes(exact):
+    """-1 passed the rounding-bound check (e[-1] is the last code: gap 0, 'a near-tie'); K, a wrong count
+    and float codes failed with IndexError / RuntimeError, or passed (float64 codes equal to the truth)."""
+    from benchmarks.cases_kernels import codebook_truth, codes_check
+    g = torch.Generator().manual_seed(3)
+    x, e = torch.randn(40, 4, generator=g), torch.randn(5, 4, generator=g)
+    truth = codebook_truth(x, e)
+    chk, _ = codes_check(x, e, exact=exact)
+    assert chk(truth, truth.clone()).startswith("0 of 40")
+    last = truth.clone()
+    last[0] = 4
+    bad_minus = torch.where(last == 4, -1, last)
+    for out, message in ((bad_minus, r"in \[0, 5\), got \[-1"), (torch.where(last == 4, 5, last), r"got \[0, 5\]"),
+                         (truth[:-1], "40 integers"), (truth.double(), "40 integers")):
+        with pytest.raises(AssertionError, match=message):
+            chk(truth, out)
+
+
 def _near_tie_codebook(dtype):
     """x = 0 between codes 0 and 1 at distances 1 and 1 + 1e-4 (a near-tie), code 2 far away."""
     x = torch.zeros(3, 4, dtype=dtype)
