@@ -134,6 +134,8 @@ def resolve(op: str, device: torch.device, available: tuple, auto_order: Optiona
     same for ops the extension lacks. A named backend that cannot run an op it implements raises
     :class:`BackendUnavailableError`.
     """
+    if auto_order is not None and not set(auto_order) <= set(available):
+        raise ValueError(f"resolve({op!r}): auto_order {auto_order} names a backend outside available {available}")
     wanted = get_backend()
     if wanted == "auto":
         chosen = _auto(op, device, available if auto_order is None else auto_order)
