@@ -85,8 +85,11 @@ if device.type == "cuda" and not torch.cuda.is_available():
     sys.exit("--device cuda but torch sees no CUDA device")
 info = env_info(device)
 try:
-    import videogpt_fast.kernels  # noqa: F401
-    info["kernels_importable"] = True
+    from pathlib import Path
+    import videogpt_fast.kernels as kernels
+    where, repo = Path(kernels.__file__).resolve().parent, Path(sys.argv[2]).resolve()
+    info["kernels_importable"] = True if repo in where.parents else (
+        f"videogpt_fast.kernels imports from {where}, not from this checkout {repo}")
 except ImportError as e:
     info["kernels_importable"] = f"{type(e).__name__}: {e}"
 if device.type == "cuda":
@@ -98,6 +101,11 @@ info["pytest_plugins"] = {m: importlib.util.find_spec(m) is not None for m in ("
 info["av_importable"] = importlib.util.find_spec("av") is not None
 print("ENV_JSON " + json.dumps(info, default=str))
 """
+
+# exit status 0 when videogpt_fast.kernels imports from the checkout argv[1] (an editable install of
+# another checkout would otherwise lend its kernels to a bare one)
+_KERNELS_HERE = ("import sys, pathlib, videogpt_fast.kernels as k; "
+                 "sys.exit(pathlib.Path(sys.argv[1]).resolve() not in pathlib.Path(k.__file__).resolve().parents)")
 
 _BUILD_CODE = """
 import logging, time
@@ -249,7 +257,7 @@ class GpuCheck:
         log = self.log("env")
         t0 = time.time()
         link_note = None
-        first = run_limited([sys.executable, "-c", "import videogpt_fast.kernels"], log, limit, _phase_env())
+        first = run_limited([sys.executable, "-c", _KERNELS_HERE, str(REPO)], log, limit, _phase_env())
         if first["status"] != "ok":
             # a bare checkout (no install, no videogpt_fast/kernels link): link kernels/ where setup.py's
             # package_dir puts it, as a development checkout has it (videogpt_fast imports its kernels)
@@ -257,7 +265,7 @@ class GpuCheck:
             if not link.exists() and not link.is_symlink():
                 link.symlink_to(Path("..") / "kernels", target_is_directory=True)
                 link_note = "linked videogpt_fast/kernels -> ../kernels (a bare checkout)"
-        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device], log,
+        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device, str(REPO)], log,
                          max(limit - (time.time() - t0), 1), _phase_env())
         ph["wall_s"] = round(time.time() - t0, 1)
         text = log.read_text()

@@ -457,3 +457,15 @@ def test_run_refuses_a_mismatched_merge_with_exit_status_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--merge", "--only", "nothing"])
     assert exc.value.code == 2 and "--merge: results.json holds a run on NVIDIA H100" in capsys.readouterr().err
+
+
+def test_gpu_check_env_probe_wants_the_kernels_of_this_checkout(tmp_path):
+    """A bare checkout beside an editable install of another one imported that one's kernels (the
+    probe passed, no link was made, the run measured other code); the probe now names the checkout."""
+    import subprocess
+    from benchmarks import gpu_check
+    env = gpu_check._phase_env()
+    for repo, rc in ((gpu_check.REPO, 0), (tmp_path, 1)):
+        run = subprocess.run([sys.executable, "-c", gpu_check._KERNELS_HERE, str(repo)], cwd=gpu_check.REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == rc, run.stderr[-500:]
