@@ -128,3 +128,14 @@ def test_auto_order_outside_the_implementations_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="each implemented backend"):
         ops.Op(R.codebook_nearest_reference, auto=("triton", "cudaa"))
     assert ops.Op(R.codebook_nearest_reference, "codebook.codebook_nearest", auto=("triton",)).backends == ("triton",)
+
+
+def test_triton_refuses_devices_the_interpreter_cannot_read(monkeypatch):
+    """Under TRITON_INTERPRET=1 Triton counted as usable on any device: meta tensors failed inside the
+    interpreter (NotImplementedError: Cannot copy out of meta tensor)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.triton_usable(torch.device("cpu")) is None or not backends.triton_available()
+    m = torch.device("meta")
+    x, e = torch.randn(5, 4, device=m), torch.randn(3, 4, device=m)
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="got device meta"):
+        ops.codebook_nearest(x, e)

@@ -92,9 +92,12 @@ def triton_usable(device: torch.device) -> Optional[str]:
         return "triton is not installed (pip install triton)"
     if device.type == "cuda":
         return None
-    if triton_interpret():
-        return None
-    return f"Triton kernels need a CUDA tensor (got device {device}); set TRITON_INTERPRET=1 to run them on CPU"
+    if device.type == "cpu":
+        if triton_interpret():
+            return None
+        return f"Triton kernels need a CUDA tensor (got device {device}); set TRITON_INTERPRET=1 to run them on CPU"
+    # the interpreter reads host memory: a meta (or other) tensor failed deep inside it
+    return f"Triton kernels need a CUDA tensor, or a CPU one under TRITON_INTERPRET=1 (got device {device})"
 
 
 def cuda_usable(device: torch.device, op: str) -> Optional[str]:
