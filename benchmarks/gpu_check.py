@@ -245,8 +245,10 @@ class GpuCheck:
             archive = Path(self.args.archive)
             archive.parent.mkdir(parents=True, exist_ok=True)
             tmp = archive.with_name(archive.name + ".tmp")
-            with tarfile.open(tmp, "w:gz") as tar:
-                tar.add(self.out, arcname=self.run_name)  # unpacks as <device>-<date>/
+            inside = archive.resolve().parent == self.out.resolve()   # never pack the previous archive
+            skip = f"{self.run_name}/{archive.name}"
+            with tarfile.open(tmp, "w:gz") as tar:   # unpacks as <device>-<date>/
+                tar.add(self.out, arcname=self.run_name, filter=lambda ti: None if inside and ti.name == skip else ti)
             tmp.replace(archive)
 
     def limit(self, name: str) -> float:

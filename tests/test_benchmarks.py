@@ -469,3 +469,14 @@ def test_gpu_check_env_probe_wants_the_kernels_of_this_checkout(tmp_path):
         run = subprocess.run([sys.executable, "-c", gpu_check._KERNELS_HERE, str(repo)], cwd=gpu_check.REPO, env=env,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == rc, run.stderr[-500:]
+
+
+def test_gpu_check_archive_inside_the_output_folder_does_not_pack_itself(tmp_path):
+    """--archive OUT/a.tar.gz: every pack added the previous archive (nested, growing with each phase)."""
+    import tarfile
+    from benchmarks import gpu_check
+    out = tmp_path / "out"
+    gpu_check.main(["--device", "cpu", "--smoke", "--phases", "env", "--out", str(out), "--archive", str(out / "a.tar.gz")])
+    with tarfile.open(out / "a.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("/results.json") for n in names) and not any(n.endswith(".tar.gz") for n in names), names
