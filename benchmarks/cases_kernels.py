@@ -93,7 +93,11 @@ def codes_check(x: torch.Tensor, e: torch.Tensor, exact: bool) -> Tuple[Callable
     tol = "exact: every code equals the float64 argmin" if exact else text
 
     def check(truth: torch.Tensor, out: torch.Tensor) -> str:
+        if out.numel() != truth.numel() or out.is_floating_point() or out.is_complex():
+            raise AssertionError(f"codes must be {truth.numel()} integers, got {tuple(out.shape)} {out.dtype}")
         out = out.reshape(-1).to(truth.device)
+        if truth.numel() and not 0 <= int(out.min()) <= int(out.max()) < e.shape[0]:   # -1 would index e[-1]
+            raise AssertionError(f"codes must be in [0, {e.shape[0]}), got [{int(out.min())}, {int(out.max())}]")
         rows = (out != truth).nonzero().flatten()
         n, total = rows.numel(), truth.numel()
         if n == 0:

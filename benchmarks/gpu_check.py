@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import shlex
@@ -84,8 +85,11 @@ if device.type == "cuda" and not torch.cuda.is_available():
     sys.exit("--device cuda but torch sees no CUDA device")
 info = env_info(device)
 try:
-    import videogpt_fast.kernels  # noqa: F401
-    info["kernels_importable"] = True
+    from pathlib import Path
+    import videogpt_fast.kernels as kernels
+    where, repo = Path(kernels.__file__).resolve().parent, Path(sys.argv[2]).resolve()
+    info["kernels_importable"] = True if repo in where.parents else (
+        f"videogpt_fast.kernels imports from {where}, not from this checkout {repo}")
 except ImportError as e:
     info["kernels_importable"] = f"{type(e).__name__}: {e}"
 if device.type == "cuda":
@@ -97,6 +101,11 @@ info["pytest_plugins"] = {m: importlib.util.find_spec(m) is not None for m in ("
 info["av_importable"] = importlib.util.find_spec("av") is not None
 print("ENV_JSON " + json.dumps(info, default=str))
 """
+
+# exit status 0 when videogpt_fast.kernels imports from the checkout argv[1] (an editable install of
+# another checkout would otherwise lend its kernels to a bare one)
+_KERNELS_HERE = ("import sys, pathlib, videogpt_fast.kernels as k; "
+                 "sys.exit(pathlib.Path(sys.argv[1]).resolve() not in pathlib.Path(k.__file__).resolve().parents)")
 
 _BUILD_CODE = """
 import logging, time
@@ -236,8 +245,10 @@ class GpuCheck:
             archive = Path(self.args.archive)
             archive.parent.mkdir(parents=True, exist_ok=True)
             tmp = archive.with_name(archive.name + ".tmp")
-            with tarfile.open(tmp, "w:gz") as tar:
-                tar.add(self.out, arcname=self.run_name)  # unpacks as <device>-<date>/
+            inside = archive.resolve().parent == self.out.resolve()   # never pack the previous archive
+            skip = f"{self.run_name}/{archive.name}"
+            with tarfile.open(tmp, "w:gz") as tar:   # unpacks as <device>-<date>/
+                tar.add(self.out, arcname=self.run_name, filter=lambda ti: None if inside and ti.name == skip else ti)
             tmp.replace(archive)
 
     def limit(self, name: str) -> float:
@@ -248,7 +259,7 @@ class GpuCheck:
         log = self.log("env")
         t0 = time.time()
         link_note = None
-        first = run_limited([sys.executable, "-c", "import videogpt_fast.kernels"], log, limit, _phase_env())
+        first = run_limited([sys.executable, "-c", _KERNELS_HERE, str(REPO)], log, limit, _phase_env())
         if first["status"] != "ok":
             # a bare checkout (no install, no videogpt_fast/kernels link): link kernels/ where setup.py's
             # package_dir puts it, as a development checkout has it (videogpt_fast imports its kernels)
@@ -256,7 +267,7 @@ class GpuCheck:
             if not link.exists() and not link.is_symlink():
                 link.symlink_to(Path("..") / "kernels", target_is_directory=True)
                 link_note = "linked videogpt_fast/kernels -> ../kernels (a bare checkout)"
-        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device], log,
+        ph = run_limited([sys.executable, "-c", _ENV_CODE, self.args.device, str(REPO)], log,
                          max(limit - (time.time() - t0), 1), _phase_env())
         ph["wall_s"] = round(time.time() - t0, 1)
         text = log.read_text()
@@ -437,6 +448,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             args.limits[name] = float(secs)
         except ValueError:
             p.error(f"--limit {item}: {secs!r} is not a number of seconds")
+        if not 0 < args.limits[name] < math.inf:
+            p.error(f"--limit {item}: seconds must be a finite number > 0")
+    if not 0 < args.budget < math.inf:
+        p.error(f"--budget must be a finite number of seconds > 0, got {args.budget}")
+    for flag, path in (("--out", args.out), ("--archive", args.archive)):
+        if path and Path(path).exists() and Path(path).is_dir() != (flag == "--out"):
+            p.error(f"{flag} {path}: exists and is {'not ' if flag == '--out' else ''}a directory")
     if "env" not in args.phases:
         p.error("--phases must include env (it finds the device and the output folder)")
     return args

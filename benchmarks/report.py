@@ -208,19 +208,52 @@ def update_readme(readme: Path, table: str) -> None:
     readme.write_text(head + table + tail)
 
 
+_ENV_KEYS = ("device", "device_name", "date", "torch", "triton", "cuda", "cuda_extension", "cpu_count", "platform")
+_ROW_KEYS = ("name", "group", "params", "dtype", "impl", "status")
+
+
+def load_result(path: Path) -> Dict[str, Any]:
+    """``path`` read as a ``benchmarks.run`` results.json (env, ceilings, rows; a row that ran has
+    its median_ms).
+
+    Raises:
+        ValueError: naming the file and what is missing or malformed (OSError: unreadable).
+    """
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("env"), dict) or not isinstance(
+            result.get("rows"), list) or not isinstance(result.get("ceilings"), dict):
+        raise ValueError(f"{path}: not a benchmark result (needs an object with env, ceilings and rows; "
+                         f"a gpu_check whose environment phase failed has none)")
+    missing = [k for k in _ENV_KEYS if k not in result["env"]]
+    if missing:
+        raise ValueError(f"{path}: env lacks {', '.join(missing)}")
+    for i, r in enumerate(result["rows"]):
+        if not isinstance(r, dict) or any(k not in r for k in _ROW_KEYS):
+            raise ValueError(f"{path}: row {i} lacks one of {', '.join(_ROW_KEYS)}")
+        if r["status"] == "ok" and not isinstance(r.get("median_ms"), (int, float)):
+            raise ValueError(f"{path}: row {i} ({r['name']} [{r['impl']}]) ran but has no median_ms")
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
     p.add_argument("--readme", type=Path, default=None, help="replace the README's performance table")
     args = p.parse_args(argv)
-    result = json.loads(args.results.read_text())
-    out = args.results.parent
-    write_report(result, out / "report.md")
-    write_plots(result, out)
-    if args.readme:
-        if result["env"]["device"] == "cpu":
-            p.error("refusing to put CPU figures in the README's performance table")
-        update_readme(args.readme, readme_table(result, str(args.results)))
+    try:
+        result = load_result(args.results)
+        out = args.results.parent
+        write_report(result, out / "report.md")
+        write_plots(result, out)
+        if args.readme:
+            if result["env"]["device"] == "cpu":
+                p.error("refusing to put CPU figures in the README's performance table")
+            update_readme(args.readme, readme_table(result, str(args.results)))
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     return 0
 
 

@@ -198,9 +198,20 @@ def main(argv=None) -> int:
                    help="override a config value of every launch (e.g. num_warps=8, BLOCK_M=16): to try "
                         "a table entry before a GPU run")
     p.add_argument("--kernel", default="", help="compile only kernels whose name contains this")
-    p.add_argument("--dtype", default="", help="compile only launches with this pointer dtype (fp32, bf16, fp16)")
+    p.add_argument("--dtype", default="", choices=["", "fp32", "bf16", "fp16"],
+                   help="compile only launches with this pointer dtype (fp32, bf16, fp16)")
     a = p.parse_args(argv)
-    overrides = {k: int(v) for k, v in (item.split("=", 1) for item in a.set)}
+    if a.arch < 70:   # below sm_70 LLVM aborts the process (sm_0: 'Cannot select' intrinsic)
+        p.error(f"--arch {a.arch}: a compute capability x 10 of at least 70 (e.g. 90 for H100/H200)")
+    overrides = {}
+    for item in a.set:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = int(value)
+        except ValueError:
+            name = ""
+        if not name.isidentifier():
+            p.error(f"--set {item}: expected NAME=INT (e.g. num_warps=8)")
     if interpret():
         print("aot_check: unset TRITON_INTERPRET (it compiles, it does not interpret)", file=sys.stderr)
         return 2
@@ -219,14 +230,16 @@ def main(argv=None) -> int:
     bsa._decode_kernel = cap.direct(bsa._decode_kernel)
     bsa._decode_reduce_kernel = cap.direct(bsa._decode_reduce_kernel)
     target = GPUTarget("cuda", a.arch, 32)
-    seen = set()
+    seen, shown_any, applied = set(), False, set()
     print(f"{'kernel':<18} {'dtypes':<14} config  | compile s, registers, spill bytes, shared bytes, mma | "
           "arguments specialised to 1; integers and pointers not divisible by 16")
     for name, run in _cases(a.only):
         cap.launches.clear()
         run()
         for kname, kernel, args, meta in cap.launches:
-            meta.update({k: v for k, v in overrides.items() if k in meta or k in ("num_warps", "num_stages")})
+            used = {k: v for k, v in overrides.items() if k in meta or k in ("num_warps", "num_stages")}
+            applied.update(used)
+            meta.update(used)
             opts = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
             sig, consts, attrs = _signature(kernel, args, meta)
             key = (kname, tuple(sorted(sig.items())), tuple(sorted((str(k), str(v)) for k, v in consts.items())),
@@ -238,6 +251,7 @@ def main(argv=None) -> int:
             first = next(t for t in sig.values() if t.startswith("*"))[1:]   # the inputs' dtype
             if a.kernel not in kname or (a.dtype and a.dtype != first):
                 continue
+            shown_any = True
             shown = {k: v for k, v in meta.items() if k.isupper()}
             t0 = time.time()
             try:
@@ -252,7 +266,14 @@ def main(argv=None) -> int:
             print(f"{kname:<18} {dtypes:<14} {shown} {opts} | {time.time() - t0:.1f} s, {regs} regs, "
                   f"{spills} spill, {out.metadata.shared} shared, {mma} | {_specialised(kernel, consts, attrs)}",
                   flush=True)
-    return 0
+    unused = sorted(set(overrides) - applied)
+    if unused:
+        print(f"aot_check: --set {', '.join(unused)}: no launch of --only {a.only} has such a config value",
+              file=sys.stderr)
+    if not shown_any:
+        print(f"aot_check: no launch of --only {a.only} matched --kernel {a.kernel!r} --dtype {a.dtype!r}",
+              file=sys.stderr)
+    return 2 if unused or not shown_any else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import operator
 import threading
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -780,6 +781,44 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     return _BlockSparseAttention.apply(q, k, v, out, tables, block, bool(causal))
 
 
+#: the most splits one decode launch takes: CUDA's grid y limit (pass 1's grid is (B*heads, S)).
+_MAX_SPLITS = 65535
+
+
+def _check_decode_args(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor,
+                       block: int, pos) -> None:
+    """The decode kernels' cheap checks (metadata only, no device work or host sync) for direct
+    callers: shapes of q, the caches and the layout, one dtype and device, an int or one-element
+    integer tensor ``pos`` (its value is range-checked by the caller for an int)."""
+    if q.dim() != 4 or q.shape[2] != 1:
+        raise ValueError(f"{name}: q must be (B, heads, 1, d), got {tuple(q.shape)}")
+    if (k.dim() != 4 or v.dim() != 4 or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]
+            or v.shape[:3] != k.shape[:3]):
+        raise ValueError(f"{name}: k_cache must be (B, heads, L, d) and v_cache (B, heads, L, dv) for q "
+                         f"(B, heads, 1, d) {tuple(q.shape)}, got {tuple(k.shape)}, {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in DTYPES:
+        raise ValueError(f"{name}: q, k_cache, v_cache must share one dtype of {DTYPES}, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:   # a host layout is fine: its tables go to q's device
+        raise ValueError(f"{name}: q, k_cache, v_cache must share a device, got {q.device}, {k.device}, {v.device}")
+    L = k.shape[2]
+    if block not in BLOCKS or L % block:
+        raise ValueError(f"{name}: block must be one of {BLOCKS} and divide the cache length {L}, got {block}")
+    nb = L // block
+    if layout.dim() not in (2, 3) or layout.shape[-2:] != (nb, nb) or (layout.dim() == 3 and
+                                                                      layout.shape[0] not in (1, q.shape[1])):
+        raise ValueError(f"{name}: layout must be ({nb}, {nb}) or (1 or {q.shape[1]}, {nb}, {nb}) for L={L}, "
+                         f"block={block}, got {tuple(layout.shape)}")
+    if isinstance(pos, torch.Tensor):
+        if pos.numel() != 1 or pos.dtype.is_floating_point or pos.dtype.is_complex or pos.dtype == torch.bool:
+            raise ValueError(f"{name}: a tensor pos must be a one-element integer tensor, got dtype {pos.dtype}, "
+                             f"shape {tuple(pos.shape)}")
+        if pos.device != q.device:
+            raise ValueError(f"{name}: a tensor pos must be on q's device {q.device}, got {pos.device}")
+    elif isinstance(pos, bool) or not hasattr(pos, "__index__"):
+        raise ValueError(f"{name}: pos must be an int or a one-element integer tensor, got {pos!r}")
+
+
 def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                  layout: torch.Tensor, block: int, pos: Union[int, torch.Tensor],
                                  out: Optional[torch.Tensor] = None, splits: Optional[int] = None) -> torch.Tensor:
@@ -795,8 +834,9 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
 
     Args:
         q: (B, heads, 1, d); k_cache: (B, heads, L, d); v_cache: (B, heads, L, dv).
-        layout, block: as :func:`blocksparse_attention` (shapes, dtypes, devices and the layout are
-            checked by ``videogpt_fast.ops.decode_attention``, not here).
+        layout, block: as :func:`blocksparse_attention`; the shapes of q, the caches and the
+            layout, their dtypes and devices are checked here (metadata only); the layout's values
+            are not.
         pos: int in [0, L) (checked), or a one-element integer tensor on q's device, read only by
             the kernels (no host sync): outside [0, L) the output is NaN. ``ops.decode_attention``
             also range-checks a CPU tensor.
@@ -807,19 +847,22 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
     Returns:
         (B, heads, 1, dv) in q's dtype.
     Raises:
-        ValueError: q not (B, heads, 1, d), an int ``pos`` outside [0, L), a bad ``out`` or ``splits``.
+        ValueError: shapes, dtypes or devices that do not fit, a block not in :data:`BLOCKS` or not
+            dividing L, a non-integer ``pos`` or an int one outside [0, L), a bad ``out`` or
+            ``splits`` (an int in [1, 65535]).
     """
     name = "blocksparse_decode_attention"
-    if q.dim() != 4 or q.shape[2] != 1:
-        raise ValueError(f"{name}: q must be (B, heads, 1, d), got {tuple(q.shape)}")
+    _check_decode_args(name, q, k_cache, v_cache, layout, block, pos)
     if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
         raise ValueError(f"{name}: splits must be None or an int >= 1, got {splits!r}")
+    if splits is not None and splits > _MAX_SPLITS:
+        raise ValueError(f"{name}: splits must be <= {_MAX_SPLITS} (CUDA's grid y limit), got {splits}")
     B, H, L, D = k_cache.shape
     DV = v_cache.shape[-1]
     if isinstance(pos, torch.Tensor):
         pos_ptr, pos_val, from_ptr = pos, 0, True
     else:
-        pos = int(pos)
+        pos = operator.index(pos)
         if not 0 <= pos < L:
             raise ValueError(f"{name}: pos must be in [0, {L}), got {pos}")
         pos_ptr, pos_val, from_ptr = q, pos, False

@@ -117,3 +117,28 @@ def test_auto_leaves_out_a_backend_measured_slower_for_the_dtype(monkeypatch):
         assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.float32)) == "triton"
     with use_backend("cuda"):  # the extension lacks it: as under auto
         assert backends.resolve("axial_attention", gpu, entry.backends, entry.auto_order(torch.float32)) == "torch"
+
+
+def test_auto_order_outside_the_implementations_is_refused(monkeypatch):
+    """An auto order naming a backend the op lacks was taken when usable (Triton for an op without a
+    kernel: AttributeError on None later); an Op whose ``auto`` leaves out an implementation made it
+    unreachable even by name (VIDEOGPT_FAST_BACKEND=cuda ran it 'as under auto')."""
+    monkeypatch.setattr(backends, "triton_usable", lambda device: None)
+    with use_backend("auto"), pytest.raises(ValueError, match="outside available"):
+        backends.resolve("codebook_nearest_with_stats", torch.device("cuda", 0), (), ("triton",))
+    with pytest.raises(ValueError, match="each implemented backend"):
+        ops.Op(R.codebook_nearest_reference, "codebook.codebook_nearest", "codebook_nearest", auto=("triton",))
+    with pytest.raises(ValueError, match="each implemented backend"):
+        ops.Op(R.codebook_nearest_reference, auto=("triton", "cudaa"))
+    assert ops.Op(R.codebook_nearest_reference, "codebook.codebook_nearest", auto=("triton",)).backends == ("triton",)
+
+
+def test_triton_refuses_devices_the_interpreter_cannot_read(monkeypatch):
+    """Under TRITON_INTERPRET=1 Triton counted as usable on any device: meta tensors failed inside the
+    interpreter (NotImplementedError: Cannot copy out of meta tensor)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.triton_usable(torch.device("cpu")) is None or not backends.triton_available()
+    m = torch.device("meta")
+    x, e = torch.randn(5, 4, device=m), torch.randn(3, 4, device=m)
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="got device meta"):
+        ops.codebook_nearest(x, e)

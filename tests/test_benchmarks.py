@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import types
 
@@ -88,6 +89,31 @@ def test_report_files_and_readme_refuses_cpu_figures(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "NVIDIA H100" in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "No such file"), ("corrupt", "not JSON"), ("list", "not a benchmark result"),
+    ("gpu_check_env_failed", "env lacks device"), ("row_without_median", r"row 0 \(x \[triton\]\) ran but has no median_ms"),
+    ("readme_without_markers", "section to replace"),
+])
+def test_report_cli_bad_results_exit_status_2(kind, message, tmp_path, capsys):
+    """One error line and exit status 2 (each was a traceback: FileNotFoundError, JSONDecodeError,
+    TypeError, KeyError 'device_name', KeyError 'median_ms' in the README table, ValueError)."""
+    path, readme = tmp_path / "results.json", tmp_path / "README.md"
+    readme.write_text("no table here\n")
+    res = _result("cuda")
+    if kind == "gpu_check_env_failed":   # what gpu_check records when its environment phase fails
+        res = dict(env={}, ceilings={}, rows=[], gpu_check=dict(command="x", phases=[]))
+    elif kind == "row_without_median":
+        res["rows"] = [dict(res["rows"][0], name="x", impl="triton", status="ok")]
+        res["rows"][0].pop("median_ms", None)
+    text = {"corrupt": "{bad", "list": "[]"}.get(kind, json.dumps(res, default=str))
+    if kind != "missing":
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(path)] + (["--readme", str(readme)] if kind == "readme_without_markers" else []))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and re.search(message, err) and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +257,25 @@ def test_rel_error_check_rejects_nan_and_wrong_shapes():
         chk(torch.ones(4), torch.ones(4) * 1.01)
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["bound", "exact"])
+def test_codes_check_rejects_out_of_range_wrong_count_and_float_codes(exact):
+    """-1 passed the rounding-bound check (e[-1] is the last code: gap 0, 'a near-tie'); K, a wrong count
+    and float codes failed with IndexError / RuntimeError, or passed (float64 codes equal to the truth)."""
+    from benchmarks.cases_kernels import codebook_truth, codes_check
+    g = torch.Generator().manual_seed(3)
+    x, e = torch.randn(40, 4, generator=g), torch.randn(5, 4, generator=g)
+    truth = codebook_truth(x, e)
+    chk, _ = codes_check(x, e, exact=exact)
+    assert chk(truth, truth.clone()).startswith("0 of 40")
+    last = truth.clone()
+    last[0] = 4
+    bad_minus = torch.where(last == 4, -1, last)
+    for out, message in ((bad_minus, r"in \[0, 5\), got \[-1"), (torch.where(last == 4, 5, last), r"got \[0, 5\]"),
+                         (truth[:-1], "40 integers"), (truth.double(), "40 integers")):
+        with pytest.raises(AssertionError, match=message):
+            chk(truth, out)
+
+
 def _near_tie_codebook(dtype):
     """x = 0 between codes 0 and 1 at distances 1 and 1 + 1e-4 (a near-tie), code 2 far away."""
     x = torch.zeros(3, 4, dtype=dtype)
@@ -329,6 +374,24 @@ def test_gpu_check_arguments():
             parse_args(bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (["--limit", "tests=-5"], "seconds must be a finite number > 0"),   # was: skipped as "budget is spent"
+    (["--limit", "tests=nan"], "seconds must be a finite number > 0"),  # was: a ValueError traceback mid-run
+    (["--limit", "env=0"], "seconds must be a finite number > 0"),
+    (["--budget", "0"], "--budget must be a finite number of seconds > 0"),
+    (["--budget", "nan"], "--budget must be a finite number of seconds > 0"),  # was: no cap at all
+    (["--out", "FILE"], "exists and is not a directory"),   # was: NotADirectoryError traceback
+    (["--archive", "DIR"], "exists and is a directory"),    # was: IsADirectoryError after the first phase
+])
+def test_gpu_check_rejects_bad_numbers_and_paths_with_exit_status_2(bad, message, tmp_path, capsys):
+    from benchmarks.gpu_check import parse_args
+    (tmp_path / "FILE").write_text("x")
+    bad = [str(tmp_path / "FILE") if a == "FILE" else str(tmp_path) if a == "DIR" else a for a in bad]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--device", "cpu"] + bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_gpu_check_smoke_on_cpu(tmp_path):
     """The pipeline end to end on CPU (env, tests on a one-test file, the codebook phase), with the
     incremental results.json, the phases' record, the archive and the table printed last."""
@@ -394,3 +457,26 @@ def test_run_refuses_a_mismatched_merge_with_exit_status_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--merge", "--only", "nothing"])
     assert exc.value.code == 2 and "--merge: results.json holds a run on NVIDIA H100" in capsys.readouterr().err
+
+
+def test_gpu_check_env_probe_wants_the_kernels_of_this_checkout(tmp_path):
+    """A bare checkout beside an editable install of another one imported that one's kernels (the
+    probe passed, no link was made, the run measured other code); the probe now names the checkout."""
+    import subprocess
+    from benchmarks import gpu_check
+    env = gpu_check._phase_env()
+    for repo, rc in ((gpu_check.REPO, 0), (tmp_path, 1)):
+        run = subprocess.run([sys.executable, "-c", gpu_check._KERNELS_HERE, str(repo)], cwd=gpu_check.REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == rc, run.stderr[-500:]
+
+
+def test_gpu_check_archive_inside_the_output_folder_does_not_pack_itself(tmp_path):
+    """--archive OUT/a.tar.gz: every pack added the previous archive (nested, growing with each phase)."""
+    import tarfile
+    from benchmarks import gpu_check
+    out = tmp_path / "out"
+    gpu_check.main(["--device", "cpu", "--smoke", "--phases", "env", "--out", str(out), "--archive", str(out / "a.tar.gz")])
+    with tarfile.open(out / "a.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("/results.json") for n in names) and not any(n.endswith(".tar.gz") for n in names), names

@@ -89,3 +89,29 @@ def test_specialised_compile_vectorises_unit_stride_loads():
     consts = {k: v for k, v in consts.items() if k != (3,)}
     ptx = triton.compile(ASTSource(kernel, plain, consts), target=target, options={"num_warps": 4}).asm["ptx"]
     assert "ld.global.v4" not in ptx
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "num_warps"], "expected NAME=INT"),     # was: a ValueError traceback
+    (["--set", "num_warps=x"], "expected NAME=INT"),
+    (["--set", "=3"], "expected NAME=INT"),            # was: ignored, every kernel compiled
+    (["--arch", "0"], "at least 70"),                  # was: LLVM ERROR, the process aborted
+    (["--dtype", "fp64"], "invalid choice"),           # was: nothing compiled, exit 0
+])
+def test_cli_usage_errors_exit_2(args, message, capsys):
+    from videogpt_fast.kernels import aot_check
+    with pytest.raises(SystemExit) as exc:
+        aot_check.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_filters_and_overrides_that_match_nothing_exit_2():
+    """--set of a config value no launch has, and a --kernel that matches nothing, were silent (exit 0)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, "-m", "videogpt_fast.kernels.aot_check", "--only", "codebook", "--kernel",
+                          "zzz", "--set", "BLOCK_Q=3"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-500:]
+    assert "--set BLOCK_Q: no launch" in run.stderr and "no launch of --only codebook matched" in run.stderr

@@ -401,6 +401,47 @@ def test_decode_splits_validation(splits):
         bsa.blocksparse_decode_attention(q[:, :, :1], k, v, torch.ones(2, 2), 16, 3, splits=splits)
 
 
+def test_decode_splits_over_the_grid_limit():
+    """More splits than CUDA's grid y dimension takes (65535) raise before any allocation or launch."""
+    q, k, v = (t.detach() for t in _inputs(1, 1, 32, 16, 16))
+    with pytest.raises(ValueError, match=r"splits must be <= 65535"):
+        bsa.blocksparse_decode_attention(q[:, :, :1], k, v, torch.ones(2, 2), 16, 3, splits=65536)
+
+
+_BAD_DECODE = {   # name: (q, k, v, layout, block, pos) changes of a good call -> message
+    "q_batch": (dict(q=(2, 2, 1, 16)), r"k_cache must be \(B, heads, L, d\)"),
+    "q_head_dim": (dict(q=(1, 2, 1, 8)), r"k_cache must be \(B, heads, L, d\)"),
+    "v_length": (dict(v=(1, 2, 16, 16)), r"k_cache must be \(B, heads, L, d\)"),
+    "k_3d": (dict(k=(2, 32, 16)), r"k_cache must be \(B, heads, L, d\)"),
+    "dtype_mix": (dict(q_dtype=torch.bfloat16), "share one dtype"),
+    "float64": (dict(dtype=torch.float64), "share one dtype"),
+    "block_48": (dict(block=48, k=(1, 2, 96, 16), v=(1, 2, 96, 16)), "block must be one of"),
+    "block_not_dividing": (dict(k=(1, 2, 40, 16), v=(1, 2, 40, 16)), "divide the cache length 40"),
+    "layout_size": (dict(layout=(3, 3)), r"layout must be \(2, 2\)"),
+    "layout_heads": (dict(layout=(3, 2, 2)), r"layout must be \(2, 2\)"),
+    "pos_float_tensor": (dict(pos=torch.tensor(5.0)), "one-element integer tensor"),
+    "pos_two_elements": (dict(pos=torch.tensor([5, 20])), "one-element integer tensor"),
+    "pos_bool_tensor": (dict(pos=torch.tensor(True)), "one-element integer tensor"),
+    "pos_other_device": (dict(pos=torch.tensor(5, device="meta")), "pos must be on q's device"),
+    "pos_float": (dict(pos=5.7), "pos must be an int or"),
+    "pos_bool": (dict(pos=True), "pos must be an int or"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_DECODE))
+def test_decode_direct_call_validation(case):
+    """A direct call with inputs that do not fit raises naming the constraint (before any launch:
+    these used to run, reading q out of bounds or taking pos 5.7 as 5, [5, 20] as 5, True as 1)."""
+    change, message = _BAD_DECODE[case]
+    dtype = change.get("dtype", torch.float32)
+    shapes = {"q": (1, 2, 1, 16), "k": (1, 2, 32, 16), "v": (1, 2, 32, 16), "layout": (2, 2)}
+    q, k, v, layout = (torch.randn(change.get(n, shapes[n]), device=DEVICE, dtype=dtype)
+                       for n in ("q", "k", "v", "layout"))
+    q = q.to(change.get("q_dtype", dtype))
+    with pytest.raises(ValueError, match=message):
+        bsa.blocksparse_decode_attention(q, k, v, layout, change.get("block", 16), change.get("pos", 5))
+
+
 # ------------------------------------------------------------------------------------------
 # GPU: paper sizes with the strided layout
 # ------------------------------------------------------------------------------------------

@@ -92,9 +92,12 @@ def triton_usable(device: torch.device) -> Optional[str]:
         return "triton is not installed (pip install triton)"
     if device.type == "cuda":
         return None
-    if triton_interpret():
-        return None
-    return f"Triton kernels need a CUDA tensor (got device {device}); set TRITON_INTERPRET=1 to run them on CPU"
+    if device.type == "cpu":
+        if triton_interpret():
+            return None
+        return f"Triton kernels need a CUDA tensor (got device {device}); set TRITON_INTERPRET=1 to run them on CPU"
+    # the interpreter reads host memory: a meta (or other) tensor failed deep inside it
+    return f"Triton kernels need a CUDA tensor, or a CPU one under TRITON_INTERPRET=1 (got device {device})"
 
 
 def cuda_usable(device: torch.device, op: str) -> Optional[str]:
@@ -134,6 +137,8 @@ def resolve(op: str, device: torch.device, available: tuple, auto_order: Optiona
     same for ops the extension lacks. A named backend that cannot run an op it implements raises
     :class:`BackendUnavailableError`.
     """
+    if auto_order is not None and not set(auto_order) <= set(available):
+        raise ValueError(f"resolve({op!r}): auto_order {auto_order} names a backend outside available {available}")
     wanted = get_backend()
     if wanted == "auto":
         chosen = _auto(op, device, available if auto_order is None else auto_order)

@@ -43,6 +43,13 @@ class Op:
     auto: Tuple[str, ...] = ("cuda", "triton")
     auto_skips: Tuple[Tuple[str, torch.dtype], ...] = ()
 
+    def __post_init__(self):
+        # ``backends`` comes from ``auto``: an implementation missing there would be unreachable, even by name
+        implemented = {b for b in ("cuda", "triton") if getattr(self, b) is not None}
+        if len(set(self.auto)) != len(self.auto) or not implemented <= set(self.auto) <= {"cuda", "triton"}:
+            raise ValueError(f"Op.auto must list each implemented backend of 'cuda', 'triton' once, got {self.auto} "
+                             f"(implemented: {', '.join(sorted(implemented)) or 'none'})")
+
     @property
     def backends(self) -> Tuple[str, ...]:
         """The backends besides ``torch`` that implement the op, in ``auto``'s order."""
