@@ -123,7 +123,7 @@ def foreground_colour(video: torch.Tensor, threshold: float = 0.25) -> torch.Ten
 
 
 def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = False,
-                      n_real: int = 32, handover: str = "reencode") -> Dict:
+                      n_real: int = 32, handover: str = "reencode", context_frames: Optional[int] = None) -> Dict:
     """Sample ``n`` videos of ``frames`` frames from the demo's prior by sliding windows and measure
     (issue 16, must-have 4):
 
@@ -144,8 +144,8 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
 
     Returns a dict of those numbers (floats, per-window lists) and ``samples`` (n, 3, frames, H, W)
     in [0, 1]. ``frames`` > 8; the prior samples ceil(frames / 2) latent frames and the extra frame
-    of an odd ``frames`` is cut. ``handover``: how windows hand frames over
-    (:func:`videogpt_fast.sample.sample_codes`).
+    of an odd ``frames`` is cut. ``handover`` and ``context_frames`` (default: half the prior's
+    latent frames): how windows hand frames over (:func:`videogpt_fast.sample.sample_codes`).
     """
     from .long_video import decode_latents
     T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
@@ -154,7 +154,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     torch.set_num_threads(1)  # one position at a time: one thread is faster (see main)
     try:
         samples = gpt.sample(n, latent_frames=latent, generator=torch.Generator().manual_seed(seed),
-                             progress=progress, handover=handover)[:, :, :frames]
+                             progress=progress, handover=handover, context_frames=context_frames)[:, :, :frames]
     finally:
         torch.set_num_threads(threads)
     real = MovingShapesDataset(n_real, latent * ds, RESOLUTION, seed=seed + 20_000).videos
@@ -189,7 +189,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
         "colour_change_training": round(colour_change(recon["one_pass"]), 4),
         "colour_drift_per_window": [round(float((colour[:, i:i + win].mean(1) - first).abs().amax(-1).mean()), 4)
                                     for i in range(0, frames, win)],
-        "handover": handover,
+        "handover": handover, "context_frames": T // 2 if context_frames is None else context_frames,
         "recon_mse": {mode: round(float(((v - real01) ** 2).mean()), 5) for mode, v in recon.items()}
         | {"trained_length": round(float(((recon_short - (short + 0.5)) ** 2).mean()), 5)},
         "samples": samples,
