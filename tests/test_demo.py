@@ -118,3 +118,15 @@ def test_long_video_report_samples_with_the_given_context():
     assert torch.equal(reports[1]["samples"], want) and not torch.equal(reports[None]["samples"], want)
     assert reports[1]["area_per_window"] == [round(float(demo.foreground_area(want[:, :, i:i + 8]).mean()), 4)
                                              for i in (0, 8)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--context_frames", "1"], "--context_frames: only used with --frames"),
+    (["--frames", "16", "--context_frames", "4"], "--context_frames: must be in [0, 3]"),
+    (["--frames", "16", "--context_frames", "-1"], "--context_frames: must be in [0, 3]"),
+])
+def test_demo_context_frames_is_checked(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        demo.main([*argv, "--output", str(tmp_path / "d")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -33,6 +33,8 @@ from .sample import HANDOVERS
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
 VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",
                "--downsample", "2", "4", "4", "--batch_size", "8"]
+#: the prior's latent frames (its window when sampling long videos): the clip length over the temporal downsample
+LATENT_FRAMES = SEQUENCE_LENGTH // int(VQVAE_FLAGS[VQVAE_FLAGS.index("--downsample") + 1])
 GPT_FLAGS = ["--hidden_dim", "96", "--heads", "2", "--layers", "2", "--dropout", "0.1", "--attn_dropout", "0.1",
              "--batch_size", "8"]
 
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handover", choices=HANDOVERS, default=None,
                    help="with --frames (default reencode): how a window gets the frames it shares with the previous one (see "
                         "videogpt-fast sample --help)")
+    p.add_argument("--context_frames", type=int, default=None,
+                   help=f"with --frames (default {LATENT_FRAMES // 2}): latent frames each window keeps from the "
+                        f"previous one, 0 to {LATENT_FRAMES - 1} (see videogpt-fast sample --help)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
     return p
@@ -208,7 +213,7 @@ def format_long_video_report(r: Dict) -> str:
             f"(training reconstructions: {r['area_change_training']:.3f})\n"
             f"[demo]   shape colour: frame-to-frame change {r['colour_change']:.3f} (training reconstructions: "
             f"{r['colour_change_training']:.3f}), drift from the first window {fmt(r['colour_drift_per_window'])} "
-            f"(context handed over: {r['handover']})\n"
+            f"(context handed over: {r['context_frames']} latent frames, {r['handover']})\n"
             f"[demo]   real {r['frames']}-frame clips, reconstruction MSE: one-pass decode "
             f"{r['recon_mse']['one_pass']:.5f}, windowed decode {r['recon_mse']['windows']:.5f} "
             f"(trained-length clips: {r['recon_mse']['trained_length']:.5f})")
@@ -221,6 +226,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"argument --frames: must exceed the trained {SEQUENCE_LENGTH} frames, got {opts.frames}")
     if opts.handover is not None and opts.frames is None:
         parser.error("argument --handover: only used with --frames (long samples); add --frames N")
+    if opts.context_frames is not None and opts.frames is None:
+        parser.error("argument --context_frames: only used with --frames (long samples); add --frames N")
+    if opts.context_frames is not None and not 0 <= opts.context_frames < LATENT_FRAMES:
+        parser.error(f"argument --context_frames: must be in [0, {LATENT_FRAMES - 1}] (the prior has "
+                     f"{LATENT_FRAMES} latent frames), got {opts.context_frames}")
     opts.handover = opts.handover or HANDOVERS[0]
     out = Path(opts.output)
     lock = OutputLock(out)
@@ -275,7 +285,7 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
         files.append(save_video_grid(samples, str(out / f"samples.{ext}")))
     if opts.frames is not None:
         report = long_video_report(gpt, opts.frames, opts.n_samples, opts.seed, progress=not opts.no_progress,
-                                   handover=opts.handover)
+                                   handover=opts.handover, context_frames=opts.context_frames)
         long = report.pop("samples")
         for ext in ("mp4", "gif"):
             files.append(save_video_grid(long, str(out / f"long_samples.{ext}")))
