@@ -10,7 +10,7 @@ With ``--frames N`` (more than the trained 8) it also samples ``long_samples.mp4
 sliding the prior's window along time (issue 16) and prints two checks (:func:`long_video_report`):
 whether the long samples stay coherent (the shape's area per window against the training videos', and
 how much its area and colour change from frame to frame and from the first window; ``--handover`` picks
-how windows hand their shared frames over)
+how windows hand their shared frames over, ``--context_frames`` how many latent frames they share)
 and how one-pass and windowed VQ-VAE decoding reconstruct real N-frame clips.
 """
 from __future__ import annotations
