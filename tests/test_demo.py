@@ -90,3 +90,43 @@ def test_foreground_area_is_the_shape_area():
     area = demo.foreground_area(v)
     assert area.shape == (2, 3)
     assert torch.equal(area, torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]]))
+
+
+def test_long_video_report_samples_with_the_given_context():
+    """long_video_report(context_frames=C) samples and measures what gpt.sample(context_frames=C) gives
+    for the same seed (14 frames = 7 latent frames: context 1 and the default 2 place other windows)."""
+    import argparse
+    import torch
+    from videogpt_fast.gpt import VideoGPT
+    from videogpt_fast.vqvae import VQVAE
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=[2, 8, 8],
+                                      sequence_length=demo.SEQUENCE_LENGTH, resolution=demo.RESOLUTION))
+        gpt = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
+                            dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq).eval()
+        with torch.no_grad():
+            gpt.fc_out.weight.normal_(std=0.5)
+        reports = {c: demo.long_video_report(gpt, 14, 2, seed=3, n_real=2, context_frames=c) for c in (None, 1)}
+        want = gpt.sample(2, latent_frames=7, generator=torch.Generator().manual_seed(3), progress=False,
+                          context_frames=1)[:, :, :14]
+    finally:
+        torch.set_num_threads(threads)
+    assert reports[None]["context_frames"] == 2 and reports[1]["context_frames"] == 1
+    assert torch.equal(reports[1]["samples"], want) and not torch.equal(reports[None]["samples"], want)
+    assert reports[1]["area_per_window"] == [round(float(demo.foreground_area(want[:, :, i:i + 8]).mean()), 4)
+                                             for i in (0, 8)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--context_frames", "1"], "--context_frames: only used with --frames"),
+    (["--frames", "16", "--context_frames", "4"], "--context_frames: must be in [0, 3]"),
+    (["--frames", "16", "--context_frames", "-1"], "--context_frames: must be in [0, 3]"),
+])
+def test_demo_context_frames_is_checked(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        demo.main([*argv, "--output", str(tmp_path / "d")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -10,7 +10,7 @@ With ``--frames N`` (more than the trained 8) it also samples ``long_samples.mp4
 sliding the prior's window along time (issue 16) and prints two checks (:func:`long_video_report`):
 whether the long samples stay coherent (the shape's area per window against the training videos', and
 how much its area and colour change from frame to frame and from the first window; ``--handover`` picks
-how windows hand their shared frames over)
+how windows hand their shared frames over, ``--context_frames`` how many latent frames they share)
 and how one-pass and windowed VQ-VAE decoding reconstruct real N-frame clips.
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ from .sample import HANDOVERS
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
 VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",
                "--downsample", "2", "4", "4", "--batch_size", "8"]
+#: the prior's latent frames (its window when sampling long videos): the clip length over the temporal downsample
+LATENT_FRAMES = SEQUENCE_LENGTH // int(VQVAE_FLAGS[VQVAE_FLAGS.index("--downsample") + 1])
 GPT_FLAGS = ["--hidden_dim", "96", "--heads", "2", "--layers", "2", "--dropout", "0.1", "--attn_dropout", "0.1",
              "--batch_size", "8"]
 
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handover", choices=HANDOVERS, default=None,
                    help="with --frames (default reencode): how a window gets the frames it shares with the previous one (see "
                         "videogpt-fast sample --help)")
+    p.add_argument("--context_frames", type=int, default=None,
+                   help=f"with --frames (default {LATENT_FRAMES // 2}): latent frames each window keeps from the "
+                        f"previous one, 0 to {LATENT_FRAMES - 1} (see videogpt-fast sample --help)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic videos, training and sampling")
     p.add_argument("--no_progress", action="store_true", help="no tqdm bars (training and sampling)")
     return p
@@ -123,7 +128,7 @@ def foreground_colour(video: torch.Tensor, threshold: float = 0.25) -> torch.Ten
 
 
 def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = False,
-                      n_real: int = 32, handover: str = "reencode") -> Dict:
+                      n_real: int = 32, handover: str = "reencode", context_frames: Optional[int] = None) -> Dict:
     """Sample ``n`` videos of ``frames`` frames from the demo's prior by sliding windows and measure
     (issue 16, must-have 4):
 
@@ -144,8 +149,8 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
 
     Returns a dict of those numbers (floats, per-window lists) and ``samples`` (n, 3, frames, H, W)
     in [0, 1]. ``frames`` > 8; the prior samples ceil(frames / 2) latent frames and the extra frame
-    of an odd ``frames`` is cut. ``handover``: how windows hand frames over
-    (:func:`videogpt_fast.sample.sample_codes`).
+    of an odd ``frames`` is cut. ``handover`` and ``context_frames`` (default: half the prior's
+    latent frames): how windows hand frames over (:func:`videogpt_fast.sample.sample_codes`).
     """
     from .long_video import decode_latents
     T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
@@ -154,7 +159,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     torch.set_num_threads(1)  # one position at a time: one thread is faster (see main)
     try:
         samples = gpt.sample(n, latent_frames=latent, generator=torch.Generator().manual_seed(seed),
-                             progress=progress, handover=handover)[:, :, :frames]
+                             progress=progress, handover=handover, context_frames=context_frames)[:, :, :frames]
     finally:
         torch.set_num_threads(threads)
     real = MovingShapesDataset(n_real, latent * ds, RESOLUTION, seed=seed + 20_000).videos
@@ -189,7 +194,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
         "colour_change_training": round(colour_change(recon["one_pass"]), 4),
         "colour_drift_per_window": [round(float((colour[:, i:i + win].mean(1) - first).abs().amax(-1).mean()), 4)
                                     for i in range(0, frames, win)],
-        "handover": handover,
+        "handover": handover, "context_frames": T // 2 if context_frames is None else context_frames,
         "recon_mse": {mode: round(float(((v - real01) ** 2).mean()), 5) for mode, v in recon.items()}
         | {"trained_length": round(float(((recon_short - (short + 0.5)) ** 2).mean()), 5)},
         "samples": samples,
@@ -208,7 +213,7 @@ def format_long_video_report(r: Dict) -> str:
             f"(training reconstructions: {r['area_change_training']:.3f})\n"
             f"[demo]   shape colour: frame-to-frame change {r['colour_change']:.3f} (training reconstructions: "
             f"{r['colour_change_training']:.3f}), drift from the first window {fmt(r['colour_drift_per_window'])} "
-            f"(context handed over: {r['handover']})\n"
+            f"(context handed over: {r['context_frames']} latent frames, {r['handover']})\n"
             f"[demo]   real {r['frames']}-frame clips, reconstruction MSE: one-pass decode "
             f"{r['recon_mse']['one_pass']:.5f}, windowed decode {r['recon_mse']['windows']:.5f} "
             f"(trained-length clips: {r['recon_mse']['trained_length']:.5f})")
@@ -221,6 +226,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"argument --frames: must exceed the trained {SEQUENCE_LENGTH} frames, got {opts.frames}")
     if opts.handover is not None and opts.frames is None:
         parser.error("argument --handover: only used with --frames (long samples); add --frames N")
+    if opts.context_frames is not None and opts.frames is None:
+        parser.error("argument --context_frames: only used with --frames (long samples); add --frames N")
+    if opts.context_frames is not None and not 0 <= opts.context_frames < LATENT_FRAMES:
+        parser.error(f"argument --context_frames: must be in [0, {LATENT_FRAMES - 1}] (the prior has "
+                     f"{LATENT_FRAMES} latent frames), got {opts.context_frames}")
     opts.handover = opts.handover or HANDOVERS[0]
     out = Path(opts.output)
     lock = OutputLock(out)
@@ -275,7 +285,7 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
         files.append(save_video_grid(samples, str(out / f"samples.{ext}")))
     if opts.frames is not None:
         report = long_video_report(gpt, opts.frames, opts.n_samples, opts.seed, progress=not opts.no_progress,
-                                   handover=opts.handover)
+                                   handover=opts.handover, context_frames=opts.context_frames)
         long = report.pop("samples")
         for ext in ("mp4", "gif"):
             files.append(save_video_grid(long, str(out / f"long_samples.{ext}")))
