@@ -61,8 +61,8 @@ from ._interpreter import interpret as _interpret
 from .reference import padded_csr
 from .tuning import Launcher
 
-__all__ = ["blocksparse_attention", "blocksparse_decode_attention", "layout_tables", "compiled_variants",
-           "BLOCKS", "DTYPES", "MAX_HEAD_DIM"]
+__all__ = ["blocksparse_attention", "blocksparse_decode_attention", "blocksparse_decode_attention_unchecked",
+           "layout_tables", "compiled_variants", "BLOCKS", "DTYPES", "MAX_HEAD_DIM"]
 
 #: Layout block sizes, input dtypes and largest head dim the kernels take (checked by
 #: ``videogpt_fast.ops``); the plain-PyTorch references are ``reference.blocksparse_attention_reference``
@@ -857,20 +857,32 @@ def blocksparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache
         raise ValueError(f"{name}: splits must be None or an int >= 1, got {splits!r}")
     if splits is not None and splits > _MAX_SPLITS:
         raise ValueError(f"{name}: splits must be <= {_MAX_SPLITS} (CUDA's grid y limit), got {splits}")
+    L, DV = k_cache.shape[2], v_cache.shape[-1]
+    if not isinstance(pos, torch.Tensor):
+        pos = operator.index(pos)
+        if not 0 <= pos < L:
+            raise ValueError(f"{name}: pos must be in [0, {L}), got {pos}")
+    if out is not None and (out.shape != (*q.shape[:2], 1, DV) or out.dtype != q.dtype or out.device != q.device):
+        raise ValueError(f"{name}: out must be {(*q.shape[:2], 1, DV)} {q.dtype} on {q.device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    return blocksparse_decode_attention_unchecked(q, k_cache, v_cache, layout, block, pos, out, splits)
+
+
+def blocksparse_decode_attention_unchecked(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                           layout: torch.Tensor, block: int, pos: Union[int, torch.Tensor],
+                                           out: Optional[torch.Tensor] = None,
+                                           splits: Optional[int] = None) -> torch.Tensor:
+    """:func:`blocksparse_decode_attention` without its argument checks: what
+    ``videogpt_fast.ops.decode_attention`` runs (once per layer and step) after validating the
+    inputs itself, so a sampling step checks them once."""
     B, H, L, D = k_cache.shape
     DV = v_cache.shape[-1]
     if isinstance(pos, torch.Tensor):
         pos_ptr, pos_val, from_ptr = pos, 0, True
     else:
-        pos = operator.index(pos)
-        if not 0 <= pos < L:
-            raise ValueError(f"{name}: pos must be in [0, {L}), got {pos}")
         pos_ptr, pos_val, from_ptr = q, pos, False
     if out is None:
         out = torch.empty((B, H, 1, DV), device=q.device, dtype=q.dtype)
-    elif out.shape != (B, H, 1, DV) or out.dtype != q.dtype or out.device != q.device:
-        raise ValueError(f"{name}: out must be {(B, H, 1, DV)} {q.dtype} on {q.device}, got "
-                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
     tables = layout_tables(layout, True, q.device)
     th, tr, ch = tables.strides(False)
     S = splits if splits is not None else _decode_splits(B * H, tables.cols.shape[-1], _sm_count(q.device))

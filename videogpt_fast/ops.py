@@ -72,8 +72,9 @@ REGISTRY: Dict[str, Op] = {
     "axial_attention": Op(axial_attention_reference, "axial_attention.axial_attention",
                           auto_skips=(("triton", torch.float32),)),
     "blocksparse_attention": Op(blocksparse_attention_reference, "blocksparse_attention.blocksparse_attention"),
-    "decode_attention": Op(decode_attention_reference, "blocksparse_attention.blocksparse_decode_attention",
-                           "decode_attention"),
+    # the kernel's unchecked entry: decode_attention below validates the inputs once per call
+    "decode_attention": Op(decode_attention_reference,
+                           "blocksparse_attention.blocksparse_decode_attention_unchecked", "decode_attention"),
 }
 
 
