@@ -8,7 +8,7 @@
 //
 // The CUDA kernel lives in decode_attention.cu; a Meta kernel here lets torch.compile and FakeTensor
 // tracing see the output shape. Being a real custom op, it is captured by CUDA graphs. (A codebook
-// argmin op lived here until 2026-11-30: on an H200 the Triton search was 3.5-5.6x faster and exact,
+// argmin op lived here until 2026-11-30: on an H200 the Triton search was 1.4-5.6x faster and exact,
 // so it was deleted; see benchmarks/results/nvidia-h200-2026-11-30.)
 #include <torch/extension.h>
 #include <torch/library.h>

@@ -62,9 +62,10 @@ class Op:
 
 #: op name -> its implementations. Adding a kernel adds one entry here.
 REGISTRY: Dict[str, Op] = {
-    # no CUDA op: the one csrc/ had until 2026-11-30 measured 3.5-5.6x slower than the Triton search on an
-    # H200 and was not exact (benchmarks/results/nvidia-h200-2026-11-30: N=65536 K=2048 D=256, fp32 1.34 vs
-    # 4.54 ms, bf16 0.82 vs 4.60 ms), so it was deleted
+    # no CUDA op: the one csrc/ had until 2026-11-30 was slower than the Triton search in every timed case on
+    # an H200 (benchmarks/results/nvidia-h200-2026-11-30, same runs: bf16/fp16 at N=65536 K=2048 D=256
+    # 4.5-5.6x, e.g. 0.82 vs 4.60 ms; N=16384 1.4-2.5x; its fp32 N=65536 row failed the then-exact check)
+    # and is not exact, so it was deleted
     "codebook_nearest": Op(codebook_nearest_reference, "codebook.codebook_nearest"),
     "codebook_nearest_with_stats": Op(codebook_nearest_with_stats_reference, "codebook.codebook_nearest_with_stats"),
     # fp32: SDPA (torch) 3.10 ms vs Triton 5.79 ms fwd+bwd on an H200 (B=16 heads=2 4x32x32 d=120,
