@@ -105,7 +105,7 @@ def test_gpt_triton_decode_matches_decode_logits(monkeypatch, name):
     interpreted kernel launches."""
     from videogpt_fast import sample as S
     model, ref = _gpt_fixture(name)
-    calls = _spy(monkeypatch, bsa, "blocksparse_decode_attention")
+    calls = _spy(monkeypatch, bsa, "blocksparse_decode_attention_unchecked")  # what ops runs
     positions = 12
     flat = ref["targets"].reshape(ref["targets"].shape[0], -1).to(DEVICE)
     with use_backend("triton"), torch.no_grad():
@@ -137,7 +137,7 @@ def test_sampling_decode_triton_backend_matches_torch(monkeypatch, attn_type):
     codes = torch.randint(0, 16, (2, *vq.latent_shape), device=DEVICE)
     with use_backend("torch"):
         expected = S.teacher_forced_decode(model, codes)
-    calls = _spy(monkeypatch, bsa, "blocksparse_decode_attention")
+    calls = _spy(monkeypatch, bsa, "blocksparse_decode_attention_unchecked")  # what ops runs
     with use_backend("triton"):
         got = S.teacher_forced_decode(model, codes)
     assert len(calls) == codes[0].numel(), "the Triton decode kernel did not run at every position"
