@@ -22,6 +22,8 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     assert "sampling" not in captured.err  # --no_progress covers the sampling bar too
     # --frames: a long sample of 11 frames (6 latent frames, two windows) and its coherence report
     assert decode_video(out / "long_samples.mp4").shape[0] == decode_video(out / "long_samples.gif").shape[0] == 11
+    # and as one PNG strip: a row per sample (2), a column per frame (11), each 32 x 32 scaled 3x
+    assert Image.open(out / "long_samples.png").size == (11 * 32 * 3, 2 * 32 * 3) and "long_samples.png" in printed
     assert "shape area per 8-frame window" in printed and "one-pass decode" in printed
     import json
     report = json.loads((out / "summary.json").read_text())["long_video"]

@@ -289,6 +289,8 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
         long = report.pop("samples")
         for ext in ("mp4", "gif"):
             files.append(save_video_grid(long, str(out / f"long_samples.{ext}")))
+        _save_frame_strip(long, out / "long_samples.png")
+        files.append(str(out / "long_samples.png"))
         print(format_long_video_report(report), flush=True)
     _save_frame_strip(pairs, out / "reconstructions.png")
     _save_frame_strip(samples, out / "samples.png")
