@@ -1,7 +1,9 @@
 """The demo, drastically shortened: it writes valid reconstruction and sample videos and a loss plot."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import decode_video
 from PIL import Image
@@ -52,6 +54,16 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--output {out} is not empty" in err and "choose a new --output" in err and "--resume" not in err
     assert files() == before
+
+
+def test_frame_strip_of_a_long_video_keeps_every_kth_frame(tmp_path):
+    """At most 64 columns: a 130-frame video shows every 3rd frame (44 columns); the first 4 videos only."""
+    video = torch.rand(5, 3, 130, 8, 8)
+    demo._save_frame_strip(video, tmp_path / "s.png")
+    img = torch.from_numpy(np.array(Image.open(tmp_path / "s.png"))).float() / 255
+    assert img.shape == (4 * 8 * 3, 44 * 8 * 3, 3)
+    expected = video[:4, :, ::3].permute(0, 3, 2, 4, 1).reshape(4 * 8, 44 * 8, 3)
+    assert torch.allclose(img[::3, ::3], expected, atol=1 / 255)
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--gpt_steps", "--n_videos", "--n_samples", "--lr"])

@@ -103,10 +103,12 @@ def plot_losses(runs: Dict[str, Path], fname: Path) -> Path:
     return fname
 
 
-def _save_frame_strip(video: torch.Tensor, fname: Path) -> None:
-    """Frames of the first videos (B, C, T, H, W) in [0, 1] as one PNG (rows: videos, columns: time)."""
+def _save_frame_strip(video: torch.Tensor, fname: Path, max_frames: int = 64) -> None:
+    """Frames of the first 4 videos (B, C, T, H, W) in [0, 1] as one PNG, scaled 3x (rows: videos,
+    columns: time); of a long video every ceil(T / max_frames)-th frame, so the strip stays viewable."""
     from PIL import Image
-    v = video[:4].clamp(0, 1).permute(0, 3, 2, 4, 1)  # B H T W C
+    step = -(-video.shape[2] // max_frames)
+    v = video[:4, :, ::step].clamp(0, 1).permute(0, 3, 2, 4, 1)  # B H T W C
     b, h, t, w, c = v.shape
     img = (v.reshape(b * h, t * w, c).numpy() * 255).astype("uint8")
     Image.fromarray(img).resize((t * w * 3, b * h * 3), Image.NEAREST).save(fname)
