@@ -56,6 +56,18 @@ def test_short_demo_writes_videos_and_plot(tmp_path, capsys):
     assert files() == before
 
 
+def test_demo_with_a_time_agnostic_vqvae_hands_windows_over_as_codes(tmp_path, capsys):
+    """--temporal_padding replicate trains the VQ-VAE with it, and the long samples then default to the
+    codes hand-over (said in the report)."""
+    out = tmp_path / "demo"
+    assert demo.main(["--output", str(out), "--steps", "2", "--gpt_steps", "1", "--n_videos", "8", "--n_samples", "1",
+                      "--no_progress", "--frames", "10", "--temporal_padding", "replicate"]) == 0
+    assert load_vqvae(out / "vqvae" / "last.ckpt").temporal_padding == "replicate"
+    import json
+    assert json.loads((out / "summary.json").read_text())["long_video"]["handover"] == "codes"
+    assert "latent frames, codes)" in capsys.readouterr().out
+
+
 def test_frame_strip_of_a_long_video_keeps_every_kth_frame(tmp_path):
     """At most 64 columns: a 130-frame video shows every 3rd frame (44 columns); the first 4 videos only."""
     video = torch.rand(5, 3, 130, 8, 8)

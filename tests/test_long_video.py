@@ -21,11 +21,12 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_prior(seed: int = 0, downsample=(2, 4, 4)) -> VideoGPT:
+def tiny_prior(seed: int = 0, downsample=(2, 4, 4), temporal_padding: str = "zeros") -> VideoGPT:
     """Latents (3, 2, 2) of 6-frame 8x8 videos (downsample_t 2), random weights with non-flat logits."""
     torch.manual_seed(seed)
     vq = VQVAE(argparse.Namespace(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=list(downsample),
-                                  sequence_length=6 if downsample[0] == 2 else 3, resolution=8))
+                                  sequence_length=6 if downsample[0] == 2 else 3, resolution=8,
+                                  temporal_padding=temporal_padding))
     gpt = VideoGPT(dict(vqvae="unused", n_cond_frames=0, class_cond=False, hidden_dim=24, heads=2, layers=1,
                         dropout=0.0, attn_type="full", attn_dropout=0.0), vqvae=vq)
     with torch.no_grad():
@@ -201,3 +202,19 @@ def test_decode_latents_rejects_bad_codes_and_windows():
     for bad in ([[0]], torch.zeros(5, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"codes must be a \(n, t, h, w\) tensor"):
             decode_latents(vq, bad, "windows")
+
+
+@pytest.mark.parametrize("padding, expected", [("zeros", "reencode"), ("replicate", "codes")])
+def test_default_handover_follows_the_vqvae_s_temporal_padding(padding, expected):
+    """Without ``handover``, windows of a time-agnostic VQ-VAE's codes are handed over as codes, those
+    of the original's zero-padded one re-encoded: sample_codes and sample give what the explicit
+    hand-over gives with the same generator."""
+    gpt = tiny_prior(temporal_padding=padding)
+    assert S.default_handover(gpt.vqvae) == expected
+    kw = dict(progress=False, latent_frames=7, context_frames=1)
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    other = "codes" if expected == "reencode" else "reencode"
+    default = gpt.sample_codes(2, generator=seeded(), **kw)
+    assert torch.equal(default, gpt.sample_codes(2, generator=seeded(), handover=expected, **kw))
+    assert not torch.equal(default, gpt.sample_codes(2, generator=seeded(), handover=other, **kw))
+    assert torch.equal(gpt.sample(2, generator=seeded(), **kw), gpt.sample(2, generator=seeded(), handover=expected, **kw))

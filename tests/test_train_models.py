@@ -68,3 +68,32 @@ def test_latent_fit_errors(tiny_vqvae_ckpt):
         check_latent_fit(vq, argparse.Namespace(**{**vars(args), "resolution": 15}))
     with pytest.raises(ValueError, match="--n_cond_frames 4 must be < --sequence_length 4"):
         check_latent_fit(vq, argparse.Namespace(**{**vars(args), "n_cond_frames": 4}))
+
+
+def test_temporal_padding_is_kept_through_training_and_loading(shapes_hdf5, tmp_path, caplog):
+    """``train vqvae --temporal_padding replicate`` stores it; a prior trained on that VQ-VAE records it
+    (``vqvae_temporal_padding``: the weights cannot tell) and rebuilds its VQ-VAE with it when the
+    stored VQ-VAE path is gone; an original-style prior's VQ-VAE pads with zeros. A bad value is a
+    usage error."""
+    import shutil
+    from videogpt_fast.checkpoint import load_videogpt, load_vqvae
+    vq_dir = tmp_path / "vq"
+    assert train.main(["vqvae", "--data_path", shapes_hdf5, *VQ_FLAGS, "--max_steps", "1", "--val_every", "-1",
+                       "--temporal_padding", "replicate", "--output", str(vq_dir)]) == 0
+    assert load_vqvae(vq_dir / "last.ckpt").temporal_padding == "replicate"
+    assert train.main(["gpt", "--data_path", shapes_hdf5, *GPT_FLAGS, "--vqvae", str(vq_dir / "last.ckpt"),
+                       "--max_steps", "1", "--val_every", "-1", "--output", str(tmp_path / "gpt")]) == 0
+    shutil.rmtree(vq_dir)
+    gpt = load_videogpt(tmp_path / "gpt" / "last.ckpt")
+    assert gpt.vqvae.temporal_padding == "replicate" and gpt.args.vqvae_temporal_padding == "replicate"
+    with pytest.raises(SystemExit) as e:
+        train.main(["vqvae", "--data_path", shapes_hdf5, "--temporal_padding", "reflect"])
+    assert e.value.code == 2
+
+
+def test_an_original_style_prior_keeps_zero_padding(shapes_hdf5, tiny_vqvae_ckpt, tmp_path):
+    from videogpt_fast.checkpoint import load_videogpt
+    assert train.main(["gpt", "--data_path", shapes_hdf5, *GPT_FLAGS, "--vqvae", tiny_vqvae_ckpt, "--max_steps", "1",
+                       "--val_every", "-1", "--output", str(tmp_path / "gpt")]) == 0
+    gpt = load_videogpt(tmp_path / "gpt" / "last.ckpt")
+    assert gpt.vqvae.temporal_padding == "zeros" and not hasattr(gpt.args, "vqvae_temporal_padding")

@@ -137,6 +137,45 @@ def test_same_pad_convs_equal_explicit_padding(k, s):
         assert y.shape[2:] == tuple(n * st for n, st in zip(x.shape[2:], stride))
 
 
+@pytest.mark.parametrize("k,s", [(4, (2, 2, 2)), (4, (1, 2, 2)), (3, 1), (4, 1), (2, 2)])
+def test_replicate_temporal_padding_equals_explicit_padding(k, s):
+    """temporal_padding="replicate" (TATS): time padded with copies of the edge frames, height and
+    width with zeros, on fresh float64 inputs of odd sizes; "zeros" is the original's padding."""
+    x = torch.randn(2, 5, 6, 7, 9, dtype=torch.float64)
+    for cls, inner in ((SamePadConv3d, "conv"), (SamePadConvTranspose3d, "convt")):
+        m = cls(5, 3, k, stride=s, temporal_padding="replicate").double()
+        w0, w1, h0, h1, t0, t1 = m.pad_input
+        frames = [x[:, :, :1]] * t0 + [x] + [x[:, :, -1:]] * t1
+        padded = F.pad(torch.cat(frames, dim=2), (w0, w1, h0, h1, 0, 0))
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), getattr(m, inner)(padded), rtol=0, atol=0)
+            zeros = cls(5, 3, k, stride=s).double()
+            zeros.load_state_dict(m.state_dict())
+            torch.testing.assert_close(zeros(x), getattr(m, inner)(F.pad(x, m.pad_input)), rtol=0, atol=0)
+
+
+def test_replicate_padding_makes_a_still_video_s_latents_the_same_in_time():
+    """Time-agnostic codes: with replicate padding every latent frame of a still video is the same
+    (no frame knows where in the clip it is); with the original's zeros the clip's edges differ.
+    Unknown paddings are an error. (The decoder keeps edge effects: a transposed convolution's
+    outermost outputs get no contribution from beyond its input, whatever the input padding.)"""
+    x = (torch.rand(2, 3, 1, 16, 16) - 0.5).expand(-1, -1, 8, -1, -1)
+    for padding in ("replicate", "zeros"):
+        torch.manual_seed(0)
+        vq = VQVAE(_args(sequence_length=8, temporal_padding=padding)).eval()
+        assert vq.temporal_padding == padding
+        with torch.no_grad():
+            z = vq._latents(x)                       # (B, D, t, h, w), t = 4
+            same = all(torch.allclose(z[:, :, i], z[:, :, 0], atol=1e-5) for i in range(z.shape[2]))
+            assert same == (padding == "replicate")
+            if padding == "replicate":
+                codes = vq.encode(x)
+                assert all(torch.equal(codes[:, i], codes[:, 0]) for i in range(codes.shape[1]))
+    assert VQVAE(_args()).temporal_padding == "zeros"  # the original's args lack it
+    with pytest.raises(ValueError, match="temporal_padding must be one of"):
+        VQVAE(_args(temporal_padding="reflect"))
+
+
 def test_cpu_bf16_training_gradients_finite():
     """Regression: torch's CPU bf16 convolution backward with built-in padding returned NaN/1e36
     weight gradients at random (torch 2.13); on CPU the layers pad explicitly, as the original."""

@@ -24,7 +24,7 @@ from .backends import BackendUnavailableError
 
 from .data.video_reader import VIDEO_EXTS, read_video, video_files  # the one video listing and reader (data/)
 from .long_video import DECODE_MODES
-from .sample import HANDOVERS
+from .sample import HANDOVERS, default_handover
 from .utils import as_namespace
 #: what ``--output`` of sample / reconstruct (a video grid) and encode (codes) may end with
 GRID_EXTS = (".mp4", ".gif")
@@ -179,10 +179,11 @@ def cmd_continue(a: argparse.Namespace) -> int:
             batch = {"video": x.expand(a.n, -1, -1, -1, -1)}
             if gpt.args.class_cond:
                 batch["label"] = torch.full((a.n,), a.label, device=device)
+        handover = a.handover or default_handover(gpt.vqvae)
         codes = gpt.sample_codes(a.n, batch, progress=not a.no_progress, latent_frames=_latent_frames(gpt, a.frames),
-                                 context_frames=context, prefix=prefix, handover=a.handover)
+                                 context_frames=context, prefix=prefix, handover=handover)
         video = decode_latents(gpt.vqvae, codes, a.decode, window=T, context_frames=context,
-                               handover=a.handover)[:, :, :a.frames]
+                               handover=handover)[:, :, :a.frames]
     _save_grid(video.cpu(), out, fps=a.fps)
     print(f"continued the first {given} frames of {a.video} to {a.frames} frames")
     return 0
@@ -307,10 +308,11 @@ def _long_video_flags(p: argparse.ArgumentParser, continuing: bool = False) -> N
     p.add_argument("--decode", choices=DECODE_MODES, default="windows",
                    help="VQ-VAE decode of long latents: in windows of the trained length cross-faded at the seams "
                         "(better on the demo's data), or in one pass")
-    p.add_argument("--handover", choices=HANDOVERS, default=HANDOVERS[0],
-                   help="how a window gets the frames it shares with the previous one: decoded and re-encoded as "
-                        "the start of a clip (the VQ-VAE's codes carry their position in the clip; on the demo's "
-                        "data this keeps long samples coherent), or the previous window's codes copied")
+    p.add_argument("--handover", choices=HANDOVERS, default=None,
+                   help="how a window gets the frames it shares with the previous one: reencode, decoded and "
+                        "re-encoded as the start of a clip (the default for the original's VQ-VAE, whose codes carry "
+                        "their position in the clip), or codes, the previous window's codes copied (the default for "
+                        "a VQ-VAE trained with --temporal_padding replicate)")
 
 
 def build_parser() -> argparse.ArgumentParser:

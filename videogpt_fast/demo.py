@@ -28,7 +28,8 @@ from . import train
 from .argtypes import DefaultsHelpFormatter, positive_float, positive_int
 from .run_dir import OutputLock, check_fresh_output
 from .data.synthetic import MovingShapesDataset
-from .sample import HANDOVERS
+from .sample import HANDOVERS, default_handover
+from .vqvae import TEMPORAL_PADDINGS
 
 SEQUENCE_LENGTH, RESOLUTION = 8, 32
 VQVAE_FLAGS = ["--embedding_dim", "32", "--n_codes", "128", "--n_hiddens", "32", "--n_res_layers", "1",
@@ -55,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=positive_int, default=None,
                    help=f"also sample long videos of this many frames (> {SEQUENCE_LENGTH}, the trained length) and "
                         "report their coherence")
+    p.add_argument("--temporal_padding", choices=TEMPORAL_PADDINGS, default="zeros",
+                   help="how the VQ-VAE's convolutions pad time: zeros (the original's) or replicate (time-agnostic "
+                        "codes: with --frames, long samples hand windows over as codes and keep their shape; README "
+                        "'Longer videos')")
     p.add_argument("--handover", choices=HANDOVERS, default=None,
-                   help="with --frames (default reencode): how a window gets the frames it shares with the previous one (see "
-                        "videogpt-fast sample --help)")
+                   help="with --frames: how a window gets the frames it shares with the previous one (default: "
+                        "codes with --temporal_padding replicate, else reencode; see videogpt-fast sample --help)")
     p.add_argument("--context_frames", type=int, default=None,
                    help=f"with --frames (default {LATENT_FRAMES // 2}): latent frames each window keeps from the "
                         f"previous one, 0 to {LATENT_FRAMES - 1} (see videogpt-fast sample --help)")
@@ -130,7 +135,7 @@ def foreground_colour(video: torch.Tensor, threshold: float = 0.25) -> torch.Ten
 
 
 def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = False,
-                      n_real: int = 32, handover: str = "reencode", context_frames: Optional[int] = None) -> Dict:
+                      n_real: int = 32, handover: Optional[str] = None, context_frames: Optional[int] = None) -> Dict:
     """Sample ``n`` videos of ``frames`` frames from the demo's prior by sliding windows and measure
     (issue 16, must-have 4):
 
@@ -156,6 +161,7 @@ def long_video_report(gpt, frames: int, n: int, seed: int = 0, progress: bool = 
     """
     from .long_video import decode_latents
     T, ds = int(gpt.shape[0]), int(gpt.vqvae.downsample[0])
+    handover = handover or default_handover(gpt.vqvae)
     latent = -(-frames // ds)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one position at a time: one thread is faster (see main)
@@ -233,7 +239,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.context_frames is not None and not 0 <= opts.context_frames < LATENT_FRAMES:
         parser.error(f"argument --context_frames: must be in [0, {LATENT_FRAMES - 1}] (the prior has "
                      f"{LATENT_FRAMES} latent frames), got {opts.context_frames}")
-    opts.handover = opts.handover or HANDOVERS[0]
     out = Path(opts.output)
     lock = OutputLock(out)
     try:
@@ -257,7 +262,8 @@ def _run(opts: argparse.Namespace, out: Path) -> int:
     val_set = MovingShapesDataset(32, SEQUENCE_LENGTH, RESOLUTION, seed=opts.seed + 10_000)
 
     # stage 1: VQ-VAE
-    vq_args = _stage_args("vqvae", VQVAE_FLAGS, opts.steps, out / "vqvae", opts)
+    vq_args = _stage_args("vqvae", VQVAE_FLAGS + ["--temporal_padding", opts.temporal_padding], opts.steps,
+                          out / "vqvae", opts)
     train.Trainer(vq_args, train_set, val_set, progress_desc="1/2 VQ-VAE").fit()
     vq_ckpt = out / "vqvae" / "last.ckpt"
 

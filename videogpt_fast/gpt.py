@@ -341,17 +341,18 @@ class VideoGPT(nn.Module):
         long real clips ~5% better in MSE than one pass, whose temporal attention then spans a
         length it was not trained on) or ``"one_pass"`` (the VQ-VAE has no fixed temporal length).
         Codes of the trained length are decoded in one pass either way, as the original.
-        With ``handover="reencode"`` (``sample_codes``' default) the windowed decode decodes the
-        windows as sampled, each with its re-encoded context.
+        With ``handover="reencode"`` (``sample_codes``' default for the original's zero-padded
+        VQ-VAE) the windowed decode decodes the windows as sampled, each with its re-encoded context.
         ValueError for a bad ``decode`` or ``latent_frames`` < T."""
         from .long_video import DECODE_MODES, decode_latents
-        from .sample import HANDOVERS
+        from .sample import default_handover
         if decode not in DECODE_MODES:  # before any sampling
             raise ValueError(f"VideoGPT.sample: decode must be one of {DECODE_MODES}, got {decode!r}")
         codes = self.sample_codes(n, batch, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                                   progress=progress, latent_frames=latent_frames, **kwargs)
         return decode_latents(self.vqvae, codes, decode, window=int(self.shape[0]),
-                              context_frames=kwargs.get("context_frames"), handover=kwargs.get("handover", HANDOVERS[0]))
+                              context_frames=kwargs.get("context_frames"),
+                              handover=kwargs.get("handover") or default_handover(self.vqvae))
 
     # ------------------------------------------------------------------------------------------
     @classmethod

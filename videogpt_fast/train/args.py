@@ -23,7 +23,7 @@ STAGES = ("vqvae", "gpt")
 #: hyper-parameters that define each stage's architecture (taken from the checkpoint on --resume)
 MODEL_ARGS = {
     "vqvae": ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample", "sequence_length",
-              "resolution"),
+              "resolution", "temporal_padding"),
     "gpt": ("vqvae", "n_cond_frames", "class_cond", "class_cond_dim", "hidden_dim", "heads", "layers",
             "dropout", "attn_type", "attn_dropout", "sequence_length", "resolution"),
 }

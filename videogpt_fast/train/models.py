@@ -85,4 +85,7 @@ def build_model(args: argparse.Namespace, resume_ckpt: Optional[Dict[str, Any]] 
     check_latent_fit(vqvae, args)
     n_params = estimated_params(lambda a: VideoGPT(model_namespace(a), vqvae=vqvae), args, "layers")
     check_model_memory(n_params, "the prior", "--hidden_dim or --layers", args.device)
-    return VideoGPT(model_namespace(args), vqvae=vqvae)
+    hparams = model_namespace(args)
+    if vqvae.temporal_padding != "zeros":  # what its weights cannot tell (infer_vqvae_args reads it back)
+        hparams.vqvae_temporal_padding = vqvae.temporal_padding
+    return VideoGPT(hparams, vqvae=vqvae)
