@@ -176,6 +176,21 @@ def test_replicate_padding_makes_a_still_video_s_latents_the_same_in_time():
         VQVAE(_args(temporal_padding="reflect"))
 
 
+@pytest.mark.parametrize("bad", ["", 0, 123, "REPLICATE", "reflect", False])
+def test_bad_temporal_padding_is_an_error_at_every_level(bad):
+    """A bad temporal_padding is a ValueError naming the constraint: in VQVAE (only an absent or None
+    value means the original's zeros; "" or 0 is no silent fallback) and in the convolutions, the
+    encoder and decoder built directly (which would otherwise pad any value but "zeros" as replicate)."""
+    with pytest.raises(ValueError, match="temporal_padding must be one of"):
+        VQVAE(_args(temporal_padding=bad))
+    for build in (lambda: SamePadConv3d(2, 2, 3, temporal_padding=bad),
+                  lambda: SamePadConvTranspose3d(2, 2, 4, stride=2, temporal_padding=bad),
+                  lambda: Encoder(8, 1, (2, 4, 4), bad), lambda: Decoder(8, 1, (2, 4, 4), bad)):
+        with pytest.raises(ValueError, match="temporal_padding must be one of"):
+            build()
+    assert VQVAE(_args(temporal_padding=None)).temporal_padding == "zeros"
+
+
 def test_cpu_bf16_training_gradients_finite():
     """Regression: torch's CPU bf16 convolution backward with built-in padding returned NaN/1e36
     weight gradients at random (torch 2.13); on CPU the layers pad explicitly, as the original."""

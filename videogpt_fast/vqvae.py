@@ -70,6 +70,13 @@ def _same_pad(kernel_size: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[in
 TEMPORAL_PADDINGS = ("zeros", "replicate")
 
 
+def check_temporal_padding(temporal_padding: Any, who: str) -> str:
+    """``temporal_padding`` if it is one of :data:`TEMPORAL_PADDINGS`, else ValueError naming ``who``."""
+    if not isinstance(temporal_padding, str) or temporal_padding not in TEMPORAL_PADDINGS:
+        raise ValueError(f"{who}: temporal_padding must be one of {TEMPORAL_PADDINGS}, got {temporal_padding!r}")
+    return temporal_padding
+
+
 def _pad(x: torch.Tensor, pad: Tuple[int, ...], temporal_padding: str) -> torch.Tensor:
     """``x`` (B, C, T, H, W) padded by ``pad`` (F.pad order: W, H, T): zeros everywhere, or with
     ``temporal_padding="replicate"`` the first/last frame repeated along T (H and W still zeros):
@@ -119,9 +126,8 @@ class VQVAE(nn.Module):
 
         #: how every convolution pads time (not an original argument; its checkpoints lack it):
         #: "zeros" (the original's) or "replicate" (time-agnostic codes, see add_model_specific_args)
-        self.temporal_padding = getattr(args, "temporal_padding", None) or "zeros"
-        if self.temporal_padding not in TEMPORAL_PADDINGS:
-            raise ValueError(f"VQVAE: temporal_padding must be one of {TEMPORAL_PADDINGS}, got {self.temporal_padding!r}")
+        padding = getattr(args, "temporal_padding", None)  # absent / None: the original's args
+        self.temporal_padding = check_temporal_padding("zeros" if padding is None else padding, "VQVAE")
         self.encoder = Encoder(args.n_hiddens, args.n_res_layers, args.downsample, self.temporal_padding)
         self.decoder = Decoder(args.n_hiddens, args.n_res_layers, args.downsample, self.temporal_padding)
         self.pre_vq_conv = SamePadConv3d(args.n_hiddens, args.embedding_dim, 1)
@@ -380,7 +386,7 @@ class SamePadConv3d(nn.Module):
         if any(k < s for k, s in zip(kernel_size, stride)):
             raise ValueError(f"SamePadConv3d needs kernel_size >= stride, got {kernel_size}, {stride}")
         self.pad_input = _same_pad(kernel_size, stride)
-        self.temporal_padding = temporal_padding
+        self.temporal_padding = check_temporal_padding(temporal_padding, "SamePadConv3d")
         symmetric = all(self.pad_input[i] == self.pad_input[i + 1] for i in range(0, 6, 2))
         self._conv_padding = (tuple(self.pad_input[4 - 2 * i] for i in range(3))
                               if symmetric and temporal_padding == "zeros" else None)
@@ -409,7 +415,7 @@ class SamePadConvTranspose3d(nn.Module):
                  temporal_padding: str = "zeros"):
         super().__init__()
         kernel_size, stride = _triple(kernel_size), _triple(stride)
-        self.temporal_padding = temporal_padding
+        self.temporal_padding = check_temporal_padding(temporal_padding, "SamePadConvTranspose3d")
         if any(k < s for k, s in zip(kernel_size, stride)):
             raise ValueError(f"SamePadConvTranspose3d needs kernel_size >= stride, got {kernel_size}, {stride}")
         self.pad_input = _same_pad(kernel_size, stride)
