@@ -135,3 +135,32 @@ def test_a_million_layers_in_a_small_file_fail_at_once(tmp_path):
     with pytest.raises(ckpt_mod.CheckpointMismatchError, match=r"vq\.ckpt: .* describe a model of [\d,]+ values "
                                                                r"\(n_res_layers=1000000\), but its weights hold"):
         load_vqvae(path)
+
+
+def test_vqvae_temporal_padding_of_a_prior_is_checked(tmp_path):
+    """A prior records its VQ-VAE's temporal padding (vqvae_temporal_padding; absent: zeros). A bogus
+    value is a CheckpointMismatchError naming the file, not a deep ValueError, and a VQ-VAE given
+    whose padding differs from the recorded one is refused (its codes mean something else)."""
+    from videogpt_fast.checkpoint import CheckpointMismatchError
+    from videogpt_fast.vqvae import VQVAE
+    ckpt = torch.load(load_fixture("gpt_full_lightning.ckpt"), weights_only=False)
+    args = ckpt["hyper_parameters"]["args"]
+    args = argparse.Namespace(**args) if isinstance(args, dict) else args
+    args.vqvae = str(tmp_path / "missing_vqvae.ckpt")  # stale: rebuilt from the prior's weights
+    for bad in ("bogus", "", 3):
+        args.vqvae_temporal_padding = bad
+        ckpt["hyper_parameters"]["args"] = args
+        path = tmp_path / "bad_padding.ckpt"
+        torch.save(ckpt, path)
+        with pytest.raises(CheckpointMismatchError, match=r"bad_padding\.ckpt.*vqvae_temporal_padding must be one of"):
+            load_videogpt(str(path))
+    args.vqvae_temporal_padding = "replicate"
+    torch.save(ckpt, path)
+    model = load_videogpt(str(path))
+    assert model.vqvae.temporal_padding == "replicate"
+    zeros = VQVAE(infer_vqvae_args(argparse.Namespace(**{**vars(args), "vqvae_temporal_padding": None}),
+                                   ckpt["state_dict"]))
+    with pytest.raises(CheckpointMismatchError, match=r"bad_padding\.ckpt.*temporal_padding='replicate'"):
+        load_videogpt(str(path), vqvae=zeros)
+    with pytest.raises(CheckpointMismatchError, match="temporal_padding='zeros'.*'replicate'"):
+        load_videogpt(str(load_fixture("gpt_full_lightning.ckpt")), vqvae=model.vqvae)

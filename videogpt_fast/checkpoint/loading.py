@@ -137,6 +137,11 @@ def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.T
     if missing or sd["codebook.embeddings"].dim() != 2:
         raise CheckpointMismatchError(f"{where}the prior checkpoint cannot describe its VQ-VAE: it lacks {missing} "
                                       f"or its codebook is not 2-D")
+    from ..vqvae import TEMPORAL_PADDINGS
+    padding = _recorded_padding(gpt_args)
+    if not isinstance(padding, str) or padding not in TEMPORAL_PADDINGS:
+        raise CheckpointMismatchError(f"{where}the prior checkpoint's vqvae_temporal_padding must be one of "
+                                      f"{TEMPORAL_PADDINGS}, got {padding!r}")
     n_codes, embedding_dim = sd["codebook.embeddings"].shape
     n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.res_stack\.(\d+)\.block\.", k))})
     latent = [int(state_dict[f"attn_stack.pos_embd.emb.d_{i}"].shape[0]) for i in range(3)]
@@ -146,7 +151,13 @@ def infer_vqvae_args(gpt_args: argparse.Namespace, state_dict: Dict[str, torch.T
                               n_hiddens=int(sd["encoder.convs.0.conv.weight"].shape[0]), n_res_layers=n_res,
                               downsample=downsample, sequence_length=gpt_args.sequence_length,
                               resolution=gpt_args.resolution,
-                              temporal_padding=getattr(gpt_args, "vqvae_temporal_padding", None) or "zeros")
+                              temporal_padding=padding)
+
+
+def _recorded_padding(gpt_args: argparse.Namespace) -> Any:
+    """The VQ-VAE temporal padding a prior's args record; absent: the original's zeros."""
+    padding = getattr(gpt_args, "vqvae_temporal_padding", None)
+    return "zeros" if padding is None else padding
 
 
 def load_videogpt(model_name: PathLike, device: Optional[Union[str, torch.device]] = None,
@@ -171,6 +182,11 @@ def load_videogpt(model_name: PathLike, device: Optional[Union[str, torch.device
             vqvae = VQVAE(infer_vqvae_args(args, state_dict, path))
     elif not isinstance(vqvae, torch.nn.Module):
         vqvae = load_vqvae(vqvae, root=root)
+    recorded = _recorded_padding(args)
+    given = getattr(vqvae, "temporal_padding", "zeros")
+    if given != recorded:  # its codes would mean something else to the prior
+        raise CheckpointMismatchError(f"{path}: the prior was trained on a VQ-VAE with temporal_padding={recorded!r}, "
+                                      f"the VQ-VAE given has {given!r}")
     check_size(lambda a: VideoGPT(a, vqvae=vqvae), args, "layers", state_dict, path)
     check_fits(lambda: VideoGPT(args, vqvae=vqvae), state_dict, path)
     model = VideoGPT(args, vqvae=vqvae)
