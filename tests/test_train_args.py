@@ -94,3 +94,26 @@ def test_complete_args_is_the_one_place_args_change(tiny_vqvae_ckpt, caplog):
     assert vq.n_codes == 16 and vq.max_steps == 9
     assert [r.getMessage() for r in caplog.records] == [
         "--resume: n_codes=16 from the checkpoint (command line had 32)"]
+
+
+def test_resume_of_a_checkpoint_without_temporal_padding_keeps_zeros(tiny_vqvae_ckpt, caplog):
+    """A VQ-VAE checkpoint whose args lack temporal_padding (the original's, or ours before the flag)
+    was trained with zero padding: --resume with --temporal_padding replicate keeps zeros (warned)
+    instead of continuing zero-padded weights with replicate padding; a stored value wins too."""
+    import logging
+    from videogpt_fast.checkpoint import safe_load
+
+    ckpt = safe_load(tiny_vqvae_ckpt)
+    stored = ckpt["hyper_parameters"]["args"]
+    if hasattr(stored, "temporal_padding"):
+        delattr(stored, "temporal_padding")
+    vq = train_args("vqvae", ["--data_path", "-", *VQ_FLAGS, "--temporal_padding", "replicate"])
+    with caplog.at_level(logging.WARNING, logger="videogpt_fast.train"):
+        train.complete_args(vq, None, ckpt)
+    assert vq.temporal_padding == "zeros"
+    assert [r.getMessage() for r in caplog.records] == [
+        "--resume: temporal_padding='zeros' from the checkpoint (command line had 'replicate')"]
+    stored.temporal_padding = "replicate"
+    vq = train_args("vqvae", ["--data_path", "-", *VQ_FLAGS])
+    train.complete_args(vq, None, ckpt)
+    assert vq.temporal_padding == "replicate"

@@ -27,6 +27,9 @@ MODEL_ARGS = {
     "gpt": ("vqvae", "n_cond_frames", "class_cond", "class_cond_dim", "hidden_dim", "heads", "layers",
             "dropout", "attn_type", "attn_dropout", "sequence_length", "resolution"),
 }
+#: what a checkpoint that lacks one of :data:`MODEL_ARGS` was trained with (its args predate the flag)
+ABSENT_MODEL_ARGS = {"temporal_padding": "zeros"}
+_ABSENT = object()
 VQVAE_MAX_STEPS = 200000  # scripts/train_vqvae.py hard-codes Trainer(max_steps=200000)
 VAL_BATCHES = 100  # default --limit_val_batches: a validation never sits silent over a whole large test split
 USAGE = """Train the VQ-VAE or the VideoGPT prior, in one process or under torchrun (DDP)."""
@@ -197,11 +200,12 @@ def complete_args(args: argparse.Namespace, train_set: data.Dataset, ckpt: Optio
     if ckpt is not None:
         stored = ckpt["hyper_parameters"]["args"]
         for name in MODEL_ARGS[args.stage]:
-            if hasattr(stored, name) and getattr(args, name, None) != getattr(stored, name):
+            value = getattr(stored, name, ABSENT_MODEL_ARGS.get(name, _ABSENT))
+            if value is not _ABSENT and getattr(args, name, None) != value:
                 if is_main and name != "class_cond_dim":
                     log.warning("--resume: %s=%r from the checkpoint (command line had %r)",
-                                name, getattr(stored, name), getattr(args, name, None))
-                setattr(args, name, getattr(stored, name))
+                                name, value, getattr(args, name, None))
+                setattr(args, name, value)
     if args.stage == "gpt":
         args.class_cond_dim = _n_classes(train_set) if args.class_cond else None
     return args
