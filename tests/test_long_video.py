@@ -218,3 +218,17 @@ def test_default_handover_follows_the_vqvae_s_temporal_padding(padding, expected
     assert torch.equal(default, gpt.sample_codes(2, generator=seeded(), handover=expected, **kw))
     assert not torch.equal(default, gpt.sample_codes(2, generator=seeded(), handover=other, **kw))
     assert torch.equal(gpt.sample(2, generator=seeded(), **kw), gpt.sample(2, generator=seeded(), handover=expected, **kw))
+
+
+@pytest.mark.parametrize("padding, expected", [("zeros", "reencode"), ("replicate", "codes")])
+def test_the_hand_over_used_is_shown_and_logged(padding, expected, capfd, caplog):
+    """The hand-over a long sample resolves to (default_handover's, or the one given) is no silent
+    choice: the progress bar and the INFO log name it."""
+    import logging
+    gpt = tiny_prior(temporal_padding=padding)
+    with caplog.at_level(logging.INFO, logger="videogpt_fast.sample"):
+        gpt.sample_codes(1, progress=True, latent_frames=7, context_frames=1)
+    assert f"window 3/3, {expected} hand-over" in capfd.readouterr().err
+    assert any(f"3 windows, {expected} hand-over" in r.getMessage() for r in caplog.records)
+    gpt.sample_codes(1, progress=True, latent_frames=7, context_frames=1, handover="codes")
+    assert "window 3/3, codes hand-over" in capfd.readouterr().err

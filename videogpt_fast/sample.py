@@ -284,8 +284,9 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
     try:
         stepper = Stepper(plan, sample_step, (temperature, top_k, top_p) + ((generator,) if eager else ()),
                            compile, cuda_graph)
-        log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)",
-                 plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device))
+        log.info("videogpt_fast.sample: decoding %d positions x batch %d, step %s (%s, attention backend %s)%s",
+                 plan.seq_len, n, stepper.mode, plan.dtype, decode_attention_backend(plan.device),
+                 f"; {len(windows)} windows, {handover} hand-over" if len(windows) > 1 else "")
         per_frame = math.prod(grid)
         if prefix is not None:
             samples[:, :prefix[0].numel()] = prefix.reshape(n, -1).to(plan.device)
@@ -296,7 +297,7 @@ def sample_codes(model: nn.Module, n: int, batch: Optional[Mapping[str, torch.Te
             for w, (start, forced) in enumerate(windows):
                 offset = start * per_frame  # the window's first position in `samples`
                 if len(windows) > 1:
-                    bar.set_postfix_str(f"window {w + 1}/{len(windows)}", refresh=False)
+                    bar.set_postfix_str(f"window {w + 1}/{len(windows)}, {handover} hand-over", refresh=False)
                 if forced:
                     if w > 0 and handover == "reencode":
                         context = reencode_context(model.vqvae, window.view(n, T, *grid), forced).reshape(n, -1)
